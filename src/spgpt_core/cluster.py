@@ -1,0 +1,123 @@
+"""Clustering of embeddings into spatial domains / cell states.
+
+* ``leiden`` (scanpy, igraph flavour) at a given resolution, or with a bisection search for the
+  resolution that yields exactly ``n_clusters`` (the usual protocol when the number of domains
+  is known, e.g. K=7 on DLPFC);
+* ``kmeans`` (scikit-learn, k-means++, 10 restarts);
+* optional spatial smoothing: each spot takes the majority label of itself and its ``smooth_k``
+  nearest spatial neighbours (the SpaGCN / scGPT-spatial ``refine`` idea, on a kNN graph so it
+  works for hexagonal, square and irregular layouts alike).
+"""
+
+from __future__ import annotations
+
+import logging
+
+import numpy as np
+
+from .errors import InputError
+
+log = logging.getLogger(__name__)
+
+
+def _check_embedding(emb: np.ndarray, n_clusters: int | None) -> np.ndarray:
+    emb = np.asarray(emb, dtype=np.float32)
+    if emb.ndim != 2 or emb.shape[0] < 2:
+        raise InputError(f"need an (n_cells, n_dims) embedding with at least 2 cells, got shape {emb.shape}")
+    if not np.isfinite(emb).all():
+        raise InputError("the embedding has NaN/inf rows (cells dropped as empty?); subset to finite rows first")
+    if n_clusters is not None and not 1 <= n_clusters <= emb.shape[0]:
+        raise InputError(f"n_clusters={n_clusters} must be between 1 and the number of cells ({emb.shape[0]})")
+    return emb
+
+
+def leiden_labels(emb: np.ndarray, resolution: float, n_neighbors: int = 15, seed: int = 0, _graph=None) -> np.ndarray:
+    import scanpy as sc
+
+    a = _graph if _graph is not None else _neighbors(emb, n_neighbors, seed)
+    sc.tl.leiden(a, resolution=resolution, flavor="igraph", n_iterations=2, directed=False, random_state=seed,
+                 key_added="_c")
+    return a.obs["_c"].astype(int).to_numpy()
+
+
+def _neighbors(emb, n_neighbors, seed):
+    import anndata as ad
+    import scanpy as sc
+
+    a = ad.AnnData(np.zeros((emb.shape[0], 0), dtype=np.float32))
+    a.obsm["X"] = emb
+    sc.pp.neighbors(a, use_rep="X", n_neighbors=min(n_neighbors, emb.shape[0] - 1), random_state=seed)
+    return a
+
+
+def leiden_n_clusters(emb: np.ndarray, n_clusters: int, n_neighbors: int = 15, seed: int = 0,
+                      max_steps: int = 30) -> tuple[np.ndarray, float]:
+    """Bisection on the Leiden resolution until exactly ``n_clusters`` clusters (or the closest)."""
+    g = _neighbors(emb, n_neighbors, seed)
+    lo, hi = 0.0, 3.0
+    best = None
+    for _ in range(max_steps):
+        res = (lo + hi) / 2
+        labels = leiden_labels(emb, res, seed=seed, _graph=g)
+        k = len(np.unique(labels))
+        if best is None or abs(k - n_clusters) < abs(best[2] - n_clusters):
+            best = (labels, res, k)
+        if k == n_clusters:
+            break
+        if k < n_clusters:
+            lo = res
+        else:
+            hi = res
+    labels, res, k = best
+    if k != n_clusters:
+        log.warning("Leiden gave %d clusters at best (asked %d); use method='kmeans' for an exact K", k, n_clusters)
+    return labels, res
+
+
+def kmeans_labels(emb: np.ndarray, n_clusters: int, seed: int = 0) -> np.ndarray:
+    from sklearn.cluster import KMeans
+
+    return KMeans(n_clusters=n_clusters, n_init=10, random_state=seed).fit_predict(emb)
+
+
+def smooth_labels(labels: np.ndarray, coords: np.ndarray, k: int = 6) -> np.ndarray:
+    """Majority vote over each spot and its k nearest spatial neighbours (ties keep the own label)."""
+    from sklearn.neighbors import NearestNeighbors
+
+    labels = np.asarray(labels)
+    codes, inv = np.unique(labels, return_inverse=True)
+    k = min(k, len(labels) - 1)
+    idx = NearestNeighbors(n_neighbors=k + 1).fit(coords).kneighbors(coords, return_distance=False)
+    votes = np.zeros((len(labels), len(codes)), dtype=np.int32)
+    np.add.at(votes, (np.repeat(np.arange(len(labels)), k + 1), inv[idx].ravel()), 1)
+    best = votes.argmax(1)
+    own_ok = votes[np.arange(len(labels)), inv] == votes.max(1)
+    return codes[np.where(own_ok, inv, best)]
+
+
+def cluster_embedding(emb: np.ndarray, *, n_clusters: int | None = None, resolution: float | None = None,
+                      method: str = "leiden", coords: np.ndarray | None = None, smooth_k: int = 0,
+                      n_neighbors: int = 15, seed: int = 0) -> tuple[np.ndarray, dict]:
+    """Cluster an embedding; returns (integer labels, parameters actually used)."""
+    emb = _check_embedding(emb, n_clusters)
+    info: dict = {"method": method, "seed": seed, "smooth_k": smooth_k}
+    if method == "kmeans":
+        if n_clusters is None:
+            raise InputError("k-means needs --n-clusters K")
+        labels = kmeans_labels(emb, n_clusters, seed)
+    elif method == "leiden":
+        if (n_clusters is None) == (resolution is None):
+            raise InputError("give exactly one of --n-clusters K (resolution searched) or --resolution R")
+        if n_clusters is not None:
+            labels, res = leiden_n_clusters(emb, n_clusters, n_neighbors, seed)
+        else:
+            labels, res = leiden_labels(emb, resolution, n_neighbors, seed), resolution
+        info.update(resolution=float(res), n_neighbors=n_neighbors)
+    else:
+        raise InputError(f"unknown clustering method {method!r}; use 'leiden' or 'kmeans'")
+    if smooth_k:
+        if coords is None:
+            raise InputError("spatial smoothing needs coordinates (obsm['spatial']); set smooth_k=0 or add them")
+        labels = smooth_labels(labels, coords, smooth_k)
+    info["n_clusters"] = int(len(np.unique(labels)))
+    return labels, info

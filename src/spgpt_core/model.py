@@ -1,0 +1,376 @@
+"""The scGPT-spatial network as one readable pure-torch module.
+
+Architecture (paper Methods 4.2, reference facts §1.5-1.8):
+
+* token input = LayerNorm(gene embedding) + value encoder(binned value); ``<cls>`` first with value
+  ``pad_value``; no positional encoding (a cell is a set of genes).
+* post-norm transformer encoder (ReLU FFN) with *generative masked attention*: context tokens
+  (``<cls>`` + expressed genes) attend to context only; query tokens attend to the context and to
+  themselves, never to other query tokens. Query tokens carry no value: gene embedding + a learned
+  "query" flag embedding.
+* a modality embedding concatenated to every gene-wise output and to the spot embedding (Eq. 5, 6).
+* GEP: a mixture-of-experts decoder (4 three-layer MLP experts, linear softmax gate, top-2
+  renormalised; Eq. 7, 8) predicts query-gene values from ``concat(h_query, emb_m)``.
+* GEPS-intra / GEPS-inter: ``x_j = q_j . W h`` with ``q_j = sigmoid(Linear(emb_g(gene_j)))`` and
+  ``h`` the spot embedding (intra) or the mean spot embedding of the spot's k nearest spatial
+  neighbours in the patch (inter; Eq. 10-12).
+* ECS (elastic cell similarity) for fine-tuning.
+
+Deviation from the reference code (paper silent, standard transformer kept): the reference skips
+the attention output projection for query tokens; here every token goes through ``out_proj``.
+The spot embedding users get is the final-layer ``<cls>`` state (D dims, L2-normalised by the
+caller), exactly as the reference ``embed_data``.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from .modality import MODALITIES
+
+
+@dataclass
+class SpGPTConfig:
+    """Shape and token conventions of a model. Saved as ``config.json`` in a model directory."""
+
+    vocab_size: int = 60697
+    d_model: int = 512
+    n_layers: int = 12
+    n_heads: int = 8
+    d_ffn: int = 512
+    dropout: float = 0.2
+    pad_token_id: int = 60694
+    cls_token_id: int = 60695
+    pad_value: float = -2.0
+    mask_value: float = -1.0
+    n_bins: int = 51
+    max_value: float = 512.0  # value-encoder input clamp, as in scGPT
+    max_seq_len: int = 1200  # tokens per cell at embedding time, <cls> included
+    n_modalities: int = len(MODALITIES)
+    d_modality: int = 512
+    n_experts: int = 4
+    top_k: int = 2
+    ecs_threshold: float = 0.8
+    norm_eps: float = 1e-5
+
+    def __post_init__(self):
+        if self.d_model % self.n_heads:
+            raise ValueError(f"d_model={self.d_model} must be divisible by n_heads={self.n_heads}")
+        if not 1 <= self.top_k <= self.n_experts:
+            raise ValueError(f"top_k={self.top_k} must be in 1..n_experts={self.n_experts}")
+
+    @property
+    def d_decoder_in(self) -> int:
+        return self.d_model + self.d_modality
+
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: dict) -> "SpGPTConfig":
+        known = {f.name for f in dataclasses.fields(cls)}
+        unknown = sorted(set(d) - known)
+        if unknown:
+            raise ValueError(f"unknown model config keys {unknown}; known keys: {sorted(known)}")
+        return cls(**d)
+
+
+# Named sizes. "scgpt-human" matches the released checkpoint (about 53M parameters, 31M of them the
+# gene embedding table). The small sizes keep the full vocabulary so token ids stay compatible.
+PRESETS: dict[str, dict] = {
+    "scgpt-human": dict(d_model=512, n_layers=12, n_heads=8, d_ffn=512, d_modality=512, dropout=0.2),
+    "small": dict(d_model=128, n_layers=4, n_heads=4, d_ffn=256, d_modality=64, dropout=0.1, max_seq_len=600),
+    "tiny": dict(d_model=32, n_layers=2, n_heads=2, d_ffn=64, d_modality=16, dropout=0.0, max_seq_len=256),
+}
+
+
+def preset_config(name: str, **overrides) -> SpGPTConfig:
+    if name not in PRESETS:
+        raise ValueError(f"unknown model size {name!r}; choose one of {sorted(PRESETS)}")
+    return SpGPTConfig(**{**PRESETS[name], **overrides})
+
+
+class GeneEncoder(nn.Module):
+    def __init__(self, cfg: SpGPTConfig):
+        super().__init__()
+        self.embedding = nn.Embedding(cfg.vocab_size, cfg.d_model, padding_idx=cfg.pad_token_id)
+        self.norm = nn.LayerNorm(cfg.d_model, eps=cfg.norm_eps)
+
+    def forward(self, genes: torch.Tensor) -> torch.Tensor:
+        return self.norm(self.embedding(genes))
+
+
+class ValueEncoder(nn.Module):
+    """Continuous value encoder: an MLP on the scalar bin value (incl. -1 mask / -2 pad)."""
+
+    def __init__(self, cfg: SpGPTConfig):
+        super().__init__()
+        self.max_value = cfg.max_value
+        self.linear1 = nn.Linear(1, cfg.d_model)
+        self.linear2 = nn.Linear(cfg.d_model, cfg.d_model)
+        self.norm = nn.LayerNorm(cfg.d_model, eps=cfg.norm_eps)
+        self.dropout = nn.Dropout(cfg.dropout)
+
+    def forward(self, values: torch.Tensor) -> torch.Tensor:
+        x = values.unsqueeze(-1).clamp(max=self.max_value)
+        x = self.linear2(F.relu(self.linear1(x)))
+        return self.dropout(self.norm(x))
+
+
+class Attention(nn.Module):
+    """Multi-head self-attention with a packed q/k/v projection (scGPT's ``Wqkv`` layout)."""
+
+    def __init__(self, cfg: SpGPTConfig):
+        super().__init__()
+        self.n_heads = cfg.n_heads
+        self.qkv = nn.Linear(cfg.d_model, 3 * cfg.d_model)
+        self.out_proj = nn.Linear(cfg.d_model, cfg.d_model)
+        self.dropout = cfg.dropout
+
+    def forward(self, x: torch.Tensor, attn_mask: torch.Tensor | None) -> torch.Tensor:
+        B, L, D = x.shape
+        q, k, v = self.qkv(x).view(B, L, 3, self.n_heads, D // self.n_heads).permute(2, 0, 3, 1, 4)
+        y = F.scaled_dot_product_attention(
+            q, k, v, attn_mask=attn_mask, dropout_p=self.dropout if self.training else 0.0
+        )
+        return self.out_proj(y.transpose(1, 2).reshape(B, L, D))
+
+
+class Block(nn.Module):
+    """Post-norm transformer layer, as in the released scGPT checkpoints."""
+
+    def __init__(self, cfg: SpGPTConfig):
+        super().__init__()
+        self.attn = Attention(cfg)
+        self.linear1 = nn.Linear(cfg.d_model, cfg.d_ffn)
+        self.linear2 = nn.Linear(cfg.d_ffn, cfg.d_model)
+        self.norm1 = nn.LayerNorm(cfg.d_model, eps=cfg.norm_eps)
+        self.norm2 = nn.LayerNorm(cfg.d_model, eps=cfg.norm_eps)
+        self.dropout = nn.Dropout(cfg.dropout)
+
+    def forward(self, x: torch.Tensor, attn_mask: torch.Tensor | None) -> torch.Tensor:
+        x = self.norm1(x + self.dropout(self.attn(x, attn_mask)))
+        return self.norm2(x + self.dropout(self.linear2(self.dropout(F.relu(self.linear1(x))))))
+
+
+class Expert(nn.Module):
+    """One MoE expert: the 3-layer MLP of scGPT's expression decoder."""
+
+    def __init__(self, d_in: int, d_hidden: int):
+        super().__init__()
+        self.fc = nn.Sequential(
+            nn.Linear(d_in, d_hidden), nn.LeakyReLU(), nn.Linear(d_hidden, d_hidden), nn.LeakyReLU(),
+            nn.Linear(d_hidden, 1),
+        )
+
+    def forward(self, h: torch.Tensor) -> torch.Tensor:
+        return self.fc(h).squeeze(-1)
+
+
+class MoEDecoder(nn.Module):
+    """Top-k mixture of experts per gene token (Eq. 7, 8).
+
+    All experts run on every token (dense: 4 small MLPs, simpler and as fast as dispatch at this
+    size); the gate's top-k probabilities are renormalised to sum to 1 and weight the experts.
+    ``balance_loss`` is the Switch-Transformer load-balancing term (E * sum_e f_e P_e); the paper
+    and the reference use none, so training weights it 0 by default.
+    """
+
+    def __init__(self, cfg: SpGPTConfig):
+        super().__init__()
+        self.top_k = cfg.top_k
+        self.experts = nn.ModuleList(Expert(cfg.d_decoder_in, cfg.d_model) for _ in range(cfg.n_experts))
+        self.gate = nn.Linear(cfg.d_decoder_in, cfg.n_experts)
+
+    def route(self, h: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Return (gate probabilities, renormalised top-k weights), both (..., E)."""
+        probs = self.gate(h).softmax(dim=-1)
+        top = probs.topk(self.top_k, dim=-1)
+        weights = torch.zeros_like(probs).scatter(-1, top.indices, top.values)
+        return probs, weights / weights.sum(dim=-1, keepdim=True)
+
+    def forward(self, h: torch.Tensor, mask: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+        """h (..., d_in) -> (prediction (...), balance loss scalar). ``mask`` marks real tokens."""
+        probs, weights = self.route(h)
+        preds = torch.stack([e(h) for e in self.experts], dim=-1)
+        out = (weights * preds).sum(-1)
+        m = torch.ones(h.shape[:-1], dtype=h.dtype, device=h.device) if mask is None else mask.to(h.dtype)
+        denom = m.sum().clamp(min=1.0)
+        frac_routed = ((weights > 0).to(h.dtype) * m.unsqueeze(-1)).sum(dim=tuple(range(m.dim()))) / denom
+        mean_prob = (probs * m.unsqueeze(-1)).sum(dim=tuple(range(m.dim()))) / denom
+        balance = probs.shape[-1] * (frac_routed / self.top_k * mean_prob).sum()
+        return out, balance
+
+
+class SpotDecoder(nn.Module):
+    """GEPS head: predict gene values from a spot(-neighbourhood) embedding (Eq. 10, 12)."""
+
+    def __init__(self, cfg: SpGPTConfig):
+        super().__init__()
+        self.gene2query = nn.Linear(cfg.d_model, cfg.d_model)
+        self.W = nn.Linear(cfg.d_model, cfg.d_decoder_in, bias=False)
+
+    def forward(self, spot: torch.Tensor, gene_emb: torch.Tensor) -> torch.Tensor:
+        """spot (B, d_in), gene_emb (B, Q, d) -> (B, Q)."""
+        q = torch.sigmoid(self.gene2query(gene_emb))
+        return torch.einsum("bqd,bd->bq", self.W(q), spot)
+
+
+def generative_attention_mask(ctx_pad: torch.Tensor, qry_pad: torch.Tensor | None) -> torch.Tensor | None:
+    """Boolean SDPA mask (True = may attend), shape (B, 1, L, L) with L = context + query.
+
+    Context rows see non-padded context keys. Query rows see non-padded context keys and
+    themselves only (Methods 4.2.1). Returns None when nothing needs masking (fast SDPA path).
+    """
+    B, P = ctx_pad.shape
+    Q = 0 if qry_pad is None else qry_pad.shape[1]
+    if Q == 0 and not bool(ctx_pad.any()):
+        return None
+    L = P + Q
+    keep_ctx = ~ctx_pad  # (B, P)
+    mask = torch.zeros(B, L, L, dtype=torch.bool, device=ctx_pad.device)
+    mask[:, :, :P] = keep_ctx.unsqueeze(1)
+    if Q:
+        idx = torch.arange(P, L, device=ctx_pad.device)
+        mask[:, idx, idx] = True  # each query token sees itself (also keeps padded rows finite)
+    return mask.unsqueeze(1)
+
+
+def neighbour_mean(spot: torch.Tensor, coords: torch.Tensor, k: int) -> torch.Tensor:
+    """Mean spot embedding of each spot's k nearest spatial neighbours within the batch (Eq. 11).
+
+    Gradients flow into the neighbours' embeddings. ``k`` is capped at batch size - 1.
+    """
+    B = spot.shape[0]
+    k = min(k, B - 1)
+    if k < 1:
+        raise ValueError("GEPS-inter needs at least 2 spots per patch")
+    d = torch.cdist(coords.float(), coords.float())
+    d.fill_diagonal_(float("inf"))
+    nbr = d.topk(k, dim=1, largest=False).indices  # (B, k)
+    return spot[nbr].mean(dim=1)
+
+
+class SpGPTModel(nn.Module):
+    """The scGPT-spatial network. Pure torch: no data handling, no I/O."""
+
+    def __init__(self, cfg: SpGPTConfig):
+        super().__init__()
+        self.cfg = cfg
+        self.gene_encoder = GeneEncoder(cfg)
+        self.value_encoder = ValueEncoder(cfg)
+        self.flag_embedding = nn.Embedding(2, cfg.d_model)  # row 1 marks query (to-generate) tokens
+        self.layers = nn.ModuleList(Block(cfg) for _ in range(cfg.n_layers))
+        self.modality_embedding = nn.Embedding(cfg.n_modalities, cfg.d_modality)
+        self.moe_decoder = MoEDecoder(cfg)
+        self.geps_intra = SpotDecoder(cfg)
+        self.geps_inter = SpotDecoder(cfg)
+        self.reset_parameters()
+
+    def reset_parameters(self) -> None:
+        # scGPT initialises only the gene embedding specially (uniform +-0.1); torch defaults elsewhere.
+        nn.init.uniform_(self.gene_encoder.embedding.weight, -0.1, 0.1)
+        with torch.no_grad():
+            self.gene_encoder.embedding.weight[self.cfg.pad_token_id].zero_()
+        nn.init.normal_(self.modality_embedding.weight, std=0.02)
+
+    def encode(
+        self,
+        genes: torch.Tensor,
+        values: torch.Tensor,
+        pad_mask: torch.Tensor,
+        query_genes: torch.Tensor | None = None,
+        query_pad_mask: torch.Tensor | None = None,
+    ) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """Run the encoder.
+
+        genes/values/pad_mask: (B, P) context tokens with ``<cls>`` at position 0 (pad_mask True =
+        padding). query_genes/query_pad_mask: (B, Q) genes to generate, or None for pure
+        embedding. Returns (context states (B, P, d), query states (B, Q, d) or None).
+        """
+        x = self.gene_encoder(genes) + self.value_encoder(values)
+        P = x.shape[1]
+        if query_genes is not None and query_genes.shape[1] > 0:
+            if query_pad_mask is None:
+                query_pad_mask = torch.zeros_like(query_genes, dtype=torch.bool)
+            xq = self.gene_encoder(query_genes) + self.flag_embedding.weight[1]
+            x = torch.cat([x, xq], dim=1)
+        else:
+            query_genes, query_pad_mask = None, None
+        mask = generative_attention_mask(pad_mask, query_pad_mask)
+        for layer in self.layers:
+            x = layer(x, mask)
+        return x[:, :P], (x[:, P:] if query_genes is not None else None)
+
+    def spot_embedding(self, genes, values, pad_mask) -> torch.Tensor:
+        """Final-layer ``<cls>`` state (B, d), not normalised."""
+        return self.encode(genes, values, pad_mask)[0][:, 0]
+
+    def with_modality(self, h: torch.Tensor, modality: torch.Tensor) -> torch.Tensor:
+        """Concatenate the modality embedding to (B, d) or (B, Q, d) states (Eq. 5, 6)."""
+        m = self.modality_embedding(modality)
+        if h.dim() == 3:
+            m = m.unsqueeze(1).expand(-1, h.shape[1], -1)
+        return torch.cat([h, m], dim=-1)
+
+    def forward(
+        self,
+        genes: torch.Tensor,
+        values: torch.Tensor,
+        pad_mask: torch.Tensor,
+        query_genes: torch.Tensor,
+        query_pad_mask: torch.Tensor,
+        modality: torch.Tensor,
+        coords: torch.Tensor | None = None,
+        k_neighbours: int = 6,
+    ) -> dict[str, torch.Tensor]:
+        """Training forward pass over one patch: predictions for every objective.
+
+        Returns ``spot`` (B, d), ``gep`` (B, Q) from the MoE decoder, ``geps_intra`` (B, Q) and,
+        when ``coords`` (B, 2) are given, ``geps_inter`` (B, Q); plus ``moe_balance``.
+        """
+        ctx, qry = self.encode(genes, values, pad_mask, query_genes, query_pad_mask)
+        spot = ctx[:, 0]
+        spot_m = self.with_modality(spot, modality)
+        gep, balance = self.moe_decoder(self.with_modality(qry, modality), ~query_pad_mask)
+        gene_emb = self.gene_encoder(query_genes)
+        out = {"spot": spot, "gep": gep, "geps_intra": self.geps_intra(spot_m, gene_emb), "moe_balance": balance}
+        if coords is not None:
+            out["geps_inter"] = self.geps_inter(neighbour_mean(spot_m, coords, k_neighbours), gene_emb)
+        return out
+
+
+def masked_mse(pred: torch.Tensor, target: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """Mean squared error over positions where ``mask`` is True (Eq. 9, 10, 12)."""
+    m = mask.to(pred.dtype)
+    return ((pred - target) ** 2 * m).sum() / m.sum().clamp(min=1.0)
+
+
+def ecs_loss(spot: torch.Tensor, threshold: float) -> torch.Tensor:
+    """Elastic cell similarity (scGPT): push cosine similarities away from ``threshold``."""
+    e = F.normalize(spot, dim=1)
+    cos = e @ e.T
+    cos = cos.masked_fill(torch.eye(len(e), dtype=torch.bool, device=e.device), 0.0).relu()
+    return (1 - (cos - threshold) ** 2).mean()
+
+
+def count_parameters(model: nn.Module) -> int:
+    return sum(p.numel() for p in model.parameters())
+
+
+def matmul_flops_per_token(cfg: SpGPTConfig, seq_len: int) -> float:
+    """Forward FLOPs per token of the encoder (2 per multiply-add), used by the benchmarks."""
+    d, f = cfg.d_model, cfg.d_ffn
+    per_layer = 2 * (4 * d * d + 2 * d * f) + 2 * 2 * seq_len * d  # projections + FFN + QK^T and AV
+    return cfg.n_layers * per_layer + 2 * d * d  # + value encoder's d x d layer
+
+
+__all__ = [
+    "SpGPTConfig", "SpGPTModel", "PRESETS", "preset_config", "masked_mse", "ecs_loss",
+    "generative_attention_mask", "neighbour_mean", "count_parameters", "matmul_flops_per_token",
+]
