@@ -14,6 +14,7 @@ import scipy.sparse as sp
 from sklearn.cluster import KMeans
 from sklearn.metrics import adjusted_rand_score
 from sklearn.neighbors import NearestNeighbors
+from threadpoolctl import threadpool_limits
 
 from spgpt_core.datasets import make_sample_reference, make_sample_slide
 from spgpt_core.errors import InputError
@@ -130,12 +131,13 @@ def test_slide_image_matches_spots(slide):
 
 
 def test_planted_domains_recoverable_by_pca_kmeans(slide):
-    """Measured: ARI 0.91 for seed 0 (0.75, 0.68 for seeds 1, 2)."""
+    """Measured ARI: 0.93 for seed 0 (0.59-0.89 for seeds 1-4)."""
     adata = slide.copy()
     sc.pp.normalize_total(adata, target_sum=1e4)
     sc.pp.log1p(adata)
     sc.pp.pca(adata, n_comps=20, random_state=0)
-    pred = KMeans(n_clusters=5, n_init=10, random_state=0).fit_predict(adata.obsm["X_pca"])
+    with threadpool_limits(1):  # KMeans' OpenMP threads stall on busy (CI) machines
+        pred = KMeans(n_clusters=5, n_init=10, random_state=0).fit_predict(adata.obsm["X_pca"])
     assert adjusted_rand_score(adata.obs["domain"], pred) > 0.8
 
 

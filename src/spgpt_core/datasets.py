@@ -108,8 +108,8 @@ def _type_profiles(genes: list[str], types: list[str], rng: np.random.Generator)
     n_genes = len(genes)
     index = {g: i for i, g in enumerate(genes)}
     hk = [index[g] for g in HOUSEKEEPING_GENES]
-    named = {i for t in types for i in (index[g] for g in CELL_TYPE_MARKERS.get(t, ()))}
-    free = [i for i in rng.permutation(n_genes) if i not in set(hk) and i not in named]
+    reserved = set(hk) | {index[g] for t in types for g in CELL_TYPE_MARKERS.get(t, ())}
+    free = [i for i in rng.permutation(n_genes) if i not in reserved]
     # Leave at least one block's worth of genes as pure background.
     max_block = (n_genes - len(hk)) // (len(types) + 1)
     base = rng.gamma(shape=0.5, scale=1.0, size=n_genes) + 1e-3

@@ -1,0 +1,31 @@
+"""Arguments shared by several subcommands."""
+
+from __future__ import annotations
+
+import argparse
+
+
+def add_model_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--model", default="default",
+                   help="model: 'default' (shipped), a model directory (spgpt or scGPT format) or "
+                        "'random:SIZE[:SEED]' (untrained; sizes tiny, small, scgpt-human). Default: %(default)s")
+    p.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"], help="compute device (default: auto)")
+
+
+def add_input_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("input", help="slide: .h5ad file or SpatialData .zarr directory")
+    p.add_argument("--table", help="SpatialData table to use when the store has several")
+    p.add_argument("--gene-col", help="var column holding gene symbols (default: chosen automatically)")
+    p.add_argument("--modality", help="technology (visium, visium_hd, xenium, merfish, cosmx, starmap, osmfish, "
+                                      "seqfish, smfish, verafish, slideseq, st, stereoseq, scrna); default: inferred")
+
+
+def add_output_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--out", required=True, help="output .h5ad (a new file; the input is never modified)")
+    p.add_argument("--overwrite", action="store_true", help="replace --out if it exists")
+
+
+def read_input(args, backed: bool):
+    from ..io import read_slide
+
+    return read_slide(args.input, table=getattr(args, "table", None), backed=backed)

@@ -1,0 +1,7 @@
+"""Scanpy-style tools: each verb writes its result into the AnnData under ``key_added`` and records
+its parameters, the model and the versions in ``adata.uns[key_added]``."""
+
+from ._cluster import cluster
+from ._embed import embed
+
+__all__ = ["embed", "cluster"]

@@ -1,0 +1,32 @@
+"""``tl.embed``: zero-shot spot embeddings into ``obsm``."""
+
+from __future__ import annotations
+
+from ..progress import Progress
+from ..records import h5ad_safe, run_record
+
+
+def embed(adata, model="default", *, key_added: str = "X_spgpt", gene_col: str | None = None,
+          modality: str | None = None, batch_size: int = 64, chunk_size: int = 4096, seed: int = 0,
+          device: str = "auto", empty: str = "error", progress: Progress | None = None):
+    """Zero-shot spot embeddings into ``adata.obsm[key_added]`` (L2-normalised ``<cls>`` states).
+
+    ``model`` is an :class:`~spgpt_core.SpGPT` or anything :func:`~spgpt_core.load_model` takes.
+    With ``empty="drop"`` cells that express no vocabulary gene get NaN rows and
+    ``obs[key_added + '_empty']`` marks them. Returns ``adata`` (modified in place).
+    """
+    from ..embed import embed as _embed
+    from ..pretrained import load_model
+
+    model = load_model(model, device=device)
+    emb, prep = _embed(adata, model, gene_col=gene_col, modality=modality, batch_size=batch_size,
+                       chunk_size=chunk_size, seed=seed, empty=empty, progress=progress)
+    adata.obsm[key_added] = emb
+    if (~prep.keep_cells).any():
+        adata.obs[f"{key_added}_empty"] = ~prep.keep_cells
+    adata.uns[key_added] = run_record(
+        {"gene_col": gene_col, "modality": prep.modality.name, "modality_reason": prep.modality_reason,
+         "batch_size": batch_size, "seed": seed, "device": str(model.device), "empty": empty},
+        model=model, gene_match=prep.match.to_dict(), normalization=prep.norm_info, summary=prep.summary)
+    return adata
+
