@@ -170,6 +170,7 @@ def make_sample_reference(
         var=pd.DataFrame(index=pd.Index(genes)),
     )
     adata.varm["true_profiles"] = pd.DataFrame(profiles.T, index=adata.var_names, columns=types)
+    adata.uns["modality"] = "scrna"
     adata.uns["sample_truth"] = {
         "generator": "spgpt_core.datasets.make_sample_reference",
         "seed": int(seed),
@@ -419,6 +420,7 @@ def make_sample_slide(
             "metadata": {"source": "spgpt_core.datasets.make_sample_slide (generated, not real data)"},
         }
     }
+    adata.uns["modality"] = "visium"  # read by spgpt_core.modality.infer_modality
     adata.uns["sample_truth"] = {
         "generator": "spgpt_core.datasets.make_sample_slide",
         "seed": int(seed),

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from ..progress import Progress
-from ..records import h5ad_safe, run_record
+from ..records import run_record
 
 
 def embed(adata, model="default", *, key_added: str = "X_spgpt", gene_col: str | None = None,

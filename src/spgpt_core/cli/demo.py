@@ -1,0 +1,22 @@
+"""``spgpt demo``: the main job on a generated sample slide."""
+
+from __future__ import annotations
+
+
+def cmd_demo(args) -> None:
+    from ..demo import run_demo
+    from ..progress import TqdmProgress
+
+    run_demo(args.out, model=args.model, seed=args.seed, overwrite=args.overwrite,
+             progress=TqdmProgress(disable=args.quiet, unit="cell"))
+
+
+def register(sub) -> None:
+    p = sub.add_parser("demo", help="run spgpt end to end on a generated sample slide",
+                       description="Generate a Visium-like slide with planted domains, cell-type mixtures and a "
+                       "tissue image, run the model on it and score the results against the truth.")
+    p.add_argument("--out", default="spgpt_demo", help="output folder (default: %(default)s)")
+    p.add_argument("--model", default="default", help="model (default: the shipped model)")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--overwrite", action="store_true", help="reuse a non-empty output folder")
+    p.set_defaults(func=cmd_demo)

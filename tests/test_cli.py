@@ -1,0 +1,111 @@
+"""The command line: outputs, never touching the input, one-line errors for bad input, --help."""
+
+import hashlib
+import json
+
+import anndata as ad
+import pytest
+
+from conftest import data_file
+from spgpt_core.cli import build_parser, main
+
+
+def _sha(path):
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+@pytest.fixture(scope="module")
+def slide(tmp_path_factory):
+    src = ad.read_h5ad(data_file("starmap_mpfc/STARmap_mPFC_20180417_BZ5_control.h5ad"))
+    p = tmp_path_factory.mktemp("cli") / "slide.h5ad"
+    src.write_h5ad(p)
+    return p
+
+
+def test_embed_then_cluster_writes_new_files_and_keeps_input(tmp_path, slide, capsys):
+    before = _sha(slide)
+    out = tmp_path / "emb.h5ad"
+    assert main(["-q", "embed", str(slide), "--model", "random:tiny", "--out", str(out), "--batch-size", "16"]) == 0
+    assert _sha(slide) == before
+    a = ad.read_h5ad(out)
+    orig = ad.read_h5ad(slide)
+    assert a.obsm["X_spgpt"].shape == (orig.n_obs, 32)
+    assert (a.X != orig.X).nnz == 0 and list(a.obs.columns) == list(orig.obs.columns)  # everything else kept
+    assert a.uns["X_spgpt"]["params"]["modality"] == "xenium"
+    assert "embedded 1,049 cells" in capsys.readouterr().out
+
+    # refuses to overwrite, and to write over its input
+    assert main(["-q", "embed", str(slide), "--model", "random:tiny", "--out", str(out)]) == 2
+    assert "already exists" in capsys.readouterr().err
+    assert main(["-q", "embed", str(slide), "--model", "random:tiny", "--out", str(slide), "--overwrite"]) == 2
+    assert "input file" in capsys.readouterr().err and _sha(slide) == before
+
+    clustered = tmp_path / "dom.h5ad"
+    assert main(["-q", "cluster", str(out), "--n-clusters", "4", "--out", str(clustered), "--plot",
+                 "--smooth-k", "6"]) == 0
+    c = ad.read_h5ad(clustered)
+    assert c.obs["spgpt_domain"].nunique() == 4 and len(c.uns["spgpt_domain_colors"]) == 4
+    assert c.uns["spgpt_domain"]["params"]["smooth_k"] == 6
+    assert clustered.with_suffix(".png").stat().st_size > 10_000
+
+
+def test_modality_and_gene_col_options(tmp_path, slide):
+    out = tmp_path / "e.h5ad"
+    assert main(["-q", "embed", str(slide), "--model", "random:tiny", "--out", str(out), "--modality", "starmap",
+                 "--gene-col", "index", "--seed", "5"]) == 0
+    rec = ad.read_h5ad(out).uns["X_spgpt"]["params"]
+    assert rec["modality"] == "starmap" and rec["seed"] == 5
+
+
+@pytest.mark.parametrize("args,msg", [
+    (["embed", "missing.h5ad", "--model", "random:tiny", "--out", "o.h5ad"], "Input not found"),
+    (["embed", "SLIDE", "--model", "nodir", "--out", "o.h5ad"], "does not exist"),
+    (["embed", "SLIDE", "--model", "random:tiny", "--out", "o.h5ad", "--modality", "nanopore"], "unknown modality"),
+    (["embed", "SLIDE", "--model", "random:tiny", "--out", "o.h5ad", "--gene-col", "nope"], "nope"),
+    (["cluster", "SLIDE", "--n-clusters", "3", "--out", "o.h5ad"], "run `spgpt embed` first"),
+])
+def test_bad_input_gives_one_error_line(tmp_path, slide, capsys, args, msg, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    args = [str(slide) if a == "SLIDE" else a for a in args]
+    assert main(["-q", *args]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: ") and msg in err and "Traceback" not in err
+
+
+def test_broken_model_directory_via_cli(tmp_path, slide, capsys):
+    from spgpt_core import SpGPT
+
+    d = SpGPT.random("tiny").save_pretrained(tmp_path / "m")
+    (d / "vocab.json").unlink()
+    assert main(["-q", "embed", str(slide), "--model", str(d), "--out", str(tmp_path / "o.h5ad")]) == 2
+    assert "missing vocab.json" in capsys.readouterr().err
+
+
+def test_every_subcommand_has_help(capsys):
+    parser = build_parser()
+    sub = next(a for a in parser._actions if a.dest == "command")
+    assert {"embed", "cluster", "demo", "info"} <= set(sub.choices)
+    for name in sub.choices:
+        with pytest.raises(SystemExit) as e:
+            main([name, "--help"])
+        assert e.value.code == 0
+        assert "usage: spgpt" in capsys.readouterr().out
+
+
+def test_info_reports_model_and_gene_match(slide, capsys):
+    assert main(["info", "--model", "random:tiny", str(slide)]) == 0
+    out = capsys.readouterr().out
+    assert json.loads(out[: out.rindex("}") + 1])["d_model"] == 32
+    assert "matched 154 / 166 genes" in out
+
+
+def test_demo_runs_end_to_end(tmp_path, capsys):
+    out = tmp_path / "demo"
+    assert main(["-q", "demo", "--out", str(out), "--model", "random:tiny"]) == 0
+    assert {"sample_slide.h5ad", "sample_reference.h5ad", "demo_result.h5ad", "domains.png", "summary.txt"} <= {
+        p.name for p in out.iterdir()}
+    text = (out / "summary.txt").read_text()
+    assert "spgpt_domains_ARI" in text and "pca_kmeans_ARI" in text
+    res = ad.read_h5ad(out / "demo_result.h5ad")
+    assert res.obs["spgpt_domain"].nunique() == res.obs["domain"].nunique()
+    assert main(["-q", "demo", "--out", str(out), "--model", "random:tiny"]) == 2  # non-empty folder
