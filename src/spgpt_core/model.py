@@ -16,8 +16,10 @@ Architecture (paper Methods 4.2, reference facts §1.5-1.8):
   neighbours in the patch (inter; Eq. 10-12).
 * ECS (elastic cell similarity) for fine-tuning.
 
-Deviation from the reference code (paper silent, standard transformer kept): the reference skips
-the attention output projection for query tokens; here every token goes through ``out_proj``.
+Deviations from the reference code (the paper is silent on both): the reference skips the attention
+output projection for query tokens; here every token goes through ``out_proj``. Dropout is applied
+to embeddings, residual branches and the FFN but not to attention probabilities by default
+(``attn_dropout=0``), which keeps torch's fused attention kernels (5x faster on CPU in training).
 The spot embedding users get is the final-layer ``<cls>`` state (D dims, L2-normalised by the
 caller), exactly as the reference ``embed_data``.
 """
@@ -43,7 +45,8 @@ class SpGPTConfig:
     n_layers: int = 12
     n_heads: int = 8
     d_ffn: int = 512
-    dropout: float = 0.2
+    dropout: float = 0.2  # on embeddings, residual branches and the FFN
+    attn_dropout: float = 0.0  # on attention probabilities; >0 forces torch's slow unfused attention
     pad_token_id: int = 60694
     cls_token_id: int = 60695
     pad_value: float = -2.0
@@ -84,6 +87,8 @@ class SpGPTConfig:
 # gene embedding table). The small sizes keep the full vocabulary so token ids stay compatible.
 PRESETS: dict[str, dict] = {
     "scgpt-human": dict(d_model=512, n_layers=12, n_heads=8, d_ffn=512, d_modality=512, dropout=0.2),
+    # the shipped default model: sized for CPUs (checkpoint < 25 MB, a 4,000-spot slide in < 1 min)
+    "base-cpu": dict(d_model=64, n_layers=4, n_heads=4, d_ffn=128, d_modality=32, dropout=0.1, max_seq_len=384),
     "small": dict(d_model=128, n_layers=4, n_heads=4, d_ffn=256, d_modality=64, dropout=0.1, max_seq_len=600),
     "tiny": dict(d_model=32, n_layers=2, n_heads=2, d_ffn=64, d_modality=16, dropout=0.0, max_seq_len=256),
 }
@@ -130,7 +135,7 @@ class Attention(nn.Module):
         self.n_heads = cfg.n_heads
         self.qkv = nn.Linear(cfg.d_model, 3 * cfg.d_model)
         self.out_proj = nn.Linear(cfg.d_model, cfg.d_model)
-        self.dropout = cfg.dropout
+        self.dropout = cfg.attn_dropout
 
     def forward(self, x: torch.Tensor, attn_mask: torch.Tensor | None) -> torch.Tensor:
         B, L, D = x.shape

@@ -18,6 +18,11 @@ def embed(adata, model="default", *, key_added: str = "X_spgpt", gene_col: str |
     from ..embed import embed as _embed
     from ..pretrained import load_model
 
+    if adata.is_view and adata.isbacked:
+        from ..errors import InputError
+
+        raise InputError("cannot store results in a view of a backed AnnData; embed the whole backed object, or "
+                         "call .to_memory() on the subset first")
     model = load_model(model, device=device)
     emb, prep = _embed(adata, model, gene_col=gene_col, modality=modality, batch_size=batch_size,
                        chunk_size=chunk_size, seed=seed, empty=empty, progress=progress)

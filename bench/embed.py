@@ -1,0 +1,179 @@
+"""Embedding throughput and memory: spgpt vs the reference embedding path, on a real DLPFC slide.
+
+For each model size (the released scGPT-human shape and the small CPU size) the same random
+weights are written as a scGPT-format folder; spgpt imports it and the reference-path
+re-creation (bench/reference_embed.py: dense matrix, per-cell Python binning, batches padded to
+their longest cell, torch.nn.TransformerEncoder) loads it directly. Both embed the same cells.
+
+Reported: cells/s, tokens/s, achieved encoder FLOP/s and its fraction of this machine's measured
+fp32 matmul FLOP/s (same run), the speed-up over the reference path, and the peak resident memory
+of `spgpt embed` (a separate process reading the slide backed) for a small and a large number of
+cells, to show that memory does not grow with the slide.
+
+    .venv/bin/python bench/embed.py                 # full run (~10 min on 2 cores)
+    .venv/bin/python bench/embed.py --quick         # fewer cells
+    .venv/bin/python bench/embed.py --write         # also update BENCHMARKS.md
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT / "bench"))
+sys.path.insert(0, str(ROOT / "tests"))
+DATA = ROOT.parent / "shared" / "data"
+
+SIZES = {  # scGPT args.json fields for each size
+    "small": dict(d=128, nheads=4, d_hid=256, nlayers=4, max_seq_len=600),
+    "scgpt-human": dict(d=512, nheads=8, d_hid=512, nlayers=12, max_seq_len=1200),
+}
+
+
+def matmul_flops(n: int = 2048, reps: int = 10) -> float:
+    a, b = torch.randn(n, n), torch.randn(n, n)
+    a @ b
+    t = time.perf_counter()
+    for _ in range(reps):
+        a @ b
+    return 2 * n**3 * reps / (time.perf_counter() - t)
+
+
+def token_lengths(adata, model, seed=0) -> np.ndarray:
+    """Tokens per cell (with <cls>) exactly as the embedding sees them."""
+    from spgpt_core.embed import prepare_slide
+    from spgpt_core.io import iter_row_chunks
+    from spgpt_core.preprocess import tokenize_rows
+
+    prep = prepare_slide(adata, model)
+    out = []
+    for start, _, X in iter_row_chunks(adata, 4096):
+        tok = tokenize_rows(X, prep.match.vocab_ids, prep.divisors, first_cell=start, n_bins=model.config.n_bins,
+                            max_genes=model.config.max_seq_len - 1, seed=seed)
+        out.append(tok.lengths + 1)
+    return np.concatenate(out)
+
+
+def encoder_flops(cfg, lengths: np.ndarray) -> float:
+    from spgpt_core.model import matmul_flops_per_token
+
+    return float(sum(matmul_flops_per_token(cfg, int(L)) * L for L in lengths))
+
+
+def bench_size(name: str, adata, n_cells: int, n_ref: int, tmp: Path, peak: float) -> dict:
+    from reference_embed import reference_embed
+    from scgpt_checkpoint import write_scgpt_dir
+    from spgpt_core import SpGPT, tl
+    from spgpt_core.vocab import resolve_genes
+
+    d = write_scgpt_dir(tmp / name, **SIZES[name])
+    model = SpGPT.from_pretrained(d)
+    sub = adata[:n_cells].copy()
+    lengths = token_lengths(sub, model)
+    flops = encoder_flops(model.config, lengths)
+    tl.embed(sub[: min(32, n_cells)].copy(), model)  # warm-up
+    t = time.perf_counter()
+    tl.embed(sub, model, batch_size=64)
+    dt = time.perf_counter() - t
+    row = {"size": name, "params": sum(p.numel() for p in model.module.parameters()), "cells": n_cells,
+           "mean_tokens": float(lengths.mean()), "seconds": dt, "cells_per_s": n_cells / dt,
+           "tokens_per_s": lengths.sum() / dt, "gflops": flops / dt / 1e9, "peak_fraction": flops / dt / peak}
+
+    ref_sub = adata[:n_ref]
+    match = resolve_genes(ref_sub, model.vocab)
+    used = match.vocab_ids >= 0
+    X = ref_sub.X[:, used]
+    t = time.perf_counter()
+    reference_embed(X, match.vocab_ids[used], d, batch_size=64)
+    rdt = time.perf_counter() - t
+    row.update(ref_cells=n_ref, ref_cells_per_s=n_ref / rdt, speedup=row["cells_per_s"] / (n_ref / rdt))
+    return row
+
+
+def peak_rss_of_cli(slide: Path, n_cells: int | None, tmp: Path) -> tuple[float, float]:
+    """(peak RSS in MB, seconds) of a child process that embeds the first n_cells (all if None) backed."""
+    code = f"""
+import resource, time, anndata as ad, sys
+sys.path.insert(0, {str(ROOT / 'src')!r})
+from spgpt_core import load_model
+from spgpt_core.embed import embed
+from spgpt_core.io import read_slide
+a = read_slide({str(slide)!r}, backed=True)
+if {n_cells!r} is not None:
+    a = a[:{n_cells!r}]
+m = load_model("random:small")
+t = time.perf_counter()
+embed(a, m, chunk_size=1024)
+print(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, time.perf_counter() - t)
+"""
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    rss, sec = out.stdout.split()[-2:]
+    return float(rss), float(sec)
+
+
+def main() -> None:
+    import anndata as ad
+
+    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    p.add_argument("--slide", default=str(DATA / "dlpfc" / "DLPFC_151673.h5ad"))
+    p.add_argument("--quick", action="store_true")
+    p.add_argument("--write", action="store_true", help="update the embedding section of BENCHMARKS.md")
+    args = p.parse_args()
+    torch.manual_seed(0)
+    adata = ad.read_h5ad(args.slide)
+    peak = matmul_flops()
+    rows = []
+    with tempfile.TemporaryDirectory() as tmp:
+        tmp = Path(tmp)
+        plan = [("small", 600 if args.quick else adata.n_obs, 200 if args.quick else 600),
+                ("scgpt-human", 16 if args.quick else 64, 16 if args.quick else 64)]
+        for name, n, n_ref in plan:
+            print(f"[bench] {name}: {n} cells (reference path: {n_ref})", flush=True)
+            rows.append(bench_size(name, adata, n, n_ref, tmp, peak))
+            print(json.dumps(rows[-1]), flush=True)
+        mem = [(n, *peak_rss_of_cli(Path(args.slide), n, tmp)) for n in (500, None)]
+    machine = (f"{platform.processor() or platform.machine()}, {os.cpu_count()} cores, torch {torch.__version__}, "
+               f"{torch.get_num_threads()} threads; measured fp32 matmul {peak / 1e9:.0f} GFLOP/s")
+    lines = [f"Machine: {machine}.", f"Slide: `{Path(args.slide).name}` ({adata.n_obs} spots x {adata.n_vars} genes).",
+             "Command: `.venv/bin/python bench/embed.py" + (" --quick" if args.quick else "") + "`", "",
+             "| size | parameters | cells | mean tokens/cell | spgpt cells/s | tokens/s | encoder GFLOP/s | % of matmul peak "
+             "| reference path cells/s | speed-up |", "|---|---|---|---|---|---|---|---|---|---|"]
+    for r in rows:
+        lines.append(f"| {r['size']} | {r['params'] / 1e6:.1f}M | {r['cells']} | {r['mean_tokens']:.0f} | {r['cells_per_s']:.1f} "
+                     f"| {r['tokens_per_s']:,.0f} | {r['gflops']:.1f} | {100 * r['peak_fraction']:.0f}% "
+                     f"| {r['ref_cells_per_s']:.2f} ({r['ref_cells']} cells) | {r['speedup']:.1f}x |")
+    lines += ["", "Peak resident memory of a process embedding the slide read backed (small model, chunks of 1,024 "
+              "cells; includes Python, torch and the model):", "",
+              "| cells | peak RSS (MB) | seconds |", "|---|---|---|"]
+    lines += [f"| {n if n else adata.n_obs} | {rss:.0f} | {sec:.1f} |" for n, rss, sec in mem]
+    table = "\n".join(lines)
+    print(table)
+    if args.write:
+        write_section(ROOT / "BENCHMARKS.md", "embed", "## Zero-shot embedding\n\n" + table)
+
+
+def write_section(path: Path, name: str, body: str) -> None:
+    """Replace the text between <!-- name:start --> and <!-- name:end --> (append the block if absent)."""
+    start, end = f"<!-- {name}:start -->", f"<!-- {name}:end -->"
+    text = path.read_text() if path.exists() else "# Benchmarks\n"
+    block = f"{start}\n{body}\n{end}"
+    if start in text and end in text:
+        text = text[: text.index(start)] + block + text[text.index(end) + len(end):]
+    else:
+        text = text.rstrip() + "\n\n" + block + "\n"
+    path.write_text(text)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,137 @@
+"""``spgpt corpus build``, ``spgpt pretrain``, ``spgpt finetune``, ``spgpt domains``."""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+from ._common import add_model_args, add_output_args
+
+
+def cmd_corpus_build(args) -> None:
+    from ..corpus import Corpus, build_corpus, read_slide_list
+    from ..progress import TqdmProgress
+
+    specs = read_slide_list(args.slides)
+    out = build_corpus(specs, args.out, val_fraction=args.val_fraction, patch_size=args.patch_size, seed=args.seed,
+                       overwrite=args.overwrite, progress=TqdmProgress(disable=args.quiet, unit="slide"))
+    c = Corpus(out)
+    print(c.summary().to_string(index=False))
+    print(f"corpus: {len(c.slides)} slides, {c.n_cells:,} cells, {c.meta['n_genes_with_stats']:,} genes with "
+          f"corpus means -> {out}")
+
+
+def cmd_pretrain(args) -> None:
+    from ..progress import TqdmProgress
+    from ..train import load_config, pretrain
+    from ..train.loop import dist_info
+
+    cfg = load_config(args.config, args.overrides)
+    rank = dist_info()[0]
+    t = time.time()
+    model = pretrain(cfg, resume=args.resume, progress=TqdmProgress(disable=args.quiet or rank != 0, unit="step"))
+    if rank == 0:
+        tr = model.metadata.get("training", {})
+        print(f"trained {tr.get('steps')} steps, {tr.get('tokens', 0):,} tokens in {time.time() - t:.0f}s -> "
+              f"{Path(cfg.run_dir) / 'model'} (metrics: {Path(cfg.run_dir) / 'metrics.jsonl'})")
+
+
+def _finetune(args, slides):
+    from ..progress import TqdmProgress
+    from ..train import finetune
+
+    return finetune(slides, args.model, epochs=args.epochs, lr=args.lr, max_context=args.max_context,
+                    gene_col=args.gene_col, modality=args.modality, seed=args.seed, device=args.device,
+                    progress=TqdmProgress(disable=args.quiet, unit="step"))
+
+
+def cmd_finetune(args) -> None:
+    from ..errors import InputError
+
+    out = Path(args.out)
+    if out.exists() and not args.overwrite:
+        raise InputError(f"{out} already exists; pass --overwrite or choose another --out")
+    model = _finetune(args, args.slides)
+    model.save_pretrained(out, overwrite=args.overwrite)
+    print(f"fine-tuned model -> {out}")
+
+
+def cmd_domains(args) -> None:
+    from .. import tl
+    from ..io import read_slide
+    from ..output import _check_free, write_results
+    from ..pretrained import load_model
+    from ..progress import TqdmProgress
+
+    _check_free(Path(args.out), args.overwrite)
+    adata = read_slide(args.input, table=args.table)
+    t0 = time.time()
+    model = _finetune(args, [adata]) if args.epochs > 0 else load_model(args.model, device=args.device)
+    tl.embed(adata, model, gene_col=args.gene_col, modality=args.modality, seed=args.seed,
+             progress=TqdmProgress(disable=args.quiet, unit="cell"))
+    tl.cluster(adata, n_clusters=args.n_clusters, method=args.method, smooth_k=args.smooth_k,
+               key_added="spgpt_domain", seed=args.seed)
+    adata.uns["spgpt_domain"]["params"]["finetune_epochs"] = args.epochs
+    write_results(adata, args.out, input_path=args.input, obsm={"X_spgpt": adata.obsm["X_spgpt"]},
+                  obs={"spgpt_domain": adata.obs["spgpt_domain"]},
+                  uns={k: adata.uns[k] for k in ("X_spgpt", "spgpt_domain", "spgpt_domain_colors")},
+                  overwrite=args.overwrite)
+    if args.plot:
+        from ..plotting import save_spatial_panels
+
+        save_spatial_panels(adata, ["spgpt_domain"], Path(args.out).with_suffix(".png"))
+    print(f"{args.n_clusters} domains in {time.time() - t0:.0f}s -> {args.out} obs['spgpt_domain']")
+
+
+def _add_finetune_args(p, epochs_flag: str, default_epochs: int) -> None:
+    p.add_argument(epochs_flag, dest="epochs", type=int, default=default_epochs,
+                   help=f"fine-tuning epochs (default: {default_epochs}{'; 0 = zero-shot' if default_epochs else ''})")
+    p.add_argument("--lr", type=float, default=2e-4, help="fine-tuning learning rate (default: %(default)s)")
+    p.add_argument("--max-context", type=int, default=256, help="expressed genes per cell while fine-tuning")
+    p.add_argument("--gene-col")
+    p.add_argument("--modality")
+    p.add_argument("--seed", type=int, default=0)
+
+
+def register(sub) -> None:
+    p = sub.add_parser("corpus", help="build a preprocessed training corpus")
+    csub = p.add_subparsers(dest="corpus_command", metavar="ACTION", required=True)
+    b = csub.add_parser("build", help="preprocess slides into an on-disk corpus",
+                        description="QC, two-level normalisation statistics and a train/validation split, one slide "
+                        "at a time (never the whole corpus in memory).")
+    b.add_argument("slides", nargs="+", help=".h5ad / .zarr slides and/or YAML lists of slides "
+                   "(entries: path, modality, gene_col, slide_id, table)")
+    b.add_argument("--out", required=True, help="corpus folder")
+    b.add_argument("--val-fraction", type=float, default=0.003, help="held-out share of cells (default: 0.003)")
+    b.add_argument("--patch-size", type=int, default=16, help="validation patches have this many cells")
+    b.add_argument("--seed", type=int, default=0)
+    b.add_argument("--overwrite", action="store_true")
+    b.set_defaults(func=cmd_corpus_build)
+
+    p = sub.add_parser("pretrain", help="(continual) pretraining from a YAML config",
+                       description="Pretrain with GEP + GEPS-intra + GEPS-inter on spatial patches. Runs single-process "
+                       "or under torchrun (DDP). Example: spgpt pretrain --config configs/tiny.yaml epochs=2 lr=1e-4")
+    p.add_argument("--config", help="YAML config (see configs/)")
+    p.add_argument("--resume", action="store_true", help="continue from the latest checkpoint in run_dir")
+    p.add_argument("overrides", nargs="*", help="key=value overrides of config keys")
+    p.set_defaults(func=cmd_pretrain)
+
+    p = sub.add_parser("finetune", help="fine-tune a model on slides (GEP, GEPS, ECS)")
+    p.add_argument("slides", nargs="+", help=".h5ad / .zarr slides")
+    add_model_args(p)
+    p.add_argument("--out", required=True, help="output model directory")
+    p.add_argument("--overwrite", action="store_true")
+    _add_finetune_args(p, "--epochs", 2)
+    p.set_defaults(func=cmd_finetune)
+
+    p = sub.add_parser("domains", help="fine-tune, embed and cluster a slide into spatial domains in one step")
+    p.add_argument("input", help="slide (.h5ad or SpatialData .zarr)")
+    p.add_argument("--table")
+    p.add_argument("--n-clusters", type=int, required=True, help="number of domains K")
+    add_model_args(p)
+    add_output_args(p)
+    _add_finetune_args(p, "--finetune-epochs", 1)
+    p.add_argument("--method", default="kmeans", choices=["kmeans", "leiden"])
+    p.add_argument("--smooth-k", type=int, default=6, help="spatial majority smoothing (0 = off; default 6)")
+    p.add_argument("--plot", action="store_true")
+    p.set_defaults(func=cmd_domains)

@@ -1,0 +1,96 @@
+"""Turn a patch of corpus cells into one training mini-batch (Methods 4.2.1, 4.6).
+
+Per cell: the expressed genes are normalised by the corpus gene means (the slide level was applied
+when the corpus was built), binned over all expressed genes, and at most ``max_context`` of them are
+kept (a random subset, new every epoch). A generation ratio r from ``gen_ratios`` is drawn per
+batch; r of the kept expressed genes become query genes (their bins are the targets) and the rest
+the context, after ``<cls>``. As many non-expressed genes of the slide's panel (target 0) join the
+queries, so queries are expressed : non-expressed = 1 : 1.
+
+All randomness comes from ``np.random.default_rng([seed, epoch, step, rank...])`` and the hash-keyed
+tokeniser, so a batch is a pure function of its position in the run (exact resume).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import scipy.sparse as sp
+import torch
+
+from ..corpus import Corpus
+from ..modality import modality_index
+from ..preprocess import tokenize_rows
+from ..sampler import Patch
+
+
+@dataclass
+class Batch:
+    genes: torch.Tensor  # (B, 1 + C) context with <cls> first
+    values: torch.Tensor
+    pad: torch.Tensor
+    query_genes: torch.Tensor  # (B, Q)
+    query_pad: torch.Tensor
+    target: torch.Tensor  # (B, Q) bins of query genes, 0 for non-expressed
+    modality: torch.Tensor  # (B,)
+    coords: torch.Tensor | None  # (B, 2) or None when the slide has no coordinates
+    n_tokens: int
+
+    def to(self, device) -> "Batch":
+        move = {k: (v.to(device) if isinstance(v, torch.Tensor) else v) for k, v in self.__dict__.items()}
+        return Batch(**move)
+
+
+def make_batch(corpus: Corpus, patch: Patch, cfg, model_cfg, gene_means: np.ndarray, rng_key: list[int]) -> Batch:
+    """``gene_means`` (vocabulary-indexed, NaN = unknown -> 1) is the second normalisation level."""
+    slide = corpus.slides[patch.slide]
+    rng = np.random.default_rng(rng_key)
+    cells = np.asarray(patch.cells)
+    rows_g, rows_v, ptr = [], [], [0]
+    for c in cells:
+        g, v = slide.cell(int(c))
+        rows_g.append(np.asarray(g, dtype=np.int64))
+        rows_v.append(np.asarray(v, dtype=np.float32))
+        ptr.append(ptr[-1] + len(g))
+    V = len(corpus.vocab)
+    X = sp.csr_matrix((np.concatenate(rows_v), np.concatenate(rows_g), np.asarray(ptr)), shape=(len(cells), V))
+    div = np.where(np.isfinite(gene_means) & (gene_means > 0), gene_means, 1.0)
+    # tie-breaks and gene subsampling: a fresh seed per batch drawn from the batch's own generator
+    tok = tokenize_rows(X, np.arange(V), div, first_cell=0, n_bins=model_cfg.n_bins,
+                        max_genes=cfg.max_context, seed=int(rng.integers(2**31)))
+    ratio = float(rng.choice(cfg.gen_ratios))
+    panel = np.asarray(slide.panel, dtype=np.int64)
+    ctx, qry = [], []
+    for r in range(len(cells)):
+        a, b = tok.offsets[r], tok.offsets[r + 1]
+        g, v = tok.genes[a:b], tok.values[a:b]
+        E = len(g)
+        n_q = int(round(ratio * E))
+        n_q = min(max(n_q, 1), E - 1) if E >= 2 else 0
+        perm = rng.permutation(E)
+        q_idx, c_idx = perm[:n_q], perm[n_q:]
+        zeros = np.setdiff1d(panel, rows_g[r])  # genes of the panel this cell does not express at all
+        n_z = min(n_q if n_q else 1, len(zeros))
+        z = rng.choice(zeros, size=n_z, replace=False) if n_z else np.zeros(0, np.int64)
+        ctx.append((g[c_idx], v[c_idx]))
+        qry.append((np.concatenate([g[q_idx], z]), np.concatenate([v[q_idx], np.zeros(len(z), np.float32)])))
+    B = len(cells)
+    C = max(len(c[0]) for c in ctx) + 1
+    Q = max(1, max(len(q[0]) for q in qry))
+    genes = np.full((B, C), model_cfg.pad_token_id, dtype=np.int64)
+    values = np.full((B, C), model_cfg.pad_value, dtype=np.float32)
+    genes[:, 0] = model_cfg.cls_token_id
+    qg = np.full((B, Q), model_cfg.pad_token_id, dtype=np.int64)
+    qt = np.zeros((B, Q), dtype=np.float32)
+    cpad = np.ones((B, C), dtype=bool)
+    qpad = np.ones((B, Q), dtype=bool)
+    cpad[:, 0] = False
+    for r, ((cg, cv), (g_, t_)) in enumerate(zip(ctx, qry)):
+        genes[r, 1 : 1 + len(cg)], values[r, 1 : 1 + len(cg)], cpad[r, 1 : 1 + len(cg)] = cg, cv, False
+        qg[r, : len(g_)], qt[r, : len(g_)], qpad[r, : len(g_)] = g_, t_, False
+    mod = modality_index(slide.modality)
+    coords = None if slide.coords is None else torch.from_numpy(np.asarray(slide.coords)[cells].astype(np.float32))
+    return Batch(torch.from_numpy(genes), torch.from_numpy(values), torch.from_numpy(cpad), torch.from_numpy(qg),
+                 torch.from_numpy(qpad), torch.from_numpy(qt), torch.full((B,), mod, dtype=torch.long), coords,
+                 int((~cpad).sum() + (~qpad).sum()))
