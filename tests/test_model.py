@@ -3,8 +3,7 @@
 import pytest
 import torch
 
-from spgpt_core.model import (SpGPTConfig, SpGPTModel, ecs_loss, generative_attention_mask, masked_mse,
-                              neighbour_mean, preset_config)
+from spgpt_core.model import SpGPTConfig, SpGPTModel, ecs_loss, masked_mse, neighbour_mean, preset_config
 
 
 @pytest.fixture(scope="module")
@@ -27,10 +26,10 @@ def test_query_token_output_ignores_other_query_tokens(net):
     genes, values, pad = _cells()
     q = torch.randint(0, 90, (3, 5))
     qpad = torch.zeros(3, 5, dtype=torch.bool)
-    ctx1, out1 = net.encode(genes, values, pad, q, qpad)
+    ctx1, out1 = net.encode(genes, values, pad, q)
     q2 = q.clone()
     q2[:, 1:] = torch.randint(0, 90, (3, 4))  # change every query token except the first
-    ctx2, out2 = net.encode(genes, values, pad, q2, qpad)
+    ctx2, out2 = net.encode(genes, values, pad, q2)
     torch.testing.assert_close(out1[:, 0], out2[:, 0])
     torch.testing.assert_close(ctx1, ctx2)  # context never sees query tokens
     assert not torch.allclose(out1[:, 1], out2[:, 1])
@@ -39,17 +38,17 @@ def test_query_token_output_ignores_other_query_tokens(net):
 def test_context_changes_reach_query_tokens(net):
     genes, values, pad = _cells()
     q = torch.randint(0, 90, (3, 4))
-    _, out1 = net.encode(genes, values, pad, q, None)
+    _, out1 = net.encode(genes, values, pad, q)
     values2 = values.clone()
     values2[:, 3] = values2[:, 3] % 50 + 1
-    _, out2 = net.encode(genes, values2, pad, q, None)
+    _, out2 = net.encode(genes, values2, pad, q)
     assert not torch.allclose(out1, out2)
 
 
 def test_query_free_pass_equals_context_part_of_generative_pass(net):
     genes, values, pad = _cells()
     emb = net.spot_embedding(genes, values, pad)
-    ctx, _ = net.encode(genes, values, pad, torch.randint(0, 90, (3, 6)), None)
+    ctx, _ = net.encode(genes, values, pad, torch.randint(0, 90, (3, 6)))
     torch.testing.assert_close(emb, ctx[:, 0])
 
 
@@ -62,15 +61,22 @@ def test_padding_does_not_change_embeddings(net):
     torch.testing.assert_close(net.spot_embedding(genes_p, values_p, pad_p), emb, atol=1e-5, rtol=1e-5)
 
 
-def test_mask_layout():
-    ctx_pad = torch.tensor([[False, False, True]])
-    m = generative_attention_mask(ctx_pad, torch.tensor([[False, False]]))[0, 0]
-    expected = torch.tensor([
-        [1, 1, 0, 0, 0], [1, 1, 0, 0, 0], [1, 1, 0, 0, 0],  # context rows: non-padded context only
-        [1, 1, 0, 1, 0], [1, 1, 0, 0, 1],  # query rows: context + self
-    ], dtype=torch.bool)
-    assert torch.equal(m, expected)
-    assert generative_attention_mask(torch.zeros(2, 4, dtype=torch.bool), None) is None
+def test_attention_equals_full_masked_attention(net):
+    """The split context/query attention is the paper's mask applied to full (P + Q)^2 attention."""
+    attn = net.layers[0].attn
+    B, P, Q, d = 3, 6, 4, net.cfg.d_model
+    x = torch.randn(B, P + Q, d)
+    pad = torch.zeros(B, P, dtype=torch.bool)
+    pad[1, -2:] = True
+    got = attn(x, P, (~pad)[:, None, None, :])
+    allowed = torch.zeros(B, P + Q, P + Q, dtype=torch.bool)
+    allowed[:, :, :P] = ~pad[:, None, :]  # everyone sees the non-padded context
+    allowed[:, torch.arange(P, P + Q), torch.arange(P, P + Q)] = True  # queries see themselves only
+    q, k, v = attn.qkv(x).view(B, P + Q, 3, attn.n_heads, -1).permute(2, 0, 3, 1, 4)
+    s = (q @ k.transpose(-1, -2)) / q.shape[-1] ** 0.5
+    y = s.masked_fill(~allowed[:, None], float("-inf")).softmax(-1) @ v
+    expected = attn.out_proj(y.transpose(1, 2).reshape(B, P + Q, d))
+    torch.testing.assert_close(got, expected, atol=1e-5, rtol=1e-5)
 
 
 def test_moe_top2_routing_renormalised(net):

@@ -88,7 +88,7 @@ class SpGPTConfig:
 PRESETS: dict[str, dict] = {
     "scgpt-human": dict(d_model=512, n_layers=12, n_heads=8, d_ffn=512, d_modality=512, dropout=0.2),
     # the shipped default model: sized for CPUs (checkpoint < 25 MB, a 4,000-spot slide in < 1 min)
-    "base-cpu": dict(d_model=64, n_layers=4, n_heads=4, d_ffn=128, d_modality=32, dropout=0.1, max_seq_len=384),
+    "base-cpu": dict(d_model=64, n_layers=4, n_heads=2, d_ffn=128, d_modality=32, dropout=0.1, max_seq_len=384),
     "small": dict(d_model=128, n_layers=4, n_heads=4, d_ffn=256, d_modality=64, dropout=0.1, max_seq_len=600),
     "tiny": dict(d_model=32, n_layers=2, n_heads=2, d_ffn=64, d_modality=16, dropout=0.0, max_seq_len=256),
 }
@@ -128,7 +128,13 @@ class ValueEncoder(nn.Module):
 
 
 class Attention(nn.Module):
-    """Multi-head self-attention with a packed q/k/v projection (scGPT's ``Wqkv`` layout)."""
+    """Multi-head self-attention with a packed q/k/v projection (scGPT's ``Wqkv`` layout).
+
+    Generative masked attention without materialising an L x L mask: the first ``n_ctx`` tokens
+    (context) attend to the context through SDPA; each query token attends to the context and to
+    itself, computed as a softmax over [query.context keys, query.own key]. That is the paper's mask
+    (Methods 4.2.1) at the cost of P^2 + Q.P scores instead of (P + Q)^2.
+    """
 
     def __init__(self, cfg: SpGPTConfig):
         super().__init__()
@@ -137,12 +143,24 @@ class Attention(nn.Module):
         self.out_proj = nn.Linear(cfg.d_model, cfg.d_model)
         self.dropout = cfg.attn_dropout
 
-    def forward(self, x: torch.Tensor, attn_mask: torch.Tensor | None) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, n_ctx: int, ctx_mask: torch.Tensor | None) -> torch.Tensor:
+        """x (B, L, d); ctx_mask: None or (B, 1, 1, n_ctx) bool, True = a real (non-padded) context key."""
         B, L, D = x.shape
         q, k, v = self.qkv(x).view(B, L, 3, self.n_heads, D // self.n_heads).permute(2, 0, 3, 1, 4)
-        y = F.scaled_dot_product_attention(
-            q, k, v, attn_mask=attn_mask, dropout_p=self.dropout if self.training else 0.0
-        )
+        p_drop = self.dropout if self.training else 0.0
+        qc, kc, vc = q[:, :, :n_ctx], k[:, :, :n_ctx], v[:, :, :n_ctx]
+        y = F.scaled_dot_product_attention(qc, kc, vc, attn_mask=ctx_mask, dropout_p=p_drop)
+        if L > n_ctx:
+            qq, kq, vq = q[:, :, n_ctx:], k[:, :, n_ctx:], v[:, :, n_ctx:]
+            scale = qq.shape[-1] ** -0.5
+            s_ctx = (qq @ kc.transpose(-1, -2)) * scale  # (B, H, Q, P)
+            if ctx_mask is not None:
+                s_ctx = s_ctx.masked_fill(~ctx_mask, float("-inf"))
+            s_self = (qq * kq).sum(-1, keepdim=True) * scale  # (B, H, Q, 1)
+            p = torch.cat([s_ctx, s_self], dim=-1).softmax(dim=-1)
+            p = F.dropout(p, p_drop, self.training)
+            yq = p[..., :n_ctx] @ vc + p[..., n_ctx:] * vq
+            y = torch.cat([y, yq], dim=2)
         return self.out_proj(y.transpose(1, 2).reshape(B, L, D))
 
 
@@ -158,8 +176,8 @@ class Block(nn.Module):
         self.norm2 = nn.LayerNorm(cfg.d_model, eps=cfg.norm_eps)
         self.dropout = nn.Dropout(cfg.dropout)
 
-    def forward(self, x: torch.Tensor, attn_mask: torch.Tensor | None) -> torch.Tensor:
-        x = self.norm1(x + self.dropout(self.attn(x, attn_mask)))
+    def forward(self, x: torch.Tensor, n_ctx: int, ctx_mask: torch.Tensor | None) -> torch.Tensor:
+        x = self.norm1(x + self.dropout(self.attn(x, n_ctx, ctx_mask)))
         return self.norm2(x + self.dropout(self.linear2(self.dropout(F.relu(self.linear1(x))))))
 
 
@@ -226,26 +244,6 @@ class SpotDecoder(nn.Module):
         return torch.einsum("bqd,bd->bq", self.W(q), spot)
 
 
-def generative_attention_mask(ctx_pad: torch.Tensor, qry_pad: torch.Tensor | None) -> torch.Tensor | None:
-    """Boolean SDPA mask (True = may attend), shape (B, 1, L, L) with L = context + query.
-
-    Context rows see non-padded context keys. Query rows see non-padded context keys and
-    themselves only (Methods 4.2.1). Returns None when nothing needs masking (fast SDPA path).
-    """
-    B, P = ctx_pad.shape
-    Q = 0 if qry_pad is None else qry_pad.shape[1]
-    if Q == 0 and not bool(ctx_pad.any()):
-        return None
-    L = P + Q
-    keep_ctx = ~ctx_pad  # (B, P)
-    mask = torch.zeros(B, L, L, dtype=torch.bool, device=ctx_pad.device)
-    mask[:, :, :P] = keep_ctx.unsqueeze(1)
-    if Q:
-        idx = torch.arange(P, L, device=ctx_pad.device)
-        mask[:, idx, idx] = True  # each query token sees itself (also keeps padded rows finite)
-    return mask.unsqueeze(1)
-
-
 def neighbour_mean(spot: torch.Tensor, coords: torch.Tensor, k: int) -> torch.Tensor:
     """Mean spot embedding of each spot's k nearest spatial neighbours within the batch (Eq. 11).
 
@@ -290,26 +288,25 @@ class SpGPTModel(nn.Module):
         values: torch.Tensor,
         pad_mask: torch.Tensor,
         query_genes: torch.Tensor | None = None,
-        query_pad_mask: torch.Tensor | None = None,
     ) -> tuple[torch.Tensor, torch.Tensor | None]:
         """Run the encoder.
 
         genes/values/pad_mask: (B, P) context tokens with ``<cls>`` at position 0 (pad_mask True =
-        padding). query_genes/query_pad_mask: (B, Q) genes to generate, or None for pure
-        embedding. Returns (context states (B, P, d), query states (B, Q, d) or None).
+        padding). query_genes: (B, Q) genes to generate (padded positions may hold any id; their
+        outputs are ignored by the losses), or None for pure embedding. Returns (context states
+        (B, P, d), query states (B, Q, d) or None).
         """
         x = self.gene_encoder(genes) + self.value_encoder(values)
         P = x.shape[1]
-        if query_genes is not None and query_genes.shape[1] > 0:
-            if query_pad_mask is None:
-                query_pad_mask = torch.zeros_like(query_genes, dtype=torch.bool)
+        if query_genes is not None and query_genes.shape[1] == 0:
+            query_genes = None
+        if query_genes is not None:
             xq = self.gene_encoder(query_genes) + self.flag_embedding.weight[1]
             x = torch.cat([x, xq], dim=1)
-        else:
-            query_genes, query_pad_mask = None, None
-        mask = generative_attention_mask(pad_mask, query_pad_mask)
+        # padded query rows need no mask: they see the context and themselves, and nothing reads them
+        ctx_mask = (~pad_mask)[:, None, None, :] if bool(pad_mask.any()) else None
         for layer in self.layers:
-            x = layer(x, mask)
+            x = layer(x, P, ctx_mask)
         return x[:, :P], (x[:, P:] if query_genes is not None else None)
 
     def spot_embedding(self, genes, values, pad_mask) -> torch.Tensor:
@@ -339,7 +336,7 @@ class SpGPTModel(nn.Module):
         Returns ``spot`` (B, d), ``gep`` (B, Q) from the MoE decoder, ``geps_intra`` (B, Q) and,
         when ``coords`` (B, 2) are given, ``geps_inter`` (B, Q); plus ``moe_balance``.
         """
-        ctx, qry = self.encode(genes, values, pad_mask, query_genes, query_pad_mask)
+        ctx, qry = self.encode(genes, values, pad_mask, query_genes)
         spot = ctx[:, 0]
         spot_m = self.with_modality(spot, modality)
         gep, balance = self.moe_decoder(self.with_modality(qry, modality), ~query_pad_mask)
@@ -377,5 +374,5 @@ def matmul_flops_per_token(cfg: SpGPTConfig, seq_len: int) -> float:
 
 __all__ = [
     "SpGPTConfig", "SpGPTModel", "PRESETS", "preset_config", "masked_mse", "ecs_loss",
-    "generative_attention_mask", "neighbour_mean", "count_parameters", "matmul_flops_per_token",
+    "neighbour_mean", "count_parameters", "matmul_flops_per_token",
 ]
