@@ -86,8 +86,8 @@ def cmd_domains(args) -> None:
 def _add_finetune_args(p, epochs_flag: str, default_epochs: int) -> None:
     p.add_argument(epochs_flag, dest="epochs", type=int, default=default_epochs,
                    help=f"fine-tuning epochs (default: {default_epochs}{'; 0 = zero-shot' if default_epochs else ''})")
-    p.add_argument("--lr", type=float, default=2e-4, help="fine-tuning learning rate (default: %(default)s)")
-    p.add_argument("--max-context", type=int, default=256, help="expressed genes per cell while fine-tuning")
+    p.add_argument("--lr", type=float, default=1e-3, help="fine-tuning learning rate (default: %(default)s)")
+    p.add_argument("--max-context", type=int, default=128, help="expressed genes per cell while fine-tuning (default: 128)")
     p.add_argument("--gene-col")
     p.add_argument("--modality")
     p.add_argument("--seed", type=int, default=0)
@@ -121,7 +121,7 @@ def register(sub) -> None:
     add_model_args(p)
     p.add_argument("--out", required=True, help="output model directory")
     p.add_argument("--overwrite", action="store_true")
-    _add_finetune_args(p, "--epochs", 2)
+    _add_finetune_args(p, "--epochs", 1)
     p.set_defaults(func=cmd_finetune)
 
     p = sub.add_parser("domains", help="fine-tune, embed and cluster a slide into spatial domains in one step")

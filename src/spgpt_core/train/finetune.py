@@ -16,15 +16,15 @@ from pathlib import Path
 from ..progress import Progress
 
 
-def finetune(adatas, model="default", *, epochs: int = 2, lr: float = 2e-4, patch_size: int = 16,
-             k_neighbours: int = 6, max_context: int = 256, grad_accum: int = 1, w_gep: float = 1.0,
+def finetune(adatas, model="default", *, epochs: int = 1, lr: float = 1e-3, patch_size: int = 16,
+             k_neighbours: int = 6, max_context: int = 128, grad_accum: int = 1, w_gep: float = 1.0,
              w_geps_intra: float = 1.0, w_geps_inter: float = 1.0, w_ecs: float = 1.0, gene_col: str | None = None,
              modality: str | None = None, seed: int = 0, device: str = "auto", run_dir: str | Path | None = None,
              progress: Progress | None = None):
     """Fine-tune ``model`` on slides (AnnData objects or paths); returns a new :class:`SpGPT`.
 
-    Defaults are sized for a CPU: a 4,000-spot Visium slide takes a few minutes per epoch with the
-    small model. ``run_dir`` keeps the checkpoints and ``metrics.jsonl`` (a temporary folder otherwise).
+    Defaults are sized for a CPU: one epoch over a 3,600-spot Visium slide takes about 2 minutes on
+    2 cores with the default model (measured on DLPFC 151673). ``run_dir`` keeps the checkpoints and ``metrics.jsonl`` (a temporary folder otherwise).
     """
     from ..corpus import SlideSpec, build_corpus
     from ..pretrained import load_model
