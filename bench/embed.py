@@ -71,7 +71,7 @@ def encoder_flops(cfg, lengths: np.ndarray) -> float:
     return float(sum(matmul_flops_per_token(cfg, int(L)) * L for L in lengths))
 
 
-def bench_size(name: str, adata, n_cells: int, n_ref: int, tmp: Path, peak: float) -> dict:
+def bench_size(name: str, adata, n_cells: int, n_ref: int, tmp: Path, peak: float, reps: int = 2) -> dict:
     from reference_embed import reference_embed
     from scgpt_checkpoint import write_scgpt_dir
     from spgpt_core import SpGPT, tl
@@ -83,20 +83,22 @@ def bench_size(name: str, adata, n_cells: int, n_ref: int, tmp: Path, peak: floa
     lengths = token_lengths(sub, model)
     flops = encoder_flops(model.config, lengths)
     tl.embed(sub[: min(32, n_cells)].copy(), model)  # warm-up
-    t = time.perf_counter()
-    tl.embed(sub, model, batch_size=64)
-    dt = time.perf_counter() - t
-    row = {"size": name, "params": sum(p.numel() for p in model.module.parameters()), "cells": n_cells,
-           "mean_tokens": float(lengths.mean()), "seconds": dt, "cells_per_s": n_cells / dt,
-           "tokens_per_s": lengths.sum() / dt, "gflops": flops / dt / 1e9, "peak_fraction": flops / dt / peak}
-
     ref_sub = adata[:n_ref]
     match = resolve_genes(ref_sub, model.vocab)
     used = match.vocab_ids >= 0
     X = ref_sub.X[:, used]
-    t = time.perf_counter()
-    reference_embed(X, match.vocab_ids[used], d, batch_size=64)
-    rdt = time.perf_counter() - t
+    # alternate the two paths and keep each one's best time: the fairest comparison on a shared machine
+    dt, rdt = float("inf"), float("inf")
+    for _ in range(reps):
+        t = time.perf_counter()
+        tl.embed(sub, model, batch_size=64)
+        dt = min(dt, time.perf_counter() - t)
+        t = time.perf_counter()
+        reference_embed(X, match.vocab_ids[used], d, batch_size=64)
+        rdt = min(rdt, time.perf_counter() - t)
+    row = {"size": name, "params": sum(p.numel() for p in model.module.parameters()), "cells": n_cells,
+           "mean_tokens": float(lengths.mean()), "seconds": dt, "cells_per_s": n_cells / dt,
+           "tokens_per_s": lengths.sum() / dt, "gflops": flops / dt / 1e9, "peak_fraction": flops / dt / peak}
     row.update(ref_cells=n_ref, ref_cells_per_s=n_ref / rdt, speedup=row["cells_per_s"] / (n_ref / rdt))
     return row
 
@@ -132,11 +134,11 @@ def main() -> None:
     args = p.parse_args()
     torch.manual_seed(0)
     adata = ad.read_h5ad(args.slide)
-    peak = matmul_flops()
+    peak = max(matmul_flops() for _ in range(3))  # best of 3: the machine may be shared
     rows = []
     with tempfile.TemporaryDirectory() as tmp:
         tmp = Path(tmp)
-        plan = [("small", 600 if args.quick else adata.n_obs, 200 if args.quick else 600),
+        plan = [("small", 400 if args.quick else adata.n_obs, 200 if args.quick else 600),
                 ("scgpt-human", 16 if args.quick else 64, 16 if args.quick else 64)]
         for name, n, n_ref in plan:
             print(f"[bench] {name}: {n} cells (reference path: {n_ref})", flush=True)

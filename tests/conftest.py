@@ -7,19 +7,10 @@ from pathlib import Path
 
 import pytest
 
-ROOT = Path(__file__).resolve().parents[1]
-DATA_DIR = ROOT.parent / "shared" / "data"
-sys.path.insert(0, str(ROOT / "bench"))  # bench/reference_embed.py is the reference-path re-creation
+sys.path.insert(0, str(Path(__file__).resolve().parent))  # spgpt_testdata, scgpt_checkpoint
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "bench"))  # reference_embed.py
 
-
-def data_file(rel: str) -> Path:
-    """Path of a file under ../shared/data; skips the test (with the reason) when the folder is absent."""
-    if not DATA_DIR.is_dir():
-        pytest.skip(f"real data folder {DATA_DIR} is absent (it is present in CI)")
-    p = DATA_DIR / rel
-    if not p.exists():
-        pytest.fail(f"expected data file {p} is missing from ../shared/data")
-    return p
+from spgpt_testdata import data_file  # noqa: E402
 
 
 @pytest.fixture(scope="session")

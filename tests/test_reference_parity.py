@@ -9,7 +9,7 @@ length, both must give the same L2-normalised <cls> embeddings (cosine >= 0.999 
 import numpy as np
 import scipy.sparse as sp
 
-from conftest import data_file
+from spgpt_testdata import data_file
 from reference_embed import reference_embed
 from scgpt_checkpoint import write_scgpt_dir
 from spgpt_core import SpGPT, tl

@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 import torch
 
-from conftest import ROOT, data_file
+from spgpt_testdata import ROOT, data_file
 from spgpt_core.corpus import Corpus, SlideSpec, build_corpus, read_slide_list
 from spgpt_core.errors import ConfigError, InputError
 from spgpt_core.sampler import PatchSampler

@@ -180,6 +180,9 @@ class SpGPT:
             "max_seq_len": c.max_seq_len, "n_parameters": count_parameters(self.module),
             "vocab_size": c.vocab_size,
             "n_genes_with_stats": self.gene_stats.n_known if self.gene_stats is not None else 0,
+            **({"finetuned_from": str(self.metadata["finetuned_from"])} if "finetuned_from" in self.metadata else {}),
+            **({"training_steps": int(self.metadata["training"]["steps"])}
+               if isinstance(self.metadata.get("training"), dict) else {}),
         }
 
 
