@@ -65,7 +65,7 @@ def run_demo(out: str | Path, model="default", *, seed: int = 0, overwrite: bool
                     "scores show what an untrained model gives")
         model = "random:small"
     model = load_model(model)
-    log.info("model: %s", model.describe())
+    log.info("model: %s", ", ".join(f"{k}={v}" for k, v in model.describe().items()))
     t = time.time()
     tl.embed(slide, model, progress=progress)
     timings["embed"] = time.time() - t
