@@ -447,3 +447,67 @@ def morans_i(values, coords, k: int = 6):
     if is_vector:
         return float(stat[0])
     return pd.Series(stat, index=cols if cols is not None else pd.RangeIndex(V.shape[1]), name="morans_i")
+
+
+# ------------------------------------------------- summaries for deconvolution and imputation
+# (added for the downstream-task benchmark; the functions above are unchanged)
+
+
+def dominant_labels(proportions, ambiguous=None) -> np.ndarray:
+    """Arg-max cell type per spot of a proportion table (DataFrame columns name the types).
+
+    Spots whose maximum is shared by several types get ``ambiguous`` (default None, i.e. a missing
+    label that :func:`macro_f1` drops), because their dominant type is undefined.
+    """
+    P, _, cols = _table(proportions, "proportions")
+    names = np.asarray(cols if cols is not None else np.arange(P.shape[1]), dtype=object)
+    best = P.max(axis=1, keepdims=True)
+    tied = (np.isclose(P, best, rtol=0, atol=1e-12).sum(axis=1) > 1) | (best[:, 0] <= 0)
+    out = names[P.argmax(axis=1)].astype(object)
+    out[tied] = ambiguous
+    return out
+
+
+def deconvolution_scores(true_proportions, pred_proportions) -> dict[str, float]:
+    """Macro F1 and accuracy of dominant types, mean Jensen-Shannon divergence and mean per-type
+    Pearson r of proportions (tables aligned by spot and type names when labelled).
+
+    Types present in only one table are added to the other with proportion 0. Spots whose true
+    dominant type is tied are left out of the F1 / accuracy (counted in ``n_spots_ambiguous``).
+    """
+    T, P = _frame(true_proportions, "true_proportions"), _frame(pred_proportions, "pred_proportions")
+    if not T.index.equals(P.index) and len(T) == len(P) and (T.index.equals(pd.RangeIndex(len(T)))
+                                                            or P.index.equals(pd.RangeIndex(len(P)))):
+        P.index = T.index
+    types = T.columns.union(P.columns)
+    T, P = T.reindex(columns=types, fill_value=0.0), P.reindex(columns=types, fill_value=0.0)
+    t_dom, p_dom = dominant_labels(T), dominant_labels(P)
+    ok = valid_label_mask(t_dom) & valid_label_mask(p_dom)
+    r = pearson_per_gene(T, P)
+    return {
+        "macro_f1": macro_f1(t_dom, p_dom),
+        "accuracy": float(np.mean(t_dom[ok].astype(str) == p_dom[ok].astype(str))) if ok.any() else float("nan"),
+        "jsd_mean": float(np.mean(jensen_shannon(T, P))),
+        "pearson_per_type_mean": float(np.nanmean(r.to_numpy())) if np.isfinite(r.to_numpy()).any() else float("nan"),
+        "n_spots": int(len(T)), "n_spots_ambiguous": int((~valid_label_mask(t_dom)).sum()),
+    }
+
+
+def _frame(x, name: str) -> pd.DataFrame:
+    values, rows, cols = _table(x, name)
+    return pd.DataFrame(values, index=pd.Index(rows) if rows is not None else pd.RangeIndex(values.shape[0]),
+                        columns=pd.Index(cols).astype(str) if cols is not None else pd.RangeIndex(values.shape[1]).astype(str))
+
+
+def imputation_scores(measured, imputed) -> dict[str, float]:
+    """Median and mean per-gene Pearson r between measured and imputed expression (Methods 4.5.3).
+
+    Genes constant in either table have no correlation and are not counted (``n_genes_scored``).
+    """
+    r = pearson_per_gene(measured, imputed).to_numpy()
+    ok = np.isfinite(r)
+    return {
+        "median_pearson": float(np.median(r[ok])) if ok.any() else float("nan"),
+        "mean_pearson": float(np.mean(r[ok])) if ok.any() else float("nan"),
+        "n_genes": int(r.size), "n_genes_scored": int(ok.sum()),
+    }

@@ -70,17 +70,127 @@ def spatial_scatter(adata, color: str, ax, title: str | None = None, size: float
 
 def save_spatial_panels(adata, colors: list[str], path: Path, titles: list[str] | None = None) -> Path:
     """One spatial panel per obs column, side by side, saved as PNG."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, axes = plt.subplots(1, len(colors), figsize=(5.5 * len(colors), 5), squeeze=False)
+    fig, axes = _subplots(1, len(colors), (5.5 * len(colors), 5))
     for ax, c, t in zip(axes[0], colors, titles or colors):
         spatial_scatter(adata, c, ax, title=t)
     fig.tight_layout()
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(path, dpi=110)
-    plt.close(fig)
+    return path
+
+
+# ------------------------------------------- downstream tasks: proportions, imputation, UMAP
+# (added for deconvolution / imputation / integration; the functions above are unchanged)
+
+
+def _subplots(nrows: int, ncols: int, figsize):
+    """A figure without pyplot: no global backend switch, safe in worker threads and beside napari's Qt."""
+    from matplotlib.figure import Figure
+
+    fig = Figure(figsize=figsize)
+    return fig, fig.subplots(nrows, ncols, squeeze=False)
+
+
+def spatial_values(adata, values, ax, title: str = "", cmap: str = "viridis", vmin=None, vmax=None,
+                   size: float | None = None, xy=None) -> None:
+    """Spots coloured by a numeric vector (one value per row of ``adata``), with a colour bar."""
+    from .io import get_coordinates
+
+    xy = get_coordinates(adata, required=True).astype(float) if xy is None else np.asarray(xy, float)
+    v = np.asarray(values, dtype=float)
+    s = size or max(2.0, 12000.0 / max(len(xy), 1))
+    sc_ = ax.scatter(xy[:, 0], xy[:, 1], s=s, c=v, cmap=cmap, vmin=vmin, vmax=vmax, linewidths=0)
+    ax.figure.colorbar(sc_, ax=ax, shrink=0.7)
+    ax.invert_yaxis()
+    ax.set_aspect("equal")
+    ax.set_axis_off()
+    ax.set_title(title, fontsize=9)
+
+
+def save_proportion_panels(adata, key: str, path, dominant_key: str | None = None, ncols: int = 4,
+                           max_types: int = 24) -> Path:
+    """Spatial maps of every cell type's proportion in ``obsm[key]`` (+ the dominant type), one PNG."""
+    import pandas as pd
+
+    props = adata.obsm[key]
+    if not isinstance(props, pd.DataFrame):
+        props = pd.DataFrame(np.asarray(props), index=adata.obs_names)
+    cols = list(props.columns)[:max_types]
+    n = len(cols) + (1 if dominant_key else 0)
+    nrows = int(np.ceil(n / ncols))
+    fig, axes = _subplots(nrows, min(ncols, n), (4.2 * min(ncols, n), 3.8 * nrows))
+    flat = list(axes.ravel())
+    i = 0
+    if dominant_key:
+        spatial_scatter(adata, dominant_key, flat[0], title="dominant type", image=False)
+        i = 1
+    for c in cols:
+        spatial_values(adata, props[c].to_numpy(), flat[i], title=f"{c}", vmin=0, vmax=max(1e-6, float(props[c].max())))
+        i += 1
+    for ax in flat[i:]:
+        ax.set_axis_off()
+    fig.tight_layout()
+    return _save(fig, path)
+
+
+def save_imputation_panels(adata, imputed, path, measured=None, max_genes: int = 8) -> Path:
+    """Imputed (and, when given, measured) expression of up to ``max_genes`` genes in space, one row per gene."""
+    genes = list(imputed.columns)[:max_genes]
+    ncol = 2 if measured is not None else 1
+    fig, axes = _subplots(len(genes), ncol, (4.6 * ncol, 3.8 * len(genes)))
+    for r, g in enumerate(genes):
+        v = np.asarray(imputed[g], dtype=float)
+        spatial_values(adata, v, axes[r, 0], title=f"{g} imputed")
+        if measured is not None:
+            m = np.asarray(measured[g], dtype=float)
+            rr = np.corrcoef(m, v)[0, 1] if np.std(m) > 0 and np.std(v) > 0 else float("nan")
+            spatial_values(adata, m, axes[r, 1], title=f"{g} measured (Pearson r = {rr:.2f})")
+    fig.tight_layout()
+    return _save(fig, path)
+
+
+def umap_coordinates(emb: np.ndarray, n_neighbors: int = 15, seed: int = 0) -> np.ndarray:
+    """2-D UMAP (scanpy) of an embedding; rows with NaN get NaN."""
+    import anndata as ad
+    import scanpy as sc
+
+    emb = np.asarray(emb, dtype=np.float32)
+    ok = np.isfinite(emb).all(axis=1)
+    a = ad.AnnData(np.zeros((int(ok.sum()), 0), dtype=np.float32))
+    a.obsm["X"] = emb[ok]
+    sc.pp.neighbors(a, use_rep="X", n_neighbors=min(n_neighbors, max(2, int(ok.sum()) - 1)), random_state=seed)
+    sc.tl.umap(a, random_state=seed)
+    out = np.full((emb.shape[0], 2), np.nan, dtype=np.float32)
+    out[ok] = a.obsm["X_umap"]
+    return out
+
+
+def save_umap_panels(adata, colors: list[str], path, use_rep: str = "X_spgpt", umap: np.ndarray | None = None,
+                     title: str = "") -> Path:
+    """UMAP of ``obsm[use_rep]`` coloured by each obs column in ``colors`` (e.g. label, batch)."""
+    import pandas as pd
+
+    xy = umap_coordinates(adata.obsm[use_rep]) if umap is None else np.asarray(umap)
+    fig, axes = _subplots(1, len(colors), (5.5 * len(colors), 4.6))
+    s = max(1.5, 6000.0 / max(len(xy), 1))
+    for ax, c in zip(axes[0], colors):
+        cats = pd.Categorical(adata.obs[c].astype(str).where(adata.obs[c].notna(), "NA"))
+        pal = category_colors(len(cats.categories))
+        for i, cat in enumerate(cats.categories):
+            m = np.asarray(cats.codes == i)
+            ax.scatter(xy[m, 0], xy[m, 1], s=s, c=pal[i], label=str(cat), linewidths=0)
+        ax.legend(markerscale=max(1.0, 20 / s) ** 0.5, fontsize=7, loc="center left", bbox_to_anchor=(1, 0.5),
+                  frameon=False)
+        ax.set_xticks([])
+        ax.set_yticks([])
+        ax.set_title(f"{title} {c}".strip(), fontsize=10)
+    fig.tight_layout()
+    return _save(fig, path)
+
+
+def _save(fig, path) -> Path:
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=100)
     return path

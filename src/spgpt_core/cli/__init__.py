@@ -17,7 +17,7 @@ log = logging.getLogger("spgpt")
 
 
 # Each module adds its subcommands with register(subparsers); order = order in `spgpt --help`.
-COMMAND_MODULES = ["demo", "embed", "train"]
+COMMAND_MODULES = ["demo", "embed", "analysis", "train"]
 
 
 def build_parser() -> argparse.ArgumentParser:
