@@ -1,0 +1,82 @@
+"""The ``spgpt`` command line equivalent to what a widget runs (shown in every widget, recorded
+with the results), so a GUI analysis can be repeated in a script or on a cluster."""
+
+from __future__ import annotations
+
+import shlex
+from pathlib import Path
+
+
+def join(parts: list) -> str:
+    return shlex.join(str(p) for p in parts if p is not None)
+
+
+def input_args(slide) -> list[str]:
+    """The slide's input as the CLI reads it (an in-memory slide must be exported first)."""
+    if slide is None:
+        return ["SLIDE.h5ad"]
+    if slide.source is None or slide.kind == "memory":
+        return [f"{slide.name}.h5ad"]  # export it with the Export widget first
+    args = [slide.source]
+    if slide.kind == "zarr" and slide.table:
+        args += ["--table", slide.table]
+    return args
+
+
+def stem(slide) -> str:
+    if slide is None:
+        return "slide"
+    return Path(slide.source).stem if slide.source else slide.name
+
+
+def model_args(spec: str, device: str) -> list[str]:
+    args = ["--model", spec]
+    if device and device != "auto":
+        args += ["--device", device]
+    return args
+
+
+def gene_col_args(slide) -> list[str]:
+    return ["--gene-col", slide.gene_col] if slide is not None and slide.gene_col else []
+
+
+def embed_and_cluster(slide, spec: str, device: str, *, batch_size: int, seed: int, drop_empty: bool,
+                      n_clusters: int | None, resolution: float | None, method: str, smooth_k: int,
+                      finetune_epochs: int | None = None) -> str:
+    base = stem(slide)
+    emb = f"{base}_spgpt.h5ad"
+    lines = []
+    if finetune_epochs:
+        ft_dir = f"{base}_finetuned_model"
+        lines.append(join(["spgpt", "finetune", *input_args(slide)[:1], *model_args(spec, device)[:2],
+                           "--out", ft_dir, "--epochs", finetune_epochs]))
+        spec = ft_dir
+    embed = ["spgpt", "embed", *input_args(slide), *model_args(spec, device), *gene_col_args(slide),
+             "--batch-size", batch_size, "--seed", seed, "--out", emb]
+    if drop_empty:
+        embed.append("--drop-empty")
+    lines.append(join(embed))
+    cluster = ["spgpt", "cluster", emb, "--out", f"{base}_domains.h5ad"]
+    cluster += ["--n-clusters", n_clusters] if n_clusters is not None else ["--resolution", resolution]
+    cluster += ["--method", method, "--smooth-k", smooth_k, "--seed", seed]
+    lines.append(join(cluster))
+    return "\n".join(lines)
+
+
+def _mapping_args(epochs: int, seed: int) -> list:
+    return (["--epochs", epochs] if epochs != 1000 else []) + (["--seed", seed] if seed else [])
+
+
+def deconvolve(slide, spec: str, device: str, *, reference: str | None, celltype_key: str | None,
+               epochs: int = 1000, seed: int = 0) -> str:
+    return join(["spgpt", "deconvolve", *input_args(slide), "--reference", reference or "REFERENCE.h5ad",
+                 "--celltype-key", celltype_key or "KEY", *model_args(spec, device), *gene_col_args(slide),
+                 *_mapping_args(epochs, seed), "--out", f"{stem(slide)}_deconvolved.h5ad"])
+
+
+def impute(slide, spec: str, device: str, *, reference: str | None, genes: list[str], epochs: int = 1000,
+           seed: int = 0, out_suffix: str = "imputed", key_added: str | None = None) -> str:
+    return join(["spgpt", "impute", *input_args(slide), "--reference", reference or "REFERENCE.h5ad",
+                 "--genes", ",".join(genes) if genes else "G1,G2", *model_args(spec, device),
+                 *gene_col_args(slide), *_mapping_args(epochs, seed),
+                 *(["--key-added", key_added] if key_added else []), "--out", f"{stem(slide)}_{out_suffix}.h5ad"])

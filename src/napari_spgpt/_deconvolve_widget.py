@@ -1,0 +1,178 @@
+"""Deconvolve widget: cell-type proportions of every spot from a labelled reference ``.h5ad``
+(``spgpt_core.tl.deconvolve``, as ``spgpt deconvolve``), drawn as one continuous layer per cell
+type and a categorical layer of the dominant type with a legend."""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+import numpy as np
+import pandas as pd
+from magicgui.widgets import ComboBox, Container, FileEdit, RadioButtons, SpinBox
+
+from . import _commands, _tasks
+from ._base import Legend, SlideWidget, add_native, load_model_in_worker
+from ._choices import dynamic, set_choices
+from ._layers import base_layer, categorical, categorical_colors, drawn, result_layers, robust_limits, upsert_result
+from ._reference import label_columns, obs_and_genes, read_reference
+
+if TYPE_CHECKING:
+    import napari.viewer
+
+KEY = "spgpt_proportions"
+DOMINANT_KEY = "spgpt_dominant_type"
+PER_TYPE = "0 to 99th percentile, per type"
+SHARED = "0 to 1, same for every type"
+DOMINANT = "dominant type"
+
+
+class DeconvolveWidget(SlideWidget):
+    run_text = "Deconvolve"
+    job_name = "deconvolve"
+
+    def __init__(self, viewer: napari.viewer.Viewer) -> None:
+        self.reference = FileEdit(label="Reference", mode="r", filter="AnnData (*.h5ad)",
+                                  tooltip="Single-cell reference .h5ad with a cell-type column")
+        self.celltype_key = dynamic(ComboBox, label="Cell-type column")
+        self.epochs = SpinBox(label="Mapping epochs", value=1000, min=1, max=100_000, step=100,
+                              tooltip="Tangram optimisation epochs (spgpt default 1000)")
+        self.seed = SpinBox(label="Seed", value=0, min=0, max=2**31 - 1)
+        self.scale = RadioButtons(label="Colour scale", choices=[PER_TYPE, SHARED], value=PER_TYPE)
+        self.show_layer = dynamic(ComboBox, [DOMINANT], label="Show", tooltip="Which result layer is visible")
+        self.legend = Legend()
+        extras = Container(widgets=[self.show_layer], labels=True)
+        extras.margins = (0, 0, 0, 0)
+        super().__init__(viewer, [self.reference, self.celltype_key, self.epochs, self.seed, self.scale],
+                         after=[extras])
+        add_native(extras, self.legend)
+        self.reference.changed.connect(self._on_reference)
+        self.scale.changed.connect(self._restyle)
+        self.show_layer.changed.connect(self._on_show)
+        self._slide_for_layers = None
+        self._shown = None
+        self._on_slide_changed()
+
+    # -- form -------------------------------------------------------------------------------------
+
+    def _on_slide_changed(self, *_) -> None:
+        slide = self.slide
+        if slide is not None and slide.reference and self.reference_path() is None:
+            self.reference.value = slide.reference
+        self._on_reference()
+        super()._on_slide_changed()
+
+    def _on_reference(self, *_) -> None:
+        from napari.utils.notifications import show_error
+
+        from spgpt_core.errors import SpgptError
+
+        path = self.reference.value
+        if path is None or str(path) in ("", "."):
+            return
+        try:
+            obs, _ = obs_and_genes(path)
+        except SpgptError as e:
+            show_error(str(e))
+            set_choices(self.celltype_key, [])
+            return
+        set_choices(self.celltype_key, label_columns(obs))
+        self.update_command()
+
+    def reference_path(self) -> str | None:
+        v = self.reference.value
+        return None if v is None or str(v) in ("", ".") else str(v)
+
+    def command_text(self) -> str:
+        spec, device = self.model_spec()
+        return _commands.deconvolve(self.slide, spec, device, reference=self.reference_path(),
+                                    celltype_key=self.celltype_key.value, epochs=int(self.epochs.value),
+                                    seed=int(self.seed.value))
+
+    # -- run --------------------------------------------------------------------------------------
+
+    def run(self) -> None:
+        from napari.utils.notifications import show_warning
+
+        slide = self.require_slide()
+        if slide is None:
+            return
+        ref_path, key = self.reference_path(), self.celltype_key.value
+        if ref_path is None or not key:
+            show_warning("Choose a reference .h5ad and its cell-type column first.")
+            return
+        state, adata, gene_col = self.state, slide.adata, slide.gene_col
+        epochs, seed = int(self.epochs.value), int(self.seed.value)
+        params = {"reference": ref_path, "celltype_key": key, "num_epochs": epochs, "seed": seed,
+                  "model": state.spec, "device": state.device}
+
+        def work(progress):
+            progress.start(0, "reading the reference")
+            reference = read_reference(ref_path)
+            progress.check()
+            model, loaded = load_model_in_worker(state, progress)
+            _tasks.deconvolve(adata, reference, celltype_key=key, model=model, key_added=KEY, dominant_key=DOMINANT_KEY,
+                              gene_col=gene_col, num_epochs=epochs, seed=seed, device=state.device, progress=progress)
+            return {"model": model if loaded else None}
+
+        self.controls.start(work, on_done=lambda r: self._show(slide, r, params), slide=slide, what=self.job_name)
+
+    def _show(self, slide, result: dict, params: dict) -> None:
+        if result.get("model") is not None:
+            self.state.set_model(result["model"], self.state.spec, self.state.device)
+        adata = slide.adata
+        props = adata.obsm[KEY]
+        if not isinstance(props, pd.DataFrame):
+            props = pd.DataFrame(np.asarray(props), index=adata.obs_names)
+        types = [str(c) for c in props.columns]
+        names = drawn(slide, adata.obs_names.to_numpy())
+        values = np.asarray(props, dtype=float)
+        dom_col = DOMINANT_KEY
+        dominant = adata.obs[dom_col].values
+        dom_cats = list(pd.Categorical(dominant).categories)
+        mapping = categorical_colors(dom_cats, adata.uns.get(f"{dom_col}_colors"))
+        dom_drawn = categorical(drawn(slide, pd.Categorical(dominant)), categories=dom_cats)
+        upsert_result(self.viewer, slide, f"{slide.name} dominant type", pd.DataFrame({"spot": names,
+                      "dominant_type": dom_drawn}), kind="dominant", column="dominant_type",
+                      categorical_map=mapping)
+        drawn_values = drawn(slide, values)
+        for j, t in enumerate(types):
+            feats = pd.DataFrame({"spot": names, "proportion": drawn_values[:, j]})
+            upsert_result(self.viewer, slide, f"{slide.name} proportion: {t}", feats, kind="proportion",
+                          column="proportion", colormap="viridis", limits=self._limits(drawn_values[:, j]),
+                          visible=False, extra_metadata={"cell_type": t}, colorbar=True)
+        base = base_layer(self.viewer, slide)
+        if base is not None:
+            feats = base.features.copy()
+            feats["dominant_type"] = dom_drawn
+            base.features = feats
+        counts = pd.Series(np.asarray(categorical(dominant))).value_counts().to_dict()
+        self.legend.set_items(mapping, title="Dominant cell type", counts=counts)
+        self._slide_for_layers = slide
+        set_choices(self.show_layer, [DOMINANT, *types], DOMINANT)
+        self._on_show(force=True)
+        self.record(slide, params, [KEY, dom_col])
+        self.update_command()
+
+    def _limits(self, v) -> tuple[float, float]:
+        if self.scale.value == SHARED:
+            return (0.0, 1.0)
+        lo, hi = robust_limits(v, lower=0.0)
+        return (0.0, max(hi, 0.05))
+
+    def _restyle(self, *_) -> None:
+        slide = self._slide_for_layers
+        if slide is None:
+            return
+        for layer in result_layers(self.viewer, slide, "proportion"):
+            layer.face_contrast_limits = self._limits(layer.features["proportion"])
+
+    def _on_show(self, *_, force: bool = False) -> None:
+        slide = self._slide_for_layers
+        if slide is None or (self.show_layer.value == self._shown and not force):
+            return  # a choices reset (napari does one on every layer change) must not re-show hidden layers
+        self._shown = self.show_layer.value
+        choice = self.show_layer.value
+        for layer in result_layers(self.viewer, slide, "dominant"):
+            layer.visible = choice == DOMINANT
+        for layer in result_layers(self.viewer, slide, "proportion"):
+            layer.visible = layer.metadata.get("cell_type") == choice

@@ -1,0 +1,180 @@
+"""Embed & domains widget: spot embeddings (zero-shot, or fine-tune then embed), spatial domains by
+number or resolution, drawn as categorical colours over the tissue with a legend and a UMAP view.
+
+Runs ``spgpt_core.tl.embed`` then ``spgpt_core.tl.cluster`` (the same calls as ``spgpt embed`` and
+``spgpt cluster``); the UMAP is a display of the embedding only.
+"""
+
+from __future__ import annotations
+
+import importlib
+import importlib.util
+from typing import TYPE_CHECKING
+
+import numpy as np
+import pandas as pd
+from magicgui.widgets import CheckBox, ComboBox, Container, FloatSpinBox, RadioButtons, SpinBox
+
+from . import _commands
+from ._base import Legend, SlideWidget, add_native, load_model_in_worker
+from ._layers import base_layer, categorical, categorical_colors, drawn, upsert_result
+
+if TYPE_CHECKING:
+    import napari.viewer
+
+ZERO_SHOT = "zero-shot"
+FINETUNE = "fine-tune, then embed"
+BY_NUMBER = "number of domains"
+BY_RESOLUTION = "resolution"
+EMBED_KEY = "X_spgpt"
+DOMAIN_KEY = "spgpt_domain"
+
+
+def finetune_function():
+    """``spgpt_core.train.finetune`` once the training module has landed, else None."""
+    try:
+        if importlib.util.find_spec("spgpt_core.train") is None:
+            return None
+        return getattr(importlib.import_module("spgpt_core.train"), "finetune", None)
+    except Exception:  # noqa: BLE001
+        return None
+
+
+class EmbedWidget(SlideWidget):
+    run_text = "Embed && find domains"
+    job_name = "embed & domains"
+
+    def __init__(self, viewer: napari.viewer.Viewer) -> None:
+        can_finetune = importlib.util.find_spec("spgpt_core.train") is not None
+        self.mode = RadioButtons(label="Embedding", choices=[ZERO_SHOT, FINETUNE], value=ZERO_SHOT,
+                                 orientation="horizontal")
+        self.mode.enabled = can_finetune
+        self.mode.tooltip = ("Fine-tuning adapts the model to this slide first (slower)." if can_finetune else
+                             "Fine-tuning needs spgpt_core.train (not in this build yet): zero-shot only.")
+        self.epochs = SpinBox(label="Fine-tune epochs", value=2, min=1, max=200, visible=False)
+        self.by = RadioButtons(label="Domains by", choices=[BY_NUMBER, BY_RESOLUTION], value=BY_NUMBER,
+                               orientation="horizontal")
+        self.n_domains = SpinBox(label="Number of domains", value=7, min=2, max=60)
+        self.resolution = FloatSpinBox(label="Resolution", value=1.0, min=0.01, max=10.0, step=0.1, visible=False)
+        self.method = ComboBox(label="Method", choices=["leiden", "kmeans"], value="leiden",
+                               tooltip="Leiden searches the resolution giving that number; k-means gives it exactly")
+        self.smooth_k = SpinBox(label="Spatial smoothing (k)", value=0, min=0, max=50,
+                                tooltip="Majority vote over each spot's k nearest spots (0 = off)")
+        self.batch_size = SpinBox(label="Batch size", value=64, min=1, max=4096)
+        self.seed = SpinBox(label="Seed", value=0, min=0, max=2**31 - 1)
+        self.drop_empty = CheckBox(value=True, text="Leave out spots that express no model gene")
+        self.umap = CheckBox(value=True, text="Show a UMAP of the embedding")
+        self.legend = Legend()
+        self.umap_canvas = None
+        extras = Container(widgets=[], labels=False)
+        extras.margins = (0, 0, 0, 0)
+        super().__init__(viewer, [self.mode, self.epochs, self.by, self.n_domains, self.resolution, self.method,
+                                  self.smooth_k, self.batch_size, self.seed, self.drop_empty, self.umap],
+                         after=[extras])
+        add_native(extras, self.legend)
+        self._extras = extras
+        self.mode.changed.connect(self._on_mode)
+        self.by.changed.connect(self._on_by)
+        self.update_command()
+
+    def _on_mode(self, *_) -> None:
+        self.epochs.visible = self.mode.value == FINETUNE
+
+    def _on_by(self, *_) -> None:
+        self.n_domains.visible = self.by.value == BY_NUMBER
+        self.resolution.visible = self.by.value == BY_RESOLUTION
+
+    def cluster_args(self) -> dict:
+        if self.by.value == BY_NUMBER or self.method.value == "kmeans":
+            return {"n_clusters": int(self.n_domains.value), "resolution": None}
+        return {"n_clusters": None, "resolution": float(self.resolution.value)}
+
+    def params(self) -> dict:
+        return {"mode": self.mode.value, "finetune_epochs": self.epochs.value if self.mode.value == FINETUNE else None,
+                **self.cluster_args(), "method": self.method.value, "smooth_k": int(self.smooth_k.value),
+                "batch_size": int(self.batch_size.value), "seed": int(self.seed.value),
+                "drop_empty": bool(self.drop_empty.value), "model": self.state.spec, "device": self.state.device}
+
+    def command_text(self) -> str:
+        spec, device = self.model_spec()
+        p = self.params()
+        return _commands.embed_and_cluster(self.slide, spec, device, batch_size=p["batch_size"], seed=p["seed"],
+                                           drop_empty=p["drop_empty"], n_clusters=p["n_clusters"],
+                                           resolution=p["resolution"], method=p["method"], smooth_k=p["smooth_k"],
+                                           finetune_epochs=p["finetune_epochs"])
+
+    # -- run --------------------------------------------------------------------------------------
+
+    def run(self) -> None:
+        slide = self.require_slide()
+        if slide is None:
+            return
+        p = self.params()
+        state = self.state
+        want_umap = bool(self.umap.value)
+        adata = slide.adata
+        gene_col = slide.gene_col
+
+        def work(progress):
+            from spgpt_core import tl
+
+            model, loaded = load_model_in_worker(state, progress)
+            progress.check()
+            if p["mode"] == FINETUNE:
+                finetune = finetune_function()
+                if finetune is None:
+                    from spgpt_core.errors import InputError
+
+                    raise InputError("Fine-tuning is not available in this spgpt build; use zero-shot.")
+                from ._tasks import call_supported
+
+                model = call_supported(finetune, adata, model, epochs=p["finetune_epochs"], gene_col=gene_col,
+                                       seed=p["seed"], device=state.device, progress=progress)
+                loaded = False
+            tl.embed(adata, model, key_added=EMBED_KEY, gene_col=gene_col, batch_size=p["batch_size"],
+                     seed=p["seed"], device=state.device, empty="drop" if p["drop_empty"] else "error",
+                     progress=progress)
+            progress.check()
+            progress.start(0, "finding domains")
+            tl.cluster(adata, use_rep=EMBED_KEY, n_clusters=p["n_clusters"], resolution=p["resolution"],
+                       method=p["method"], smooth_k=p["smooth_k"], key_added=DOMAIN_KEY, seed=p["seed"])
+            xy = None
+            if want_umap:
+                progress.check()
+                progress.start(0, "UMAP")
+                from ._umap import umap_2d
+
+                xy = umap_2d(adata.obsm[EMBED_KEY], seed=p["seed"])
+            return {"model": model if loaded else None, "umap": xy}
+
+        self.controls.start(work, on_done=lambda r: self._show(slide, r, p), slide=slide, what=self.job_name)
+
+    def _show(self, slide, result: dict, params: dict) -> None:
+        if result.get("model") is not None:
+            self.state.set_model(result["model"], self.state.spec, self.state.device)
+        adata = slide.adata
+        domains = adata.obs[DOMAIN_KEY]
+        mapping = categorical_colors(domains.cat.categories, adata.uns.get(f"{DOMAIN_KEY}_colors"))
+        values = categorical(drawn(slide, domains), categories=list(domains.cat.categories))
+        features = pd.DataFrame({"spot": drawn(slide, adata.obs_names.to_numpy()), DOMAIN_KEY: values})
+        upsert_result(self.viewer, slide, f"{slide.name} domains", features, kind="domains", column=DOMAIN_KEY,
+                      categorical_map=mapping, extra_metadata={"legend": mapping})
+        base = base_layer(self.viewer, slide)
+        if base is not None:
+            feats = base.features.copy()
+            feats[DOMAIN_KEY] = values
+            base.features = feats
+        counts = pd.Series(np.asarray(categorical(domains))).value_counts().to_dict()
+        self.legend.set_items(mapping, title=f"Domains ({len(domains.cat.categories)})", counts=counts)
+        if result.get("umap") is not None:
+            self._show_umap(result["umap"], categorical(domains), mapping)
+        self.record(slide, params, [EMBED_KEY, DOMAIN_KEY])
+        self.update_command()
+
+    def _show_umap(self, xy: np.ndarray, labels: pd.Categorical, mapping: dict[str, str]) -> None:
+        from ._umap import UmapCanvas
+
+        if self.umap_canvas is None:
+            self.umap_canvas = UmapCanvas()
+            add_native(self._extras, self.umap_canvas)
+        self.umap_canvas.plot(xy, labels, mapping)

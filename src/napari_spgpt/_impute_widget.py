@@ -1,0 +1,186 @@
+"""Impute widget: expression of genes the slide did not measure, from a reference ``.h5ad``
+(``spgpt_core.tl.impute``, as ``spgpt impute``), one continuous overlay per gene."""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+import numpy as np
+import pandas as pd
+from magicgui.widgets import CheckBox, ComboBox, Container, FileEdit, Label, LineEdit, Select, SpinBox
+
+from . import _commands, _tasks
+from ._base import SlideWidget, load_model_in_worker
+from ._choices import dynamic, set_choices
+from ._layers import drawn, result_layers, robust_limits, upsert_result
+from ._reference import obs_and_genes, read_reference
+
+if TYPE_CHECKING:
+    import napari.viewer
+
+KEY = "spgpt_imputed"
+MAX_LISTED = 400
+COLORMAP = "viridis"
+
+
+def slide_gene_names(slide) -> pd.Index:
+    """The slide's gene names as the reference would name them (var_names or the chosen gene column)."""
+    var = slide.adata.var
+    if slide.gene_col and slide.gene_col not in ("index", "var_names") and slide.gene_col in var.columns:
+        return pd.Index(var[slide.gene_col].astype(str))
+    return pd.Index(slide.adata.var_names.astype(str))
+
+
+class GenePicker(Container):
+    """A search box over a gene list and a multi-selection that survives new searches."""
+
+    def __init__(self, label: str = "Genes") -> None:
+        self.search = LineEdit(label="Search", value="", tooltip="Part of a gene name; the list shows matches")
+        self.genes = dynamic(Select, label=label, allow_multiple=True)
+        self.genes.native.setMinimumHeight(140)
+        self.count_label = Label(value="")
+        super().__init__(widgets=[self.search, self.genes, self.count_label])
+        self.margins = (0, 0, 0, 0)
+        self.all: list[str] = []
+        self.search.changed.connect(self.refresh)
+        self.genes.changed.connect(self._count)
+
+    def set_genes(self, genes: list[str], selected: list[str] | None = None) -> None:
+        self.all = list(genes)
+        self.refresh(selected=selected or [])
+
+    def refresh(self, *_, selected: list[str] | None = None) -> None:
+        keep = list(self.genes.value) if selected is None else [g for g in selected if g in set(self.all)]
+        text = self.search.value.strip().upper()
+        hits = [g for g in self.all if text in g.upper()] if text else self.all
+        listed = keep + [g for g in hits if g not in set(keep)][:MAX_LISTED]
+        set_choices(self.genes, listed, keep)
+        self._count()
+
+    def _count(self, *_) -> None:
+        self.count_label.value = f"{len(self.genes.value)} selected; {len(self.all):,} genes available"
+
+    @property
+    def value(self) -> list[str]:
+        return list(self.genes.value)
+
+    @value.setter
+    def value(self, genes: list[str]) -> None:
+        self.refresh(selected=list(genes))
+
+
+class ImputeWidget(SlideWidget):
+    run_text = "Impute"
+    job_name = "impute"
+
+    def __init__(self, viewer: napari.viewer.Viewer) -> None:
+        self.reference = FileEdit(label="Reference", mode="r", filter="AnnData (*.h5ad)",
+                                  tooltip="Reference .h5ad (single-cell or another slide) that measured the genes")
+        self.missing_only = CheckBox(value=True, text="List only genes the slide did not measure")
+        self.picker = GenePicker("Genes to impute")
+        self.epochs = SpinBox(label="Mapping epochs", value=1000, min=1, max=100_000, step=100,
+                              tooltip="Tangram optimisation epochs (spgpt default 1000)")
+        self.seed = SpinBox(label="Seed", value=0, min=0, max=2**31 - 1)
+        self.show_layer = dynamic(ComboBox, label="Show", tooltip="Which imputed gene is visible")
+        super().__init__(viewer, [self.reference, self.missing_only, self.picker, self.epochs, self.seed],
+                         after=[Container(widgets=[self.show_layer])])
+        self.reference.changed.connect(self._on_reference)
+        self.missing_only.changed.connect(self._on_reference)
+        self.picker.genes.changed.connect(self.update_command)
+        self.show_layer.changed.connect(self._on_show)
+        self._slide_for_layers = None
+        self._shown = None
+        self._on_slide_changed()
+
+    def _on_slide_changed(self, *_) -> None:
+        slide = self.slide
+        if slide is not None and slide.reference and self.reference_path() is None:
+            self.reference.value = slide.reference
+        self._on_reference()
+        super()._on_slide_changed()
+
+    def reference_path(self) -> str | None:
+        v = self.reference.value
+        return None if v is None or str(v) in ("", ".") else str(v)
+
+    def _on_reference(self, *_) -> None:
+        from napari.utils.notifications import show_error
+
+        from spgpt_core.errors import SpgptError
+
+        path = self.reference_path()
+        if path is None:
+            return
+        try:
+            _, genes = obs_and_genes(path)
+        except SpgptError as e:
+            show_error(str(e))
+            self.picker.set_genes([])
+            return
+        slide = self.slide
+        genes = list(genes)
+        if self.missing_only.value and slide is not None:
+            measured = set(slide_gene_names(slide).str.upper())
+            genes = [g for g in genes if g.upper() not in measured]
+        self.picker.set_genes(sorted(genes), selected=self.picker.value)
+        self.update_command()
+
+    def command_text(self) -> str:
+        spec, device = self.model_spec()
+        return _commands.impute(self.slide, spec, device, reference=self.reference_path(), genes=self.picker.value,
+                                epochs=int(self.epochs.value), seed=int(self.seed.value))
+
+    def run(self) -> None:
+        from napari.utils.notifications import show_warning
+
+        slide = self.require_slide()
+        if slide is None:
+            return
+        ref_path, genes = self.reference_path(), self.picker.value
+        if ref_path is None or not genes:
+            show_warning("Choose a reference .h5ad and at least one gene to impute.")
+            return
+        state, adata, gene_col = self.state, slide.adata, slide.gene_col
+        epochs, seed = int(self.epochs.value), int(self.seed.value)
+        params = {"reference": ref_path, "genes": genes, "num_epochs": epochs, "seed": seed, "model": state.spec,
+                  "device": state.device}
+
+        def work(progress):
+            progress.start(0, "reading the reference")
+            reference = read_reference(ref_path)
+            progress.check()
+            model, loaded = load_model_in_worker(state, progress)
+            _tasks.impute(adata, reference, genes=genes, model=model, key_added=KEY, gene_col=gene_col,
+                          num_epochs=epochs, seed=seed, device=state.device, progress=progress)
+            return {"model": model if loaded else None}
+
+        self.controls.start(work, on_done=lambda r: self._show(slide, r, params, genes), slide=slide,
+                            what=self.job_name)
+
+    def _show(self, slide, result: dict, params: dict, genes: list[str]) -> None:
+        if result.get("model") is not None:
+            self.state.set_model(result["model"], self.state.spec, self.state.device)
+        imputed = slide.adata.obsm[KEY]
+        if not isinstance(imputed, pd.DataFrame):
+            imputed = pd.DataFrame(np.asarray(imputed), index=slide.adata.obs_names, columns=genes[: imputed.shape[1]])
+        names = drawn(slide, slide.adata.obs_names.to_numpy())
+        shown = [g for g in genes if g in imputed.columns]
+        for g in shown:
+            v = drawn(slide, np.asarray(imputed[g], dtype=float))
+            upsert_result(self.viewer, slide, f"{slide.name} imputed: {g}", pd.DataFrame({"spot": names,
+                          f"imputed {g}": v}), kind="imputed", column=f"imputed {g}", colormap=COLORMAP,
+                          limits=robust_limits(v, lower=None), visible=False, extra_metadata={"gene": g}, colorbar=True)
+        self._slide_for_layers = slide
+        set_choices(self.show_layer, [layer.metadata["gene"] for layer in result_layers(self.viewer, slide, "imputed")],
+                    shown[0] if shown else None)
+        self._on_show(force=True)
+        self.record(slide, params, [KEY])
+        self.update_command()
+
+    def _on_show(self, *_, force: bool = False) -> None:
+        slide = self._slide_for_layers
+        if slide is None or (self.show_layer.value == self._shown and not force):
+            return  # a choices reset (napari does one on every layer change) must not re-show hidden layers
+        self._shown = self.show_layer.value
+        for layer in result_layers(self.viewer, slide, "imputed"):
+            layer.visible = layer.metadata.get("gene") == self.show_layer.value

@@ -1,0 +1,434 @@
+"""Loading slides for display: which table / coordinate system / image, and where the spots go.
+
+No Qt and no napari here: this module turns a path into a :class:`LoadedSlide` (the AnnData read
+by :func:`spgpt_core.io.read_slide`, the tissue image(s), spot positions in the image's pixel frame
+and the spot diameter in those pixels). The reader, the sample data and the Load widget all build
+their layers from it, so they show a slide the same way.
+
+Frames. A Points layer of spots sits in the pixel frame of the chosen image, so the image needs no
+transform and point sizes (diameters) are in image pixels. For a SpatialData store the table's
+coordinates are the centroids of the annotated element in the chosen coordinate system; the image's
+transformation into that coordinate system is inverted to bring them into image pixels. For an
+``.h5ad`` in the Visium layout (``uns['spatial'][library]``) the coordinates are full-resolution
+pixels and ``tissue_hires_scalef`` / ``tissue_lowres_scalef`` scale them onto the image.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+log = logging.getLogger(__name__)
+
+#: Above this many cells/spots only a random subset is drawn (analysis always uses every cell).
+DEFAULT_MAX_POINTS = 100_000
+#: Above this many points, spots are drawn without borders and with flat shading (faster).
+FAST_POINTS = 50_000
+
+AUTO = "auto"  # pick the image automatically
+NO_IMAGE = ""  # load no image
+
+
+def kind_of(path: str | Path) -> str | None:
+    """'zarr' for a SpatialData store, 'h5ad' for an AnnData file, None for anything else."""
+    p = Path(str(path).rstrip("/\\"))
+    if p.suffix.lower() == ".h5ad" and p.is_file():
+        return "h5ad"
+    if p.suffix.lower() == ".zarr" and p.is_dir():
+        # SpatialData stores hold element groups; a plain OME-Zarr image is left to other readers.
+        if any((p / g).is_dir() for g in ("tables", "table")):
+            return "zarr"
+    return None
+
+
+# --------------------------------------------------------------------------------------------
+# What a file holds (for the Load widget's choices)
+# --------------------------------------------------------------------------------------------
+
+
+@dataclass
+class StoreInfo:
+    """Tables, coordinate systems and images a slide file offers."""
+
+    path: Path
+    kind: str
+    tables: list[str] = field(default_factory=list)
+    #: table -> coordinate systems its annotated elements live in ([] = the table has only obsm['spatial'])
+    table_systems: dict[str, list[str]] = field(default_factory=dict)
+    #: coordinate system -> images with a transformation into it (h5ad: '' -> 'library/res')
+    images: dict[str, list[str]] = field(default_factory=dict)
+
+    def systems(self, table: str | None) -> list[str]:
+        if table is None:
+            table = self.tables[0] if self.tables else None
+        systems = self.table_systems.get(table, []) if table else []
+        return systems or sorted(self.images)  # a table with only obsm['spatial']: any system with an image
+
+    def images_in(self, coordinate_system: str | None) -> list[str]:
+        if self.kind == "h5ad":
+            return self.images.get("", [])
+        return self.images.get(coordinate_system or "", [])
+
+
+def inspect_store(path: str | Path) -> StoreInfo:
+    """List what a slide file offers without loading any expression matrix."""
+    from spgpt_core.errors import InputError
+
+    path = Path(str(path).rstrip("/\\")).expanduser()
+    kind = kind_of(path)
+    if kind is None:
+        raise InputError(
+            f"Cannot open {path}: expected an AnnData .h5ad file or a SpatialData .zarr directory with a table."
+        )
+    if kind == "h5ad":
+        import h5py
+
+        try:
+            with h5py.File(path, "r") as f:
+                images = []
+                spatial = f.get("uns/spatial")
+                if spatial is not None:
+                    for lib in spatial:
+                        imgs = spatial[lib].get("images")
+                        for res in ("hires", "lowres"):
+                            if imgs is not None and res in imgs:
+                                images.append(f"{lib}/{res}")
+        except OSError as e:
+            raise InputError(f"Could not read {path} as an .h5ad file ({e}); the file may be corrupt.") from e
+        return StoreInfo(path, kind, tables=[], table_systems={}, images={"": images})
+
+    import spatialdata as sd
+    import zarr
+    from spatialdata.transformations import get_transformation
+
+    try:
+        root = zarr.open_group(str(path), mode="r")
+        tables = sorted(root["tables"].keys()) if "tables" in root else []
+        sdata = sd.read_zarr(path, selection=("images", "labels", "shapes", "points"))
+    except Exception as e:  # noqa: BLE001 - any reading problem is the user's file
+        raise InputError(f"Could not read {path} as a SpatialData store ({type(e).__name__}: {e}).") from e
+    element_systems = {}
+    for kind_name in ("labels", "shapes", "points"):
+        for name, element in getattr(sdata, kind_name).items():
+            element_systems[name] = list(get_transformation(element, get_all=True))
+    images: dict[str, list[str]] = {}
+    for name, element in sdata.images.items():
+        for cs in get_transformation(element, get_all=True):
+            images.setdefault(cs, []).append(name)
+    table_systems = {}
+    for t in tables:
+        regions = _table_regions(root, t)
+        systems: list[str] | None = None
+        for r in regions:
+            own = element_systems.get(r, [])
+            systems = own if systems is None else [s for s in systems if s in own]
+        table_systems[t] = systems or []
+    return StoreInfo(path, kind, tables=tables, table_systems=table_systems, images=images)
+
+
+def _table_regions(root, table: str) -> list[str]:
+    """Elements a table annotates, read from its uns without loading the table."""
+    try:
+        import anndata as ad
+
+        attrs = ad.io.read_elem(root["tables"][table]["uns"]["spatialdata_attrs"])
+    except Exception:  # noqa: BLE001 - a table without annotation metadata
+        return []
+    region = attrs.get("region")
+    if region is None:
+        return []
+    return [str(region)] if isinstance(region, str) else [str(r) for r in np.atleast_1d(region)]
+
+
+# --------------------------------------------------------------------------------------------
+# Loading
+# --------------------------------------------------------------------------------------------
+
+
+@dataclass
+class ImageData:
+    """One image for napari: arrays (one per scale level), RGB or not, channel names."""
+
+    name: str
+    data: list  # numpy / dask arrays, (y, x, c) for RGB, (c, y, x) or (y, x) otherwise
+    rgb: bool
+    channel_names: list[str] | None = None
+
+    @property
+    def shape_yx(self) -> tuple[int, int]:
+        a = self.data[0]
+        return (a.shape[0], a.shape[1]) if self.rgb else (a.shape[-2], a.shape[-1])
+
+
+@dataclass(eq=False)  # identity comparison (widgets compare slides; fields hold arrays)
+class LoadedSlide:
+    """A slide read for display (see the module docstring for the frames)."""
+
+    adata: Any
+    name: str
+    source: str | None
+    kind: str  # 'h5ad' | 'zarr' | 'memory'
+    table: str | None
+    coordinate_system: str | None
+    image: ImageData | None
+    #: 3x3 affine taking the slide's coordinates (x, y, 1) to image pixels (x, y, 1)
+    to_pixels: np.ndarray
+    spot_diameter: float  # in image pixels
+    index: np.ndarray | None  # rows drawn when subsampled, else None (all rows)
+    points_yx: np.ndarray  # (n_drawn, 2) napari (row, col) positions
+    notes: list[str] = field(default_factory=list)
+    reference: str | None = None  # a matching reference .h5ad (the sample data ships one)
+    uid: str = field(default_factory=lambda: __import__("uuid").uuid4().hex[:12])
+    busy: str | None = None  # name of the job running on this slide, if any
+    gene_col: str | None = None  # var column with gene symbols (None: chosen automatically by spgpt_core)
+
+    def __repr__(self) -> str:
+        return (f"LoadedSlide({self.name!r}, {self.adata.n_obs:,} x {self.adata.n_vars:,}, kind={self.kind!r}, "
+                f"table={self.table!r}, coordinate_system={self.coordinate_system!r}, "
+                f"image={self.image.name if self.image else None!r}, drawn={self.n_drawn:,})")
+
+    @property
+    def n_drawn(self) -> int:
+        return len(self.points_yx)
+
+
+def load_slide(
+    path: str | Path,
+    *,
+    table: str | None = None,
+    coordinate_system: str | None = None,
+    image: str | None = AUTO,
+    max_points: int = DEFAULT_MAX_POINTS,
+    name: str | None = None,
+) -> LoadedSlide:
+    """Read a slide file for display. ``image``: a name, ``AUTO`` (best guess) or ``NO_IMAGE``."""
+    from spgpt_core.errors import InputError
+
+    path = Path(str(path).rstrip("/\\")).expanduser()
+    kind = kind_of(path)
+    if kind is None:
+        raise InputError(
+            f"Cannot open {path}: expected an AnnData .h5ad file or a SpatialData .zarr directory with a table."
+        )
+    name = name or path.stem
+    if kind == "h5ad":
+        return _load_h5ad(path, image=image, max_points=max_points, name=name)
+    return _load_zarr(path, table=table, coordinate_system=coordinate_system, image=image, max_points=max_points,
+                      name=name)
+
+
+def from_adata(adata, *, name: str = "slide", image: str | None = AUTO, max_points: int = DEFAULT_MAX_POINTS,
+               source: str | None = None) -> LoadedSlide:
+    """Display an in-memory AnnData (Visium layout for the image, if any)."""
+    return _from_visium_layout(adata, name=name, image=image, max_points=max_points, source=source, kind="memory",
+                               notes=[])
+
+
+def _load_h5ad(path: Path, *, image, max_points, name) -> LoadedSlide:
+    from spgpt_core.io import read_slide
+
+    adata = read_slide(path)
+    return _from_visium_layout(adata, name=name, image=image, max_points=max_points, source=str(path), kind="h5ad",
+                               notes=[])
+
+
+def _from_visium_layout(adata, *, name, image, max_points, source, kind, notes) -> LoadedSlide:
+    from spgpt_core.errors import InputError
+    from spgpt_core.io import get_coordinates
+
+    xy = get_coordinates(adata, required=True)
+    libraries = adata.uns.get("spatial") if isinstance(adata.uns.get("spatial"), dict) else {}
+    choices = [f"{lib}/{res}" for lib, d in libraries.items() if isinstance(d, dict)
+               for res in ("hires", "lowres") if res in (d.get("images") or {})]
+    chosen = None
+    if image == AUTO:
+        chosen = choices[0] if choices else None
+    elif image:
+        if image not in choices:
+            raise InputError(f"The slide has no image '{image}'; available: {', '.join(choices) or 'none'}.")
+        chosen = image
+    to_px = np.eye(3)
+    img = None
+    diameter_full = None
+    if chosen is not None:
+        lib, res = chosen.split("/")
+        scalefactors = libraries[lib].get("scalefactors", {}) or {}
+        scale = scalefactors.get(f"tissue_{res}_scalef")
+        if not scale:
+            notes.append(f"image {chosen} has no tissue_{res}_scalef; spots are drawn in raw coordinates without it")
+        else:
+            arr = np.asarray(libraries[lib]["images"][res])
+            if arr.dtype.kind == "f" and arr.max(initial=0) <= 1.0:
+                arr = (np.clip(arr, 0, 1) * 255).astype(np.uint8)
+            img = ImageData(f"{name} image", [arr], rgb=arr.ndim == 3 and arr.shape[-1] in (3, 4))
+            to_px = np.diag([float(scale), float(scale), 1.0])
+        diameter_full = scalefactors.get("spot_diameter_fullres")
+    elif libraries:
+        lib = next(iter(libraries))
+        diameter_full = (libraries[lib].get("scalefactors") or {}).get("spot_diameter_fullres") \
+            if isinstance(libraries[lib], dict) else None
+    xy_px = _apply(to_px, xy)
+    if diameter_full:
+        diameter = float(diameter_full) * _linear_scale(to_px)
+    else:
+        diameter = _spacing(xy_px)
+    index, notes = _subsample(adata.n_obs, max_points, notes)
+    yx = (xy_px if index is None else xy_px[index])[:, ::-1].copy()
+    return LoadedSlide(adata, name, source, kind, None, None, img, to_px, diameter, index, yx, notes)
+
+
+def _load_zarr(path: Path, *, table, coordinate_system, image, max_points, name) -> LoadedSlide:
+    import spatialdata as sd
+    from spatialdata.transformations import get_transformation
+
+    from spgpt_core.errors import InputError
+    from spgpt_core.io import read_slide
+
+    info = inspect_store(path)
+    notes: list[str] = []
+    if not info.tables:
+        raise InputError(f"{path} has no table; spgpt needs a table of gene expression per cell/spot.")
+    if table is None:
+        table = info.tables[0]
+        if len(info.tables) > 1:
+            notes.append(f"{path.name} has {len(info.tables)} tables ({', '.join(info.tables)}); showing "
+                         f"'{table}'. Pick another in the spgpt Load slide widget.")
+    elif table not in info.tables:
+        raise InputError(f"{path} has no table '{table}'; available tables: {', '.join(info.tables)}.")
+    annotated = bool(info.table_systems.get(table))
+    systems = info.systems(table)
+    if coordinate_system is None:
+        with_image = [s for s in systems if info.images_in(s)]
+        coordinate_system = (with_image or systems or [None])[0]
+        if len(systems) > 1:
+            notes.append(f"table '{table}' has coordinates in {', '.join(systems)}; using '{coordinate_system}'.")
+    elif systems and coordinate_system not in systems:
+        raise InputError(f"Table '{table}' has no coordinates in '{coordinate_system}'; "
+                         f"available coordinate systems: {', '.join(systems)}.")
+
+    adata = read_slide(path, table=table, coordinate_system=coordinate_system if annotated else None)
+    if not annotated:
+        notes.append(f"table '{table}' annotates no element; its obsm['spatial'] is taken to be in "
+                     f"'{coordinate_system}'.")
+    sdata = sd.read_zarr(path, selection=("images", "shapes"))
+
+    images = info.images_in(coordinate_system)
+    chosen = None
+    if image == AUTO:
+        chosen = _best_image(images)
+    elif image:
+        if image not in images:
+            raise InputError(f"Coordinate system '{coordinate_system}' has no image '{image}'; "
+                             f"available: {', '.join(images) or 'none'}.")
+        chosen = image
+    to_px = np.eye(3)
+    img = None
+    if chosen is not None:
+        element = sdata.images[chosen]
+        to_cs = get_transformation(element, to_coordinate_system=coordinate_system)
+        a = np.asarray(to_cs.to_affine_matrix(input_axes=("x", "y"), output_axes=("x", "y")), dtype=np.float64)
+        to_px = np.linalg.inv(a)
+        img = _image_data(f"{name} {chosen}", element)
+
+    xy_px = _apply(to_px, np.asarray(adata.obsm["spatial"], dtype=np.float64)[:, :2])
+    diameter = _element_diameter(sdata, adata, coordinate_system) if annotated else None
+    diameter = diameter * _linear_scale(to_px) if diameter else _spacing(xy_px)
+    index, notes = _subsample(adata.n_obs, max_points, notes)
+    yx = (xy_px if index is None else xy_px[index])[:, ::-1].copy()
+    return LoadedSlide(adata, name, str(path), "zarr", table, coordinate_system, img, to_px, diameter, index, yx,
+                       notes)
+
+
+def _best_image(names: list[str]) -> str | None:
+    """Prefer a 'hires' image (Visium), then anything but 'lowres', then the first."""
+    if not names:
+        return None
+    for test in (lambda n: "hires" in n.lower(), lambda n: "lowres" not in n.lower()):
+        hits = [n for n in names if test(n)]
+        if hits:
+            return hits[0]
+    return names[0]
+
+
+def _image_data(name: str, element) -> ImageData:
+    """napari arrays for a SpatialData image (DataArray or multiscale DataTree), lazily (dask)."""
+    import xarray as xr
+
+    if isinstance(element, xr.DataTree):  # multiscale: scale0, scale1, ...
+        levels = []
+        for key in sorted(element.children, key=lambda k: int(str(k).replace("scale", "") or 0)):
+            ds = element[key].ds
+            levels.append(next(iter(ds.data_vars.values())))
+    else:
+        levels = [element]
+    first = levels[0]
+    channels = [str(c) for c in first.coords["c"].values] if "c" in first.coords else None
+    n_c = first.sizes.get("c", 1)
+    rgb = n_c in (3, 4) and (first.dtype == np.uint8 or (channels or [])[:3] == ["r", "g", "b"])
+    data = []
+    for lev in levels:
+        arr = lev.data
+        if "c" not in lev.dims:
+            data.append(arr)
+        elif rgb:
+            data.append(arr.transpose(1, 2, 0))
+        elif n_c == 1:
+            data.append(arr[0])
+        else:
+            data.append(arr)
+    return ImageData(name, data, rgb=rgb, channel_names=channels if (n_c > 1 and not rgb) else None)
+
+
+def _element_diameter(sdata, adata, coordinate_system) -> float | None:
+    """Median spot/cell diameter of the annotated shapes, in the coordinate system's units."""
+    from spatialdata.transformations import get_transformation
+
+    attrs = adata.uns.get("spatialdata_attrs") or {}
+    regions = attrs.get("region")
+    regions = [regions] if isinstance(regions, str) else list(regions or [])
+    for region in regions:
+        if region not in sdata.shapes:
+            continue
+        gdf = sdata.shapes[region]
+        t = get_transformation(gdf, to_coordinate_system=coordinate_system)
+        scale = _linear_scale(np.asarray(t.to_affine_matrix(input_axes=("x", "y"), output_axes=("x", "y"))))
+        if "radius" in gdf.columns:
+            return 2.0 * float(np.median(np.asarray(gdf["radius"], dtype=float))) * scale
+        areas = gdf.geometry.area.to_numpy()
+        if len(areas):
+            return 2.0 * float(np.sqrt(np.median(areas) / np.pi)) * scale
+    return None
+
+
+def _apply(affine: np.ndarray, xy: np.ndarray) -> np.ndarray:
+    return xy @ affine[:2, :2].T + affine[:2, 2]
+
+
+def _linear_scale(affine: np.ndarray) -> float:
+    """Isotropic scale of an affine (sqrt |det| of its linear part)."""
+    return float(np.sqrt(abs(np.linalg.det(np.asarray(affine, dtype=float)[:2, :2]))))
+
+
+def _spacing(xy: np.ndarray) -> float:
+    """Median nearest-neighbour distance: the spot size when none is recorded."""
+    from scipy.spatial import cKDTree
+
+    if len(xy) < 2:
+        return 10.0
+    sample = xy if len(xy) <= 20_000 else xy[np.random.default_rng(0).choice(len(xy), 20_000, replace=False)]
+    dist, _ = cKDTree(xy).query(sample, k=2)
+    d = dist[:, 1][dist[:, 1] > 0]
+    return float(np.median(d)) if len(d) else 10.0
+
+
+def _subsample(n: int, max_points: int, notes: list[str]) -> tuple[np.ndarray | None, list[str]]:
+    if max_points and n > max_points:
+        index = np.sort(np.random.default_rng(0).choice(n, size=max_points, replace=False))
+        notes.append(f"{n:,} cells: drawing a random {max_points:,} of them to keep the viewer responsive "
+                     "(every analysis still uses all cells; change 'max points' in the Load slide widget).")
+        return index, notes
+    return None, notes

@@ -1,0 +1,231 @@
+"""napari layers for slides and results (main thread only).
+
+A *slide layer* is the Points layer of a slide's spots; its ``metadata['spgpt_slide']`` holds the
+:class:`~napari_spgpt._io.LoadedSlide` (the AnnData every widget works on). *Result layers*
+(domains, proportions, imputed genes, QC panels) are further Points layers at the same positions
+whose ``metadata['spgpt_result_of']`` names the slide's uid; running a widget again updates its
+layers in place instead of piling up new ones.
+
+Colours come from ``layer.features``: categorical columns (domains, dominant type) use a
+``{category: colour}`` map taken from ``uns['<key>_colors']``; continuous columns (proportions,
+expression) use a colormap with explicit contrast limits.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+import pandas as pd
+
+from ._io import FAST_POINTS, LoadedSlide
+
+if TYPE_CHECKING:
+    import napari
+
+SLIDE_KEY = "spgpt_slide"
+RESULT_KEY = "spgpt_result_of"
+KIND_KEY = "spgpt_kind"
+MISSING = "n/a"
+MISSING_COLOR = "#7f7f7f"
+BASE_COLOR = "#f0f0f0"
+
+
+# --------------------------------------------------------------------------------------------
+# Building layer data tuples (reader, sample data, Load widget)
+# --------------------------------------------------------------------------------------------
+
+
+def slide_layer_tuples(slide: LoadedSlide) -> list[tuple]:
+    """Image layer(s) first, then the spots: what the reader returns."""
+    return [*image_layer_tuples(slide), spots_layer_tuple(slide)]
+
+
+def image_layer_tuples(slide: LoadedSlide) -> list[tuple]:
+    img = slide.image
+    if img is None:
+        return []
+    data = img.data if len(img.data) > 1 else img.data[0]
+    kwargs: dict[str, Any] = {"name": img.name, "rgb": img.rgb, "multiscale": len(img.data) > 1,
+                              "metadata": {RESULT_KEY: slide.uid, KIND_KEY: "image"}}
+    if img.channel_names and not img.rgb:
+        kwargs["channel_axis"] = 0
+        kwargs["name"] = [f"{img.name} {c}" for c in img.channel_names]
+        kwargs["blending"] = "additive"
+        kwargs["metadata"] = [{RESULT_KEY: slide.uid, KIND_KEY: "image"} for _ in img.channel_names]
+    return [(data, kwargs, "image")]
+
+
+def spots_layer_tuple(slide: LoadedSlide) -> tuple:
+    kwargs = point_style_kwargs(slide)
+    kwargs.update(
+        name=f"{slide.name} spots" + ("" if slide.index is None else
+                                      f" ({slide.n_drawn:,} of {slide.adata.n_obs:,} drawn)"),
+        features=obs_features(slide),
+        face_color=BASE_COLOR,
+        opacity=0.6,
+        metadata={SLIDE_KEY: slide, KIND_KEY: "spots"},
+    )
+    return (slide.points_yx, kwargs, "points")
+
+
+def point_style_kwargs(slide: LoadedSlide) -> dict:
+    """Size (the spot diameter in image pixels), border and shading suited to the number of points."""
+    kwargs: dict[str, Any] = {"size": max(float(slide.spot_diameter), 1e-3), "border_width": 0,
+                              "canvas_size_limits": (1, 10000)}
+    if slide.n_drawn > FAST_POINTS:
+        kwargs["shading"] = "none"
+    return kwargs
+
+
+def obs_features(slide: LoadedSlide, columns: list[str] | None = None) -> pd.DataFrame:
+    """The table's ``obs`` for the drawn rows, with the cell/spot name first (hover shows it)."""
+    obs = slide.adata.obs if columns is None else slide.adata.obs[columns]
+    if slide.index is not None:
+        obs = obs.iloc[slide.index]
+    df = pd.DataFrame({"spot": obs.index.astype(str)})
+    for col in obs.columns:
+        values = obs[col]
+        if values.dtype == object:
+            values = values.astype(str)
+        df[str(col)] = values.to_numpy() if not isinstance(values.dtype, pd.CategoricalDtype) else values.values
+    return df
+
+
+def drawn(slide: LoadedSlide, values) -> np.ndarray | pd.Categorical:
+    """Rows of a per-cell array (or Series / Categorical) for the drawn points."""
+    if isinstance(values, pd.Series):
+        values = values.values
+    if slide.index is None:
+        return values
+    return values[slide.index]
+
+
+# --------------------------------------------------------------------------------------------
+# Finding slides and their layers
+# --------------------------------------------------------------------------------------------
+
+
+def get_slide(layer) -> LoadedSlide | None:
+    meta = getattr(layer, "metadata", None) or {}
+    slide = meta.get(SLIDE_KEY)
+    return slide if isinstance(slide, LoadedSlide) else None
+
+
+def slide_layers(viewer: napari.Viewer) -> list:
+    return [layer for layer in viewer.layers if get_slide(layer) is not None]
+
+
+def slide_choices(viewer: napari.Viewer) -> list[tuple[str, LoadedSlide]]:
+    """(layer name, slide) pairs for the widgets' slide combo boxes."""
+    return [(layer.name, get_slide(layer)) for layer in slide_layers(viewer)]
+
+
+def base_layer(viewer: napari.Viewer, slide: LoadedSlide):
+    for layer in viewer.layers:
+        if get_slide(layer) is slide:
+            return layer
+    return None
+
+
+def result_layers(viewer: napari.Viewer, slide: LoadedSlide, kind: str | None = None) -> list:
+    return [layer for layer in viewer.layers
+            if (layer.metadata or {}).get(RESULT_KEY) == slide.uid
+            and (kind is None or (layer.metadata or {}).get(KIND_KEY) == kind)]
+
+
+# --------------------------------------------------------------------------------------------
+# Colour styles
+# --------------------------------------------------------------------------------------------
+
+
+def categorical(values, categories=None) -> pd.Categorical:
+    """A Categorical with missing values as the explicit category ``n/a``."""
+    cat = pd.Categorical(values, categories=categories)
+    if cat.isna().any():
+        cat = cat.add_categories([MISSING]).fillna(MISSING) if MISSING not in cat.categories else cat.fillna(MISSING)
+    return cat
+
+
+def categorical_colors(categories, colors: list[str] | None) -> dict[str, str]:
+    """{category: hex colour}, from the result's ``uns['<key>_colors']`` where present."""
+    from spgpt_core.plotting import category_colors
+
+    cats = [str(c) for c in categories if str(c) != MISSING]
+    colors = list(colors) if colors is not None and len(colors) >= len(cats) else category_colors(len(cats))
+    mapping = {c: str(col) for c, col in zip(cats, colors[: len(cats)], strict=True)}
+    mapping[MISSING] = MISSING_COLOR
+    return mapping
+
+
+def apply_categorical(layer, column: str, mapping: dict[str, str]) -> None:
+    layer.face_color_cycle = dict(mapping)
+    layer.face_color = column
+    layer.face_color_mode = "cycle"
+    layer.refresh_colors(update_color_mapping=False)
+
+
+def robust_limits(values, lower: float | None = 0.0, q: float = 99.0) -> tuple[float, float]:
+    """Contrast limits: ``lower`` (or the 1st percentile) to the ``q``-th percentile of finite values."""
+    v = np.asarray(values, dtype=float)
+    v = v[np.isfinite(v)]
+    if v.size == 0:
+        return (0.0, 1.0)
+    lo = float(np.percentile(v, 1)) if lower is None else float(lower)
+    hi = float(np.percentile(v, q))
+    if hi <= lo:
+        hi = float(v.max()) if v.max() > lo else lo + 1.0
+    return (lo, hi)
+
+
+def apply_continuous(layer, column: str, colormap: str, limits: tuple[float, float]) -> None:
+    layer.face_colormap = colormap
+    layer.face_color = column
+    layer.face_color_mode = "colormap"
+    layer.face_contrast_limits = tuple(float(x) for x in limits)
+    layer.refresh_colors(update_color_mapping=False)
+
+
+# --------------------------------------------------------------------------------------------
+# Result layers
+# --------------------------------------------------------------------------------------------
+
+
+def upsert_result(
+    viewer: napari.Viewer,
+    slide: LoadedSlide,
+    name: str,
+    features: pd.DataFrame,
+    *,
+    kind: str,
+    column: str,
+    categorical_map: dict[str, str] | None = None,
+    colormap: str = "viridis",
+    limits: tuple[float, float] | None = None,
+    visible: bool = True,
+    translate: tuple[float, float] = (0.0, 0.0),
+    extra_metadata: dict | None = None,
+    colorbar: bool = False,
+):
+    """Add (or update in place) a Points result layer coloured by ``features[column]`` (continuous
+    columns can show napari's colorbar for the layer's colormap and contrast limits)."""
+    layer = next((la for la in viewer.layers if la.name == name
+                  and (la.metadata or {}).get(RESULT_KEY) == slide.uid), None)
+    meta = {RESULT_KEY: slide.uid, KIND_KEY: kind, "column": column, **(extra_metadata or {})}
+    if layer is None or len(layer.data) != slide.n_drawn:
+        if layer is not None:
+            viewer.layers.remove(layer)
+        kwargs = point_style_kwargs(slide)
+        layer = viewer.add_points(slide.points_yx, name=name, features=features, face_color="white",
+                                  metadata=meta, visible=visible, translate=translate, **kwargs)
+    else:
+        layer.features = features
+        layer.metadata.update(meta)
+        layer.translate = translate
+        layer.visible = visible
+    if categorical_map is not None:
+        apply_categorical(layer, column, categorical_map)
+    else:
+        apply_continuous(layer, column, colormap, limits or robust_limits(features[column]))
+        layer.face_colorbar.visible = colorbar
+    return layer

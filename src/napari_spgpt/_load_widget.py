@@ -1,0 +1,121 @@
+"""Load slide widget: pick the file, then its table, coordinate system and image, and how many
+points to draw. (File > Open uses the same loader with default choices.)"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+from magicgui.widgets import ComboBox, Container, FileEdit, LineEdit, PushButton, SpinBox
+
+from ._choices import dynamic, set_choices
+from ._io import AUTO, DEFAULT_MAX_POINTS, NO_IMAGE
+from ._worker import JobControls
+
+if TYPE_CHECKING:
+    import napari.viewer
+
+NONE = "(no image)"
+
+
+class LoadWidget(Container):
+    def __init__(self, viewer: napari.viewer.Viewer) -> None:
+        self.viewer = viewer
+        self.path = FileEdit(label="Slide", mode="r", filter="Slides (*.h5ad *.zarr)",
+                             tooltip="An .h5ad file, or a SpatialData .zarr folder (use 'Choose .zarr folder')")
+        self.folder_button = PushButton(text="Choose .zarr folder...")
+        self.table = dynamic(ComboBox, label="Table", tooltip="SpatialData table with the expression")
+        self.coordinate_system = dynamic(ComboBox, label="Coordinate system")
+        self.image = dynamic(ComboBox, [NONE], label="Image",
+                              tooltip="Spots are drawn in this image's pixel frame")
+        self.max_points = SpinBox(label="Max points drawn", value=DEFAULT_MAX_POINTS, min=1000, max=50_000_000,
+                                  step=10_000, tooltip="Above this, a random subset is drawn (analyses use all cells)")
+        self.slide_name = LineEdit(label="Name", value="")
+        self.controls = JobControls("Load")
+        super().__init__(widgets=[self.path, self.folder_button, self.table, self.coordinate_system, self.image,
+                                  self.max_points, self.slide_name, self.controls])
+        self.info = None
+        self.path.changed.connect(self._on_path)
+        self.folder_button.clicked.connect(self._choose_folder)
+        self.table.changed.connect(self._on_table)
+        self.coordinate_system.changed.connect(self._on_system)
+        self.controls.run_button.clicked.connect(self.load)
+
+    def _choose_folder(self) -> None:
+        from qtpy.QtWidgets import QFileDialog
+
+        folder = QFileDialog.getExistingDirectory(self.native, "Choose a SpatialData .zarr folder")
+        if folder:
+            self.path.value = folder
+
+    def _on_path(self, *_) -> None:
+        from napari.utils.notifications import show_error
+
+        from spgpt_core.errors import SpgptError
+
+        from ._io import inspect_store, kind_of
+
+        path = self.path.value
+        self.info = None
+        if path is None or kind_of(path) is None:
+            set_choices(self.table, [])
+            set_choices(self.coordinate_system, [])
+            set_choices(self.image, [NONE])
+            return
+        try:
+            self.info = inspect_store(path)
+        except SpgptError as e:
+            show_error(str(e))
+            return
+        self.slide_name.value = self.info.path.stem
+        set_choices(self.table, self.info.tables)
+        self.table.visible = self.coordinate_system.visible = self.info.kind == "zarr"
+        self._on_table()
+
+    def _on_table(self, *_) -> None:
+        if self.info is None:
+            return
+        if self.info.kind == "zarr":
+            set_choices(self.coordinate_system, self.info.systems(self.table.value))
+        self._on_system()
+
+    def _on_system(self, *_) -> None:
+        if self.info is None:
+            return
+        from ._io import _best_image
+
+        images = self.info.images_in(self.coordinate_system.value)
+        set_choices(self.image, [*images, NONE], _best_image(images) or NONE)
+
+    def load(self) -> None:
+        from napari.utils.notifications import show_warning
+
+        from ._io import load_slide
+
+        if self.path.value is None or self.info is None:
+            show_warning("Choose an .h5ad file or a SpatialData .zarr folder first.")
+            return
+        path = self.info.path
+        kwargs = {"table": self.table.value if self.info.kind == "zarr" else None,
+                  "coordinate_system": self.coordinate_system.value if self.info.kind == "zarr" else None,
+                  "image": NO_IMAGE if self.image.value == NONE else (self.image.value or AUTO),
+                  "max_points": int(self.max_points.value), "name": self.slide_name.value or None}
+
+        def work(progress):
+            progress.start(0, f"reading {path.name}")
+            return load_slide(path, **kwargs)
+
+        self.controls.start(work, on_done=self._show, what="load")
+
+    def _show(self, slide) -> None:
+        from napari.utils.notifications import show_info
+
+        from ._layers import slide_layer_tuples
+        from ._reader import attach_sample_reference
+
+        attach_sample_reference(slide)
+        for data, kwargs, layer_type in slide_layer_tuples(slide):
+            getattr(self.viewer, f"add_{layer_type}")(data, **kwargs)
+        for note in slide.notes:
+            show_info(note)
+        shown = f"{slide.n_drawn:,} of {slide.adata.n_obs:,}" if slide.index is not None else f"{slide.adata.n_obs:,}"
+        self.controls.status.value = f"Loaded {slide.name}: {shown} cells drawn. " + " ".join(slide.notes)

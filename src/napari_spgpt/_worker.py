@@ -1,0 +1,230 @@
+"""Run / Cancel / progress for long jobs, shared by every widget.
+
+A job is a function ``work(progress) -> result`` that calls ``spgpt_core`` with the given
+:class:`spgpt_core.progress.Progress`. It runs in a napari thread worker; the core reports progress
+from the worker thread through a Qt signal (queued to the GUI thread), the Cancel button calls
+``progress.cancel()`` so the core stops at its next batch boundary, and the result is handed to
+``on_done(result)`` on the GUI thread, the only place where layers are touched.
+
+Errors: :class:`spgpt_core.errors.SpgptError` messages appear as napari notifications as they are
+(they name the problem and the fix); a cancelled job is an info message; anything else is an error
+notification with its traceback in the details. The viewer survives all of them.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from typing import Any, Callable
+
+from magicgui.widgets import Container, Label, ProgressBar, PushButton
+from napari.qt.threading import FunctionWorker, create_worker
+from qtpy.QtCore import QObject, Signal
+
+log = logging.getLogger(__name__)
+
+
+class _ProgressSignal(QObject):
+    """Lives in the GUI thread; ``emit`` from the worker thread is queued to the GUI thread."""
+
+    progress = Signal(int, int, str)
+
+
+class _Failure:
+    """An exception raised by the job, handed back as its result (see ``JobControls.start``)."""
+
+    def __init__(self, exc: BaseException) -> None:
+        self.exc = exc
+
+
+class _Worker(FunctionWorker):
+    """A napari FunctionWorker whose errors the widget reports itself (no duplicate traceback toast),
+    and whose ``quit`` (e.g. from napari's task manager) cancels the spgpt job between batches."""
+
+    spgpt_progress = None
+
+    def _relay_error(self, exc: Exception) -> None:  # noqa: D401 - napari hook
+        pass
+
+    def quit(self) -> None:
+        if self.spgpt_progress is not None:
+            self.spgpt_progress.cancel()
+        super().quit()
+
+
+class JobControls(Container):
+    """Run and Cancel buttons, a progress bar with the core's totals and a status line."""
+
+    def __init__(self, run_text: str = "Run", tooltip: str | None = None):
+        self.run_button = PushButton(text=run_text, tooltip=tooltip)
+        self.cancel_button = PushButton(text="Cancel", enabled=False,
+                                        tooltip="Stop after the current batch; nothing is added to the viewer")
+        self.progress_bar = ProgressBar(value=0, min=0, max=1, label="")
+        self.progress_bar.native.setTextVisible(True)
+        self.progress_bar.native.setFormat("")
+        self.status = Label(value="")
+        self.status.native.setWordWrap(True)
+        # room for three wrapped lines: a word-wrapped QLabel in a layout otherwise gets one line's height
+        self.status.native.setMinimumHeight(3 * self.status.native.fontMetrics().lineSpacing() + 4)
+        buttons = Container(widgets=[self.run_button, self.cancel_button], layout="horizontal", labels=False)
+        buttons.margins = (0, 0, 0, 0)
+        super().__init__(widgets=[buttons, self.progress_bar, self.status], labels=False)
+        self.margins = (0, 0, 0, 0)
+        self.cancel_button.clicked.connect(self.cancel)
+        self._signal = _ProgressSignal()
+        self._signal.progress.connect(self._on_progress)
+        self.worker: _Worker | None = None
+        self.progress = None
+        self.last_progress: tuple[int, int, str] | None = None
+        self.totals: dict[str, int] = {}  # total reported per stage of the last job
+        self.last_error: BaseException | None = None
+        self.last_result: Any = None
+        self.elapsed: float | None = None
+        self._slide = None
+        self._on_done: Callable[[Any], None] | None = None
+        self._t0 = 0.0
+        # Closing the widget (or the viewer) while a job runs cancels it at its next batch.
+        running = self._running = {"progress": None}
+        self.native.destroyed.connect(lambda *_: running["progress"] is not None and running["progress"].cancel())
+
+    # -- state ----------------------------------------------------------------------------------
+
+    @property
+    def busy(self) -> bool:
+        return self.worker is not None
+
+    def start(self, work: Callable, *, on_done: Callable[[Any], None], slide=None, what: str = "job") -> bool:
+        """Run ``work(progress)`` in a worker thread; ``on_done(result)`` on the GUI thread. False if busy."""
+        from napari.utils.notifications import show_warning
+
+        from spgpt_core.progress import Progress
+
+        if self.busy:
+            return False
+        if slide is not None and slide.busy:
+            show_warning(f"'{slide.busy}' is still running on {slide.name}; wait for it or cancel it first.")
+            return False
+        emit = self._signal.progress.emit
+        progress = Progress(callback=lambda done, total, desc: emit(int(done), int(total), str(desc)))
+        self.progress = progress
+        self._running["progress"] = progress
+        self._on_done = on_done
+        self._slide = slide
+        if slide is not None:
+            slide.busy = what
+        self.last_error = None
+        self.last_result = None
+        self.last_progress = None
+        self.totals = {}
+        self.elapsed = None
+        self.run_button.enabled = False
+        self.cancel_button.enabled = True
+        self._set_indeterminate(f"{what}: starting")
+        self._t0 = time.perf_counter()
+
+        def job():
+            # Exceptions come back as a value rather than through ``errored``: in napari 0.9.2 the
+            # task-status slot that create_worker connects to ``errored`` takes the wrong number of
+            # arguments and raises in the GUI thread.
+            try:
+                return work(progress)
+            except Exception as e:  # noqa: BLE001 - every error is reported by _on_errored
+                return _Failure(e)
+
+        worker = create_worker(job, _worker_class=_Worker, _start_thread=False,
+                               _connect={"returned": self._on_returned, "errored": self._on_errored,
+                                         "finished": self._on_finished})
+        worker.spgpt_progress = progress
+        self.worker = worker
+        worker.start()
+        return True
+
+    def cancel(self) -> None:
+        if self.progress is not None and self.busy:
+            self.progress.cancel()
+            self.cancel_button.enabled = False
+            self.status.value = "Cancelling after the current batch..."
+
+    # -- GUI-thread slots ------------------------------------------------------------------------
+
+    def _set_indeterminate(self, text: str) -> None:
+        self.progress_bar.native.setFormat("")
+        self.progress_bar.native.setRange(0, 0)
+        self.status.value = text
+
+    def _on_progress(self, done: int, total: int, desc: str) -> None:
+        self.last_progress = (done, total, desc)
+        self.totals[desc] = total
+        if not self.busy:
+            return
+        bar = self.progress_bar.native
+        if total > 0:
+            bar.setFormat("%v / %m")
+            bar.setRange(0, total)
+            bar.setValue(min(done, total))
+            self.status.value = f"{desc}: {done:,} / {total:,}"
+        else:
+            bar.setRange(0, 0)
+            self.status.value = f"{desc}..."
+
+    def _on_returned(self, result) -> None:
+        from napari.utils.notifications import show_error
+
+        _assert_main_thread()
+        if isinstance(result, _Failure):
+            self._on_errored(result.exc)
+            return
+        self.elapsed = time.perf_counter() - self._t0
+        self.last_result = result
+        self._release()
+        self.status.value = f"Done in {self.elapsed:.1f} s."
+        try:
+            if self._on_done is not None:
+                self._on_done(result)
+        except Exception as e:  # noqa: BLE001 - showing results must never take the viewer down
+            log.exception("showing the results failed")
+            self.last_error = e
+            show_error(f"spgpt could not show the results: {type(e).__name__}: {e}")
+            self.status.value = f"Could not show the results: {e}"
+
+    def _on_errored(self, exc: BaseException) -> None:
+        from napari.utils.notifications import notification_manager, show_error, show_info
+
+        from spgpt_core.errors import Cancelled, SpgptError
+
+        _assert_main_thread()
+        self.last_error = exc
+        self._release()
+        if isinstance(exc, Cancelled):
+            show_info(f"Cancelled: {exc}")
+            self.status.value = "Cancelled; nothing was changed."
+        elif isinstance(exc, SpgptError):
+            show_error(str(exc))
+            self.status.value = f"Error: {exc}"
+        else:
+            log.error("spgpt job failed", exc_info=exc)
+            notification_manager.receive_error(type(exc), exc, exc.__traceback__)
+            self.status.value = f"Unexpected error: {type(exc).__name__}: {exc}"
+
+    def _on_finished(self) -> None:
+        self._release()
+        self._running["progress"] = None
+        self.worker = None
+        self.run_button.enabled = True
+        self.cancel_button.enabled = False
+        bar = self.progress_bar.native
+        bar.setRange(0, 1)
+        ok = self.last_error is None
+        bar.setValue(1 if ok else 0)
+        bar.setFormat("done" if ok else "")
+
+    def _release(self) -> None:
+        if self._slide is not None:
+            self._slide.busy = None
+            self._slide = None
+
+
+def _assert_main_thread() -> None:
+    if threading.current_thread() is not threading.main_thread():  # pragma: no cover - would be a bug
+        raise RuntimeError("spgpt result handler called outside the GUI thread")
