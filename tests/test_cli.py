@@ -101,7 +101,7 @@ def test_info_reports_model_and_gene_match(slide, capsys):
 
 def test_demo_runs_end_to_end(tmp_path, capsys):
     out = tmp_path / "demo"
-    assert main(["-q", "demo", "--out", str(out), "--model", "random:tiny"]) == 0
+    assert main(["-q", "demo", "--out", str(out), "--model", "random:tiny", "--mapping-epochs", "20"]) == 0
     assert {"sample_slide.h5ad", "sample_reference.h5ad", "demo_result.h5ad", "domains.png", "summary.txt"} <= {
         p.name for p in out.iterdir()}
     text = (out / "summary.txt").read_text()

@@ -25,7 +25,6 @@ def _cells(B=3, P=8, seed=0):
 def test_query_token_output_ignores_other_query_tokens(net):
     genes, values, pad = _cells()
     q = torch.randint(0, 90, (3, 5))
-    qpad = torch.zeros(3, 5, dtype=torch.bool)
     ctx1, out1 = net.encode(genes, values, pad, q)
     q2 = q.clone()
     q2[:, 1:] = torch.randint(0, 90, (3, 4))  # change every query token except the first

@@ -6,7 +6,10 @@ an H&E-like image) and a matching single-cell reference, runs the model, and wri
 * ``sample_slide.h5ad`` / ``sample_reference.h5ad``: the generated inputs (to try other commands);
 * ``demo_result.h5ad``: the slide with embeddings, domains and the other results;
 * ``domains.png``: planted domains beside spgpt's domains over the tissue image;
-* ``summary.txt``: the scores against the planted truth next to a PCA baseline, and next steps.
+* ``deconvolution.png``: true vs predicted dominant cell type (deconvolution against the reference);
+* ``imputation.png``: measured vs imputed expression of genes hidden from the slide;
+* ``summary.txt``: the scores against the planted truth next to same-run baselines (PCA + k-means,
+  Tangram on expression alone), and next steps.
 """
 
 from __future__ import annotations
@@ -20,6 +23,10 @@ import numpy as np
 from .progress import Progress
 
 log = logging.getLogger(__name__)
+
+# Tangram-style mapping epochs in the demo: fewer than the library default (1000) to keep the whole
+# demo within a few minutes on 2 cores; the Tangram baselines use the same number.
+DEMO_MAPPING_EPOCHS = 300
 
 
 def pca_kmeans_labels(adata, n_clusters: int, seed: int = 0, n_pcs: int = 30) -> np.ndarray:
@@ -35,8 +42,11 @@ def pca_kmeans_labels(adata, n_clusters: int, seed: int = 0, n_pcs: int = 30) ->
 
 
 def run_demo(out: str | Path, model="default", *, seed: int = 0, overwrite: bool = False,
-             progress: Progress | None = None) -> dict:
-    """Run the demo into folder ``out``; returns the scores written to ``summary.txt``."""
+             mapping_epochs: int | None = None, progress: Progress | None = None) -> dict:
+    """Run the demo into folder ``out``; returns the scores written to ``summary.txt``.
+
+    ``mapping_epochs``: epochs of each deconvolution / imputation mapping (default
+    ``DEMO_MAPPING_EPOCHS``); spgpt and its Tangram baseline always get the same number."""
     from . import tl
     from .datasets import make_sample_reference, make_sample_slide
     from .errors import InputError
@@ -45,6 +55,9 @@ def run_demo(out: str | Path, model="default", *, seed: int = 0, overwrite: bool
     from .plotting import save_spatial_panels
     from .pretrained import default_model_dir, load_model
 
+    epochs = DEMO_MAPPING_EPOCHS if mapping_epochs is None else int(mapping_epochs)
+    if epochs < 1:
+        raise InputError(f"mapping_epochs must be >= 1 (got {mapping_epochs})")
     out = Path(out).expanduser()
     if out.exists() and any(out.iterdir()) and not overwrite:
         raise InputError(f"{out} exists and is not empty; pass --overwrite or choose another --out folder")
@@ -83,10 +96,75 @@ def run_demo(out: str | Path, model="default", *, seed: int = 0, overwrite: bool
                         titles=["planted domains (truth)",
                                 f"spgpt domains (ARI {scores['spgpt_domains_ARI']:.2f})",
                                 f"PCA + k-means (ARI {scores['pca_kmeans_ARI']:.2f})"])
+
+    t = time.time()
+    scores.update(_deconvolution(slide, reference, model, out, seed, epochs))
+    timings["deconvolve"] = time.time() - t
+    t = time.time()
+    scores.update(_imputation(slide, reference, model, out, seed, epochs))
+    timings["impute"] = time.time() - t
     write_h5ad(slide, out / "demo_result.h5ad", overwrite=True)
     timings["total"] = time.time() - t0
     _write_summary(out, model, slide, scores, timings)
     return scores
+
+
+def _deconvolution(slide, reference, model, out: Path, seed: int, epochs: int) -> dict:
+    """spgpt deconvolution vs Tangram on expression alone, scored on the planted proportions."""
+    from . import tl
+    from .metrics import jensen_shannon, macro_f1
+    from .plotting import save_spatial_panels
+
+    log.info("deconvolution against the generated reference")
+    truth = slide.obsm["true_proportions"]
+    res = {}
+    for name, use_emb in (("spgpt", True), ("tangram", False)):
+        key = f"{name}_proportions"
+        tl.deconvolve(slide, reference, "cell_type", model, key_added=key, dominant_key=f"{name}_dominant_type",
+                      use_embeddings=use_emb, spatial_rep="X_spgpt" if use_emb else None, seed=seed,
+                      num_epochs=epochs)
+        res[f"{name}_deconv_macroF1"] = macro_f1(slide.obs["true_dominant_type"], slide.obs[f"{name}_dominant_type"])
+        res[f"{name}_deconv_meanJSD"] = float(jensen_shannon(truth, slide.obsm[key][truth.columns]).mean())
+    save_spatial_panels(slide, ["true_dominant_type", "spgpt_dominant_type", "tangram_dominant_type"],
+                        out / "deconvolution.png",
+                        titles=["true dominant cell type",
+                                f"spgpt (macro F1 {res['spgpt_deconv_macroF1']:.2f})",
+                                f"Tangram alone (macro F1 {res['tangram_deconv_macroF1']:.2f})"])
+    return res
+
+
+def _imputation(slide, reference, model, out: Path, seed: int, epochs: int, n_genes: int = 12) -> dict:
+    """Hide genes from the slide, impute them from the reference, compare with what was measured."""
+    import scanpy as sc
+
+    from . import tl
+    from .metrics import pearson_per_gene
+    from .plotting import save_spatial_panels
+
+    rng = np.random.default_rng(seed)
+    counts = np.asarray(slide.X.sum(axis=0)).ravel()
+    candidates = np.flatnonzero(counts >= np.quantile(counts, 0.5))  # genes with signal to recover
+    held = sorted(slide.var_names[rng.choice(candidates, n_genes, replace=False)])
+    log.info("imputing %d hidden genes: %s", n_genes, ", ".join(held))
+    masked = slide[:, ~slide.var_names.isin(held)].copy()
+    measured = slide[:, held].copy()
+    sc.pp.normalize_total(measured, target_sum=1e4)
+    sc.pp.log1p(measured)
+    res = {}
+    for name, use_emb in (("spgpt", True), ("tangram", False)):
+        tl.impute(masked, reference, genes=held, model=model, key_added=f"{name}_imputed", use_embeddings=use_emb,
+                  use_centroids=use_emb, seed=seed, num_epochs=epochs)
+        r = pearson_per_gene(measured.to_df(), masked.obsm[f"{name}_imputed"][held])
+        res[f"{name}_impute_median_pearson"] = float(np.nanmedian(r))
+    slide.obsm["spgpt_imputed"] = masked.obsm["spgpt_imputed"]
+    show = held[:2]
+    for g in show:
+        slide.obs[f"measured {g}"] = measured[:, g].X.toarray().ravel() if hasattr(measured.X, "toarray") else measured[:, g].X.ravel()
+        slide.obs[f"imputed {g}"] = masked.obsm["spgpt_imputed"][g].to_numpy()
+    save_spatial_panels(slide, [c for g in show for c in (f"measured {g}", f"imputed {g}")], out / "imputation.png")
+    slide.obs.drop(columns=[c for g in show for c in (f"measured {g}", f"imputed {g}")], inplace=True)
+    slide.uns["demo_held_out_genes"] = np.array(held, dtype=object)
+    return res
 
 
 def _write_summary(out: Path, model, slide, scores: dict, timings: dict) -> None:
@@ -102,7 +180,7 @@ def _write_summary(out: Path, model, slide, scores: dict, timings: dict) -> None
     lines += ["", "time (s): " + ", ".join(f"{k} {v:.1f}" for k, v in timings.items()), "",
               "outputs:",
               f"  {out / 'demo_result.h5ad'}  (obsm['X_spgpt'], obs['spgpt_domain'], ...)",
-              f"  {out / 'domains.png'}",
+              f"  {out / 'domains.png'}, {out / 'deconvolution.png'}, {out / 'imputation.png'}",
               "", "next steps:",
               f"  open in napari:   napari {out / 'demo_result.h5ad'}   (widgets under Plugins > spgpt)",
               "  your own slide:   spgpt embed SLIDE.h5ad --out embedded.h5ad",

@@ -8,7 +8,7 @@ def cmd_demo(args) -> None:
     from ..progress import TqdmProgress
 
     run_demo(args.out, model=args.model, seed=args.seed, overwrite=args.overwrite,
-             progress=TqdmProgress(disable=args.quiet, unit="cell"))
+             mapping_epochs=args.mapping_epochs, progress=TqdmProgress(disable=args.quiet, unit="cell"))
 
 
 def register(sub) -> None:
@@ -19,4 +19,6 @@ def register(sub) -> None:
     p.add_argument("--model", default="default", help="model (default: the shipped model)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--overwrite", action="store_true", help="reuse a non-empty output folder")
+    p.add_argument("--mapping-epochs", type=int, default=None, metavar="N",
+                   help="epochs of every Tangram-style mapping (default: 300; fewer is faster and rougher)")
     p.set_defaults(func=cmd_demo)
