@@ -35,6 +35,8 @@ sys.path.insert(0, str(ROOT / "bench"))
 sys.path.insert(0, str(ROOT / "tests"))
 DATA = ROOT.parent / "shared" / "data"
 
+from _report import write_section  # noqa: E402
+
 SIZES = {  # scGPT args.json fields for each size
     "small": dict(d=128, nheads=4, d_hid=256, nlayers=4, max_seq_len=600),
     "scgpt-human": dict(d=512, nheads=8, d_hid=512, nlayers=12, max_seq_len=1200),
@@ -163,18 +165,6 @@ def main() -> None:
     print(table)
     if args.write:
         write_section(ROOT / "BENCHMARKS.md", "embed", "## Zero-shot embedding\n\n" + table)
-
-
-def write_section(path: Path, name: str, body: str) -> None:
-    """Replace the text between <!-- name:start --> and <!-- name:end --> (append the block if absent)."""
-    start, end = f"<!-- {name}:start -->", f"<!-- {name}:end -->"
-    text = path.read_text() if path.exists() else "# Benchmarks\n"
-    block = f"{start}\n{body}\n{end}"
-    if start in text and end in text:
-        text = text[: text.index(start)] + block + text[text.index(end) + len(end):]
-    else:
-        text = text.rstrip() + "\n\n" + block + "\n"
-    path.write_text(text)
 
 
 if __name__ == "__main__":

@@ -59,6 +59,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "bench"))
 DATA = ROOT.parent / "shared" / "data"
 
+from _report import write_section  # noqa: E402
 from pseudo_spots import gene_folds, make_pseudo_spots, measure, split_cells  # noqa: E402
 
 from spgpt_core import metrics as M  # noqa: E402
@@ -601,18 +602,6 @@ def _model_dependent(method: str) -> bool:
 
 def _method(r, multi: bool) -> str:
     return f"{r.method} [{r.model}]" if multi and _model_dependent(r.method) else str(r.method)
-
-
-def write_section(path: Path, name: str, body: str) -> None:
-    """Replace the text between <!-- name:start --> and <!-- name:end --> (append the block if absent)."""
-    start, end = f"<!-- {name}:start -->", f"<!-- {name}:end -->"
-    text = path.read_text() if path.exists() else "# Benchmarks\n"
-    block = f"{start}\n{body}\n{end}"
-    if start in text and end in text:
-        text = text[: text.index(start)] + block + text[text.index(end) + len(end):]
-    else:
-        text = text.rstrip() + "\n\n" + block + "\n"
-    path.write_text(text)
 
 
 def main(argv=None) -> None:

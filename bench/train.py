@@ -42,7 +42,8 @@ def train_flops(cfg, batch) -> float:
 
 
 def main() -> None:
-    from embed import matmul_flops, write_section
+    from _report import write_section
+    from embed import matmul_flops
 
     from spgpt_core import SpGPT
     from spgpt_core.corpus import Corpus, SlideSpec, build_corpus

@@ -190,6 +190,11 @@ class SlideWidget(Container):
     def model_spec(self) -> tuple[str, str]:
         return self.state.spec, self.state.device
 
+    def adopt_model(self, result: dict) -> None:
+        """Keep a model the worker loaded as the session's model (main thread, after the run)."""
+        if result.get("model") is not None:
+            self.state.set_model(result["model"], self.state.spec, self.state.device)
+
     def record(self, slide, params: dict, keys: list[str]) -> None:
         """Note this run (widget, parameters, command, result keys) in ``uns['spgpt_napari']``.
 
@@ -202,6 +207,28 @@ class SlideWidget(Container):
         runs[run_id] = h5ad_safe({"widget": type(self).__name__, "job": self.job_name,
                                   "time": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "params": params,
                                   "command": self.command_text(), "result_keys": keys})
+
+
+class ReferenceSlideWidget(SlideWidget):
+    """A slide widget that also needs a reference ``.h5ad`` (``self.reference``, a FileEdit).
+
+    Subclasses create ``self.reference`` before calling ``super().__init__`` and implement
+    ``_on_reference`` (re-read the reference's columns / genes). A slide opened with a
+    reference (the sample data) fills the field in."""
+
+    def reference_path(self) -> str | None:
+        v = self.reference.value
+        return None if v is None or str(v) in ("", ".") else str(v)
+
+    def _on_slide_changed(self, *_: Any) -> None:
+        slide = self.slide
+        if slide is not None and slide.reference and self.reference_path() is None:
+            self.reference.value = slide.reference
+        self._on_reference()
+        super()._on_slide_changed()
+
+    def _on_reference(self, *_: Any) -> None:  # pragma: no cover - overridden
+        pass
 
 
 def load_model_in_worker(state, progress):

@@ -11,7 +11,7 @@ import pandas as pd
 from magicgui.widgets import ComboBox, Container, FileEdit, RadioButtons, SpinBox
 
 from . import _commands, _tasks
-from ._base import Legend, SlideWidget, add_native, load_model_in_worker
+from ._base import Legend, ReferenceSlideWidget, add_native, load_model_in_worker
 from ._choices import dynamic, set_choices
 from ._layers import base_layer, categorical, categorical_colors, drawn, result_layers, robust_limits, upsert_result
 from ._reference import label_columns, obs_and_genes, read_reference
@@ -26,7 +26,7 @@ SHARED = "0 to 1, same for every type"
 DOMINANT = "dominant type"
 
 
-class DeconvolveWidget(SlideWidget):
+class DeconvolveWidget(ReferenceSlideWidget):
     run_text = "Deconvolve"
     job_name = "deconvolve"
 
@@ -54,13 +54,6 @@ class DeconvolveWidget(SlideWidget):
 
     # -- form -------------------------------------------------------------------------------------
 
-    def _on_slide_changed(self, *_) -> None:
-        slide = self.slide
-        if slide is not None and slide.reference and self.reference_path() is None:
-            self.reference.value = slide.reference
-        self._on_reference()
-        super()._on_slide_changed()
-
     def _on_reference(self, *_) -> None:
         from napari.utils.notifications import show_error
 
@@ -77,10 +70,6 @@ class DeconvolveWidget(SlideWidget):
             return
         set_choices(self.celltype_key, label_columns(obs))
         self.update_command()
-
-    def reference_path(self) -> str | None:
-        v = self.reference.value
-        return None if v is None or str(v) in ("", ".") else str(v)
 
     def command_text(self) -> str:
         spec, device = self.model_spec()
@@ -117,8 +106,7 @@ class DeconvolveWidget(SlideWidget):
         self.controls.start(work, on_done=lambda r: self._show(slide, r, params), slide=slide, what=self.job_name)
 
     def _show(self, slide, result: dict, params: dict) -> None:
-        if result.get("model") is not None:
-            self.state.set_model(result["model"], self.state.spec, self.state.device)
+        self.adopt_model(result)
         adata = slide.adata
         props = adata.obsm[KEY]
         if not isinstance(props, pd.DataFrame):

@@ -150,8 +150,7 @@ class EmbedWidget(SlideWidget):
         self.controls.start(work, on_done=lambda r: self._show(slide, r, p), slide=slide, what=self.job_name)
 
     def _show(self, slide, result: dict, params: dict) -> None:
-        if result.get("model") is not None:
-            self.state.set_model(result["model"], self.state.spec, self.state.device)
+        self.adopt_model(result)
         adata = slide.adata
         domains = adata.obs[DOMAIN_KEY]
         mapping = categorical_colors(domains.cat.categories, adata.uns.get(f"{DOMAIN_KEY}_colors"))

@@ -10,7 +10,7 @@ import pandas as pd
 from magicgui.widgets import CheckBox, ComboBox, Container, FileEdit, Label, LineEdit, Select, SpinBox
 
 from . import _commands, _tasks
-from ._base import SlideWidget, load_model_in_worker
+from ._base import ReferenceSlideWidget, load_model_in_worker
 from ._choices import dynamic, set_choices
 from ._layers import drawn, result_layers, robust_limits, upsert_result
 from ._reference import obs_and_genes, read_reference
@@ -69,7 +69,7 @@ class GenePicker(Container):
         self.refresh(selected=list(genes))
 
 
-class ImputeWidget(SlideWidget):
+class ImputeWidget(ReferenceSlideWidget):
     run_text = "Impute"
     job_name = "impute"
 
@@ -91,17 +91,6 @@ class ImputeWidget(SlideWidget):
         self._slide_for_layers = None
         self._shown = None
         self._on_slide_changed()
-
-    def _on_slide_changed(self, *_) -> None:
-        slide = self.slide
-        if slide is not None and slide.reference and self.reference_path() is None:
-            self.reference.value = slide.reference
-        self._on_reference()
-        super()._on_slide_changed()
-
-    def reference_path(self) -> str | None:
-        v = self.reference.value
-        return None if v is None or str(v) in ("", ".") else str(v)
 
     def _on_reference(self, *_) -> None:
         from napari.utils.notifications import show_error
@@ -158,8 +147,7 @@ class ImputeWidget(SlideWidget):
                             what=self.job_name)
 
     def _show(self, slide, result: dict, params: dict, genes: list[str]) -> None:
-        if result.get("model") is not None:
-            self.state.set_model(result["model"], self.state.spec, self.state.device)
+        self.adopt_model(result)
         imputed = slide.adata.obsm[KEY]
         if not isinstance(imputed, pd.DataFrame):
             imputed = pd.DataFrame(np.asarray(imputed), index=slide.adata.obs_names, columns=genes[: imputed.shape[1]])

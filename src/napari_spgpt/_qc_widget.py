@@ -19,7 +19,7 @@ import pandas as pd
 from magicgui.widgets import ComboBox, Container, FileEdit, Label, PushButton, RadioButtons, SpinBox
 
 from . import _tasks
-from ._base import ResultTable, SlideWidget, add_native, load_model_in_worker
+from ._base import ResultTable, ReferenceSlideWidget, add_native, load_model_in_worker
 from ._choices import dynamic, set_choices
 from ._impute_widget import COLORMAP, GenePicker, slide_gene_names
 from ._layers import KIND_KEY, RESULT_KEY, drawn, get_slide, result_layers, robust_limits, upsert_result
@@ -35,7 +35,7 @@ MAX_GRID = 8
 QC_KINDS = ("qc_measured", "qc_imputed", "qc_image", "qc_labels")
 
 
-class QCWidget(SlideWidget):
+class QCWidget(ReferenceSlideWidget):
     run_text = "Hide, impute and compare"
     job_name = "imputation QC"
 
@@ -69,17 +69,6 @@ class QCWidget(SlideWidget):
         self._on_slide_changed()
 
     # -- form -------------------------------------------------------------------------------------
-
-    def reference_path(self) -> str | None:
-        v = self.reference.value
-        return None if v is None or str(v) in ("", ".") else str(v)
-
-    def _on_slide_changed(self, *_) -> None:
-        slide = self.slide
-        if slide is not None and slide.reference and self.reference_path() is None:
-            self.reference.value = slide.reference
-        self._on_reference()
-        super()._on_slide_changed()
 
     def _on_reference(self, *_) -> None:
         from napari.utils.notifications import show_error
@@ -163,8 +152,7 @@ class QCWidget(SlideWidget):
                             what=self.job_name)
 
     def _show(self, slide, res: dict, params: dict) -> None:
-        if res.get("model") is not None:
-            self.state.set_model(res["model"], self.state.spec, self.state.device)
+        self.adopt_model(res)
         adata = slide.adata
         adata.uns[KEY]["pearson"] = {str(k): float(v) for k, v in res["pearson"].items()}
         for kind in QC_KINDS:

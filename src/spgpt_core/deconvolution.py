@@ -338,6 +338,32 @@ class DeconvolutionResult:
     info: dict = field(default_factory=dict)
 
 
+def enriched_features(spatial, reference, train: SharedGenes, E_sp: np.ndarray, E_ref: np.ndarray, model, *,
+                      spatial_rep: str | None, reference_rep: str | None, embedding_weight: float, seed: int,
+                      batch_size: int, device=None, progress: Progress | None = None):
+    """The enriched feature matrices H'_s, H'_c of Eq. 13: expression blocks with the scaled embeddings beside.
+
+    Embeddings come from ``obsm`` when both reps are named, else from ``model`` (loaded once) on the
+    training genes. Returns (G, S, reference embeddings, model description or None, seconds)."""
+    t = time.time()
+    mdl, model_info = None, None
+    if spatial_rep is None or reference_rep is None:
+        from .pretrained import load_model
+
+        mdl = load_model(model, device=device)
+        model_info = mdl.describe()
+    H_sp = embed_rows(spatial, train.a_idx, mdl, rep=spatial_rep, what="slide", seed=seed, batch_size=batch_size,
+                      progress=progress)
+    H_ref = embed_rows(reference, train.b_idx, mdl, rep=reference_rep, what="reference", seed=seed,
+                       batch_size=batch_size, progress=progress)
+    if H_sp.shape[1] != H_ref.shape[1]:
+        raise InputError(f"slide and reference embeddings differ in width ({H_sp.shape[1]} vs {H_ref.shape[1]}); "
+                         "embed both with the same model")
+    G = np.hstack([E_sp, scale_embedding_block(H_sp, E_sp, embedding_weight)])
+    S = np.hstack([E_ref, scale_embedding_block(H_ref, E_ref, embedding_weight)])
+    return G, S, H_ref, model_info, round(time.time() - t, 3)
+
+
 def _reference_labels(reference, celltype_key: str) -> pd.Series:
     if celltype_key not in reference.obs.columns:
         raise InputError(
@@ -432,24 +458,9 @@ def deconvolve(spatial, reference, *, celltype_key: str, model="default", use_em
 
     model_info = None
     if use_embeddings:
-        t = time.time()
-        need_model = spatial_rep is None or reference_rep is None
-        mdl = None
-        if need_model:
-            from .pretrained import load_model
-
-            mdl = load_model(model, device=device)
-            model_info = mdl.describe()
-        H_sp = embed_rows(spatial, train.a_idx, mdl, rep=spatial_rep, what="slide", seed=seed, batch_size=batch_size,
-                          progress=progress)
-        H_ref = embed_rows(ref, train.b_idx, mdl, rep=reference_rep, what="reference", seed=seed,
-                           batch_size=batch_size, progress=progress)
-        if H_sp.shape[1] != H_ref.shape[1]:
-            raise InputError(f"slide and reference embeddings differ in width ({H_sp.shape[1]} vs {H_ref.shape[1]}); "
-                             "embed both with the same model")
-        timings["embedding_seconds"] = round(time.time() - t, 3)
-        G = np.hstack([E_sp, scale_embedding_block(H_sp, E_sp, embedding_weight)])
-        S = np.hstack([E_ref, scale_embedding_block(H_ref, E_ref, embedding_weight)])
+        G, S, _, model_info, timings["embedding_seconds"] = enriched_features(
+            spatial, ref, train, E_sp, E_ref, model, spatial_rep=spatial_rep, reference_rep=reference_rep,
+            embedding_weight=embedding_weight, seed=seed, batch_size=batch_size, device=device, progress=progress)
     else:
         G, S = E_sp, E_ref
 

@@ -49,14 +49,13 @@ from .deconvolution import (
     _no_shared_genes_error,
     column_cosine,
     counts_block,
-    embed_rows,
+    enriched_features,
     gene_positions,
     log_normalise,
     match_genes,
     rna_density,
     row_totals,
     run_tangram,
-    scale_embedding_block,
 )
 from .errors import InputError
 from .progress import Progress
@@ -184,23 +183,9 @@ def impute(spatial, reference, *, genes=None, all_missing: bool = False, model="
 
     model_info = None
     if use_embeddings:
-        t = time.time()
-        mdl = None
-        if spatial_rep is None or reference_rep is None:
-            from .pretrained import load_model
-
-            mdl = load_model(model, device=device)
-            model_info = mdl.describe()
-        H_sp = embed_rows(spatial, train.a_idx, mdl, rep=spatial_rep, what="slide", seed=seed, batch_size=batch_size,
-                          progress=progress)
-        H_ref = embed_rows(reference, train.b_idx, mdl, rep=reference_rep, what="reference", seed=seed,
-                           batch_size=batch_size, progress=progress)
-        if H_sp.shape[1] != H_ref.shape[1]:
-            raise InputError(f"slide and reference embeddings differ in width ({H_sp.shape[1]} vs {H_ref.shape[1]}); "
-                             "embed both with the same model")
-        timings["embedding_seconds"] = round(time.time() - t, 3)
-        G = np.hstack([E_sp, scale_embedding_block(H_sp, E_sp, embedding_weight)])
-        S = np.hstack([E_ref, scale_embedding_block(H_ref, E_ref, embedding_weight)])
+        G, S, H_ref, model_info, timings["embedding_seconds"] = enriched_features(
+            spatial, reference, train, E_sp, E_ref, model, spatial_rep=spatial_rep, reference_rep=reference_rep,
+            embedding_weight=embedding_weight, seed=seed, batch_size=batch_size, device=device, progress=progress)
     else:
         H_ref = None
         G, S = E_sp, E_ref
