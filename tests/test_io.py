@@ -384,3 +384,17 @@ def test_write_spatialdata_rules(tmp_path, dlpfc_300):
     with pytest.raises(InputError, match=r"must end in \.zarr"):
         write_spatialdata(to_spatialdata(dlpfc_300), tmp_path / "s.h5ad")
     assert sorted(os.listdir(tmp_path)) == ["s.zarr"]
+
+
+def test_records_with_slash_keys_survive_h5ad(tmp_path):
+    """Cell-type names like "L2/3 IT" must not turn into HDF5 sub-groups when a record is written."""
+    import anndata as ad
+    import numpy as np
+
+    from spgpt_core.records import h5ad_safe
+
+    a = ad.AnnData(np.ones((2, 2), dtype=np.float32))
+    a.uns["rec"] = h5ad_safe({"per_type": {"L2/3 IT": 3, "Astro": 1}})
+    a.write_h5ad(tmp_path / "r.h5ad")
+    back = ad.read_h5ad(tmp_path / "r.h5ad").uns["rec"]["per_type"]
+    assert set(back) == {"L2%2F3 IT", "Astro"} and back["L2%2F3 IT"] == 3

@@ -487,7 +487,9 @@ def deconvolve(spatial, reference, *, celltype_key: str, model="default", use_em
         "n_spots": int(spatial.n_obs), "n_reference_cells": int(len(keep)), "n_shared_genes": int(len(shared)),
         "n_training_genes": int(len(train)), "gene_sources": [train.a_source, train.b_source],
         "n_embedding_dims": int(G.shape[1] - E_sp.shape[1]),
-        "reference_cells_per_type": {t_: int((ref_labels == t_).sum()) for t_ in types},
+        # two parallel lists, not a dict: cell-type names may contain '/' (e.g. "L2/3 IT")
+        "reference_types": list(types),
+        "reference_cells_per_type": [int((ref_labels == t_).sum()) for t_ in types],
         "train_score_mean": float(np.nanmean(score)), **map_info, **timings,
     }
     if model_info is not None:

@@ -6,9 +6,12 @@ import numpy as np
 
 
 def h5ad_safe(value):
-    """uns values that h5ad can store: None -> 'None', tuples -> lists, numpy scalars -> python."""
+    """uns values that h5ad can store: None -> 'None', tuples -> lists, numpy scalars -> python.
+
+    A '/' in a dict key would become an HDF5 group separator (a cell type "L2/3" would be written as
+    group "L2" holding "3"), so it is stored percent-encoded as '%2F'."""
     if isinstance(value, dict):
-        return {str(k): h5ad_safe(v) for k, v in value.items()}
+        return {str(k).replace("/", "%2F"): h5ad_safe(v) for k, v in value.items()}
     if isinstance(value, (list, tuple)):
         return [h5ad_safe(v) for v in value] if value else []
     if value is None:
@@ -18,7 +21,6 @@ def h5ad_safe(value):
     if isinstance(value, (str, int, float, bool, np.ndarray)):
         return value
     return str(value)
-
 
 
 def run_record(params: dict, model=None, **extra) -> dict:
