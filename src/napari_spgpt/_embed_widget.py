@@ -56,7 +56,7 @@ class EmbedWidget(SlideWidget):
                                orientation="horizontal")
         self.n_domains = SpinBox(label="Number of domains", value=7, min=2, max=60)
         self.resolution = FloatSpinBox(label="Resolution", value=1.0, min=0.01, max=10.0, step=0.1, visible=False)
-        self.method = ComboBox(label="Method", choices=["leiden", "kmeans"], value="leiden",
+        self.method = ComboBox(label="Method", choices=["leiden", "louvain", "kmeans"], value="leiden",
                                tooltip="Leiden searches the resolution giving that number; k-means gives it exactly")
         self.smooth_k = SpinBox(label="Spatial smoothing (k)", value=0, min=0, max=50,
                                 tooltip="Majority vote over each spot's k nearest spots (0 = off)")

@@ -1,8 +1,9 @@
 """Clustering of embeddings into spatial domains / cell states.
 
-* ``leiden`` (scanpy, igraph flavour) at a given resolution, or with a bisection search for the
-  resolution that yields exactly ``n_clusters`` (the usual protocol when the number of domains
-  is known, e.g. K=7 on DLPFC);
+* ``leiden`` (scanpy, igraph flavour) or ``louvain`` (igraph multilevel, the algorithm of the
+  paper's integration benchmark) on the embedding's kNN graph, at a given resolution or with a
+  bisection search for the resolution that yields exactly ``n_clusters`` (the usual protocol
+  when the number of domains is known, e.g. K=7 on DLPFC);
 * ``kmeans`` (scikit-learn, k-means++, 10 restarts);
 * optional spatial smoothing: each spot takes the majority label of itself and its ``smooth_k``
   nearest spatial neighbours (the SpaGCN / scGPT-spatial ``refine`` idea, on a kNN graph so it
@@ -12,6 +13,9 @@
 from __future__ import annotations
 
 import logging
+import random
+from collections.abc import Iterator
+from contextlib import contextmanager
 
 import numpy as np
 
@@ -31,13 +35,48 @@ def _check_embedding(emb: np.ndarray, n_clusters: int | None) -> np.ndarray:
     return emb
 
 
-def leiden_labels(emb: np.ndarray, resolution: float, n_neighbors: int = 15, seed: int = 0, _graph=None) -> np.ndarray:
+GRAPH_METHODS = ("leiden", "louvain")
+
+
+@contextmanager
+def _igraph_seed(seed: int) -> Iterator[None]:
+    """Make igraph's community detection reproducible without leaving global state changed."""
+    import igraph
+
+    igraph.set_random_number_generator(random.Random(seed))
+    try:
+        yield
+    finally:
+        igraph.set_random_number_generator(random)
+
+
+def louvain_on_graph(connectivities, resolution: float, seed: int = 0) -> np.ndarray:
+    """Louvain (igraph multilevel) on a weighted, undirected kNN graph at a given resolution."""
+    import igraph
+    import scipy.sparse as sp
+
+    upper = sp.triu(connectivities, k=1).tocoo()
+    graph = igraph.Graph(n=connectivities.shape[0], edges=list(zip(upper.row.tolist(), upper.col.tolist())))
+    with _igraph_seed(seed):
+        part = graph.community_multilevel(weights=upper.data.tolist(), resolution=resolution)
+    return np.asarray(part.membership)
+
+
+def graph_labels(emb: np.ndarray, resolution: float, method: str = "leiden", n_neighbors: int = 15, seed: int = 0,
+                 _graph=None) -> np.ndarray:
+    """Leiden or Louvain communities of the embedding's kNN graph (scanpy's neighbours)."""
     import scanpy as sc
 
     a = _graph if _graph is not None else _neighbors(emb, n_neighbors, seed)
+    if method == "louvain":
+        return louvain_on_graph(a.obsp["connectivities"], resolution, seed)
     sc.tl.leiden(a, resolution=resolution, flavor="igraph", n_iterations=2, directed=False, random_state=seed,
                  key_added="_c")
     return a.obs["_c"].astype(int).to_numpy()
+
+
+def leiden_labels(emb: np.ndarray, resolution: float, n_neighbors: int = 15, seed: int = 0, _graph=None) -> np.ndarray:
+    return graph_labels(emb, resolution, "leiden", n_neighbors, seed, _graph)
 
 
 def _neighbors(emb, n_neighbors, seed):
@@ -51,14 +90,14 @@ def _neighbors(emb, n_neighbors, seed):
 
 
 def leiden_n_clusters(emb: np.ndarray, n_clusters: int, n_neighbors: int = 15, seed: int = 0,
-                      max_steps: int = 30) -> tuple[np.ndarray, float]:
-    """Bisection on the Leiden resolution until exactly ``n_clusters`` clusters (or the closest)."""
+                      max_steps: int = 30, method: str = "leiden") -> tuple[np.ndarray, float]:
+    """Bisection on the Leiden (or Louvain) resolution until exactly ``n_clusters`` clusters (or the closest)."""
     g = _neighbors(emb, n_neighbors, seed)
     lo, hi = 0.0, 3.0
     best = None
     for _ in range(max_steps):
         res = (lo + hi) / 2
-        labels = leiden_labels(emb, res, seed=seed, _graph=g)
+        labels = graph_labels(emb, res, method, seed=seed, _graph=g)
         k = len(np.unique(labels))
         if best is None or abs(k - n_clusters) < abs(best[2] - n_clusters):
             best = (labels, res, k)
@@ -70,7 +109,8 @@ def leiden_n_clusters(emb: np.ndarray, n_clusters: int, n_neighbors: int = 15, s
             hi = res
     labels, res, k = best
     if k != n_clusters:
-        log.warning("Leiden gave %d clusters at best (asked %d); use method='kmeans' for an exact K", k, n_clusters)
+        log.warning("%s gave %d clusters at best (asked %d); use method='kmeans' for an exact K", method.title(), k,
+                    n_clusters)
     return labels, res
 
 
@@ -105,16 +145,16 @@ def cluster_embedding(emb: np.ndarray, *, n_clusters: int | None = None, resolut
         if n_clusters is None:
             raise InputError("k-means needs --n-clusters K")
         labels = kmeans_labels(emb, n_clusters, seed)
-    elif method == "leiden":
+    elif method in GRAPH_METHODS:
         if (n_clusters is None) == (resolution is None):
             raise InputError("give exactly one of --n-clusters K (resolution searched) or --resolution R")
         if n_clusters is not None:
-            labels, res = leiden_n_clusters(emb, n_clusters, n_neighbors, seed)
+            labels, res = leiden_n_clusters(emb, n_clusters, n_neighbors, seed, method=method)
         else:
-            labels, res = leiden_labels(emb, resolution, n_neighbors, seed), resolution
+            labels, res = graph_labels(emb, resolution, method, n_neighbors, seed), resolution
         info.update(resolution=float(res), n_neighbors=n_neighbors)
     else:
-        raise InputError(f"unknown clustering method {method!r}; use 'leiden' or 'kmeans'")
+        raise InputError(f"unknown clustering method {method!r}; use 'leiden', 'louvain' or 'kmeans'")
     if smooth_k:
         if coords is None:
             raise InputError("spatial smoothing needs coordinates (obsm['spatial']); set smooth_k=0 or add them")

@@ -15,9 +15,7 @@ validates its inputs and raises :class:`~spgpt_core.errors.InputError` saying wh
 
 from __future__ import annotations
 
-import random
-from contextlib import contextmanager
-from typing import Iterator, Sequence
+from typing import Sequence
 
 import numpy as np
 import pandas as pd
@@ -32,6 +30,7 @@ from sklearn.metrics import (
 )
 from sklearn.neighbors import NearestNeighbors
 
+from .cluster import louvain_on_graph
 from .errors import InputError
 
 __all__ = [
@@ -216,18 +215,6 @@ def graph_connectivity(emb_or_graph, labels, k: int = 15) -> float:
     return float(np.mean(shares))
 
 
-@contextmanager
-def _igraph_seed(seed: int) -> Iterator[None]:
-    """Make igraph's community detection reproducible without leaving global state changed."""
-    import igraph
-
-    igraph.set_random_number_generator(random.Random(seed))
-    try:
-        yield
-    finally:
-        igraph.set_random_number_generator(random)
-
-
 def cluster_for_metrics(
     emb,
     labels,
@@ -265,22 +252,11 @@ def cluster_for_metrics(
                          random_state=seed, key_added="_cluster")
             clusters = adata.obs["_cluster"].to_numpy(dtype=str)
         else:
-            clusters = _louvain(adata.obsp["connectivities"], res, seed)
+            clusters = louvain_on_graph(adata.obsp["connectivities"], res, seed).astype(str)
         score = normalized_mutual_info_score(lab[keep], clusters[keep])
         if score > best_score:
             best, best_score = clusters, score
     return best
-
-
-def _louvain(connectivities: sp.spmatrix, resolution: float, seed: int) -> np.ndarray:
-    """Louvain (igraph multilevel) on the weighted, undirected kNN graph at a given resolution."""
-    import igraph
-
-    upper = sp.triu(connectivities, k=1).tocoo()
-    graph = igraph.Graph(n=connectivities.shape[0], edges=list(zip(upper.row.tolist(), upper.col.tolist())))
-    with _igraph_seed(seed):
-        part = graph.community_multilevel(weights=upper.data.tolist(), resolution=resolution)
-    return np.asarray(part.membership).astype(str)
 
 
 def avg_bio(emb, labels, clusters=None, method: str = "leiden") -> float:

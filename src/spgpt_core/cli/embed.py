@@ -91,7 +91,7 @@ def register(sub) -> None:
     g = p.add_mutually_exclusive_group(required=True)
     g.add_argument("--n-clusters", type=int, help="number of clusters K")
     g.add_argument("--resolution", type=float, help="Leiden resolution")
-    p.add_argument("--method", default="leiden", choices=["leiden", "kmeans"])
+    p.add_argument("--method", default="leiden", choices=["leiden", "louvain", "kmeans"])
     p.add_argument("--smooth-k", type=int, default=0, help="majority vote over K spatial neighbours (0 = off)")
     p.add_argument("--key-added", default="spgpt_domain", help="obs column for the labels (default: %(default)s)")
     p.add_argument("--seed", type=int, default=0)
