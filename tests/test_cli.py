@@ -109,3 +109,19 @@ def test_demo_runs_end_to_end(tmp_path, capsys):
     res = ad.read_h5ad(out / "demo_result.h5ad")
     assert res.obs["spgpt_domain"].nunique() == res.obs["domain"].nunique()
     assert main(["-q", "demo", "--out", str(out), "--model", "random:tiny"]) == 2  # non-empty folder
+
+
+def test_embed_reads_a_spatialdata_store_in_a_chosen_coordinate_system(tmp_path, slide, capsys):
+    from spgpt_core.io import to_spatialdata, write_spatialdata
+
+    store = write_spatialdata(to_spatialdata(ad.read_h5ad(slide)), tmp_path / "slide.zarr")
+    out = tmp_path / "emb.h5ad"
+    assert main(["-q", "embed", str(store), "--coordinate-system", "global", "--model", "random:tiny",
+                 "--out", str(out)]) == 0
+    res = ad.read_h5ad(out)
+    assert res.uns["spgpt_source"]["coordinate_system"] == "global" and "X_spgpt" in res.obsm
+    capsys.readouterr()
+    assert main(["-q", "embed", str(store), "--coordinate-system", "nope", "--model", "random:tiny",
+                 "--out", str(tmp_path / "x.h5ad")]) == 2
+    err = capsys.readouterr().err
+    assert err.count("error:") == 1 and "nope" in err and "global" in err

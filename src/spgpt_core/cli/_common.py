@@ -12,9 +12,16 @@ def add_model_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"], help="compute device (default: auto)")
 
 
+def add_store_args(p: argparse.ArgumentParser) -> None:
+    """Which table and coordinate system of a SpatialData store to read."""
+    p.add_argument("--table", help="SpatialData table to use when the store has several")
+    p.add_argument("--coordinate-system", help="SpatialData coordinate system for the cell / spot centroids "
+                                               "(default: the table's obsm['spatial'], else the first one)")
+
+
 def add_input_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("input", help="slide: .h5ad file or SpatialData .zarr directory")
-    p.add_argument("--table", help="SpatialData table to use when the store has several")
+    add_store_args(p)
     p.add_argument("--gene-col", help="var column holding gene symbols (default: chosen automatically)")
     p.add_argument("--modality", help="technology (visium, visium_hd, xenium, merfish, cosmx, starmap, osmfish, "
                                       "seqfish, smfish, verafish, slideseq, st, stereoseq, scrna); default: inferred")
@@ -28,4 +35,5 @@ def add_output_args(p: argparse.ArgumentParser) -> None:
 def read_input(args, backed: bool):
     from ..io import read_slide
 
-    return read_slide(args.input, table=getattr(args, "table", None), backed=backed)
+    return read_slide(args.input, table=getattr(args, "table", None),
+                      coordinate_system=getattr(args, "coordinate_system", None), backed=backed)

@@ -5,7 +5,7 @@ from __future__ import annotations
 import time
 from pathlib import Path
 
-from ._common import add_model_args, add_output_args
+from ._common import add_model_args, add_output_args, add_store_args, read_input
 
 
 def cmd_corpus_build(args) -> None:
@@ -58,13 +58,12 @@ def cmd_finetune(args) -> None:
 
 def cmd_domains(args) -> None:
     from .. import tl
-    from ..io import read_slide
     from ..output import _check_free, write_results
     from ..pretrained import load_model
     from ..progress import TqdmProgress
 
     _check_free(Path(args.out), args.overwrite)
-    adata = read_slide(args.input, table=args.table)
+    adata = read_input(args, backed=False)
     t0 = time.time()
     model = _finetune(args, [adata]) if args.epochs > 0 else load_model(args.model, device=args.device)
     tl.embed(adata, model, gene_col=args.gene_col, modality=args.modality, seed=args.seed,
@@ -126,7 +125,7 @@ def register(sub) -> None:
 
     p = sub.add_parser("domains", help="fine-tune, embed and cluster a slide into spatial domains in one step")
     p.add_argument("input", help="slide (.h5ad or SpatialData .zarr)")
-    p.add_argument("--table")
+    add_store_args(p)
     p.add_argument("--n-clusters", type=int, required=True, help="number of domains K")
     add_model_args(p)
     add_output_args(p)
