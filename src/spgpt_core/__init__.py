@@ -17,4 +17,15 @@ from .errors import CheckpointError, InputError, SpgptError  # noqa: E402
 from .io import read_slide  # noqa: E402
 from .pretrained import SpGPT, load_model  # noqa: E402
 
-__all__ = ["tl", "SpGPT", "load_model", "read_slide", "SpgptError", "InputError", "CheckpointError", "__version__"]
+_LAZY = ("train", "metrics", "plotting", "datasets")  # imported on first use (sklearn / matplotlib are slow)
+
+
+def __getattr__(name):
+    if name in _LAZY:
+        import importlib
+
+        return importlib.import_module(f".{name}", __name__)
+    raise AttributeError(f"module 'spgpt_core' has no attribute {name!r}")
+
+
+__all__ = ["tl", *_LAZY, "SpGPT", "load_model", "read_slide", "SpgptError", "InputError", "CheckpointError", "__version__"]
