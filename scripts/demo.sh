@@ -5,4 +5,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/setup.sh
 OUT="${1:-spgpt_demo}"
-exec .venv/bin/spgpt demo --out "$OUT" --overwrite
+# Re-running replaces an earlier demo's outputs, but never writes into some other non-empty folder.
+OVERWRITE=()
+if [ -f "$OUT/summary.txt" ] && [ -f "$OUT/sample_slide.h5ad" ]; then OVERWRITE=(--overwrite); fi
+exec .venv/bin/spgpt demo --out "$OUT" "${OVERWRITE[@]}"

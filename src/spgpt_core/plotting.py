@@ -35,8 +35,16 @@ def _tissue_image(adata):
     return None, 1.0
 
 
-def spatial_scatter(adata, color: str, ax, title: str | None = None, size: float | None = None, image: bool = True):
-    """Spots coloured by a categorical or numeric obs column, over the tissue image if any."""
+def spot_size(n: int, panel_points: float = 300.0) -> float:
+    """Marker area (pt^2) so that n spots roughly tile a panel ``panel_points`` wide without hiding each other."""
+    return float(np.clip((0.8 * panel_points / np.sqrt(max(n, 1))) ** 2, 1.0, 80.0))
+
+
+def spatial_scatter(adata, color: str, ax, title: str | None = None, size: float | None = None, image: bool = True,
+                    palette: dict | None = None):
+    """Spots coloured by a categorical or numeric obs column, over a dimmed tissue image if any.
+
+    ``palette`` maps category -> colour (so panels of one figure can share colours)."""
     import pandas as pd
 
     from .io import get_coordinates
@@ -44,18 +52,17 @@ def spatial_scatter(adata, color: str, ax, title: str | None = None, size: float
     xy = get_coordinates(adata, required=True).astype(float)
     img, sf = _tissue_image(adata) if image else (None, 1.0)
     if img is not None:
-        ax.imshow(img)
+        ax.imshow(img, alpha=0.35)  # context, not competition: the spots carry the result
         xy = xy * sf
     values = adata.obs[color]
-    s = size or max(2.0, 12000.0 / max(len(xy), 1))
+    s = size or spot_size(len(xy))
     if isinstance(values.dtype, pd.CategoricalDtype) or values.dtype == object:
         cats = pd.Categorical(values)
-        colors = adata.uns.get(f"{color}_colors")
-        if colors is None or len(colors) != len(cats.categories):
-            colors = category_colors(len(cats.categories))
+        if palette is None:
+            palette = _own_palette(adata, color, list(cats.categories))
         for i, c in enumerate(cats.categories):
             m = np.asarray(cats.codes == i)
-            ax.scatter(xy[m, 0], xy[m, 1], s=s, c=colors[i], label=str(c), linewidths=0)
+            ax.scatter(xy[m, 0], xy[m, 1], s=s, c=palette.get(c, "#999999"), label=str(c), linewidths=0)
         ax.legend(markerscale=max(1.0, 30 / s) ** 0.5, fontsize=7, loc="center left", bbox_to_anchor=(1, 0.5),
                   frameon=False)
     else:
@@ -68,11 +75,58 @@ def spatial_scatter(adata, color: str, ax, title: str | None = None, size: float
     ax.set_title(title or color, fontsize=10)
 
 
-def save_spatial_panels(adata, colors: list[str], path: Path, titles: list[str] | None = None) -> Path:
-    """One spatial panel per obs column, side by side, saved as PNG."""
+def _own_palette(adata, color: str, categories: list) -> dict:
+    colors = adata.uns.get(f"{color}_colors")
+    if colors is None or len(colors) != len(categories):
+        colors = category_colors(len(categories))
+    return dict(zip(categories, colors))
+
+
+def _aligned_palette(reference, ref_palette: dict, values) -> dict:
+    """Colours for the categories of ``values``: a category named like one of the reference's takes its
+    colour; the others (e.g. cluster ids) take the colour of the reference category they overlap most
+    (one-to-one, Hungarian on the contingency table), so matching regions look alike across panels."""
+    import pandas as pd
+    from scipy.optimize import linear_sum_assignment
+
+    ref, cats = pd.Categorical(reference), pd.Categorical(values)
+    out = {c: ref_palette[c] for c in cats.categories if c in ref_palette}
+    todo = [c for c in cats.categories if c not in out]
+    free = [c for c in ref.categories if ref_palette.get(c) not in out.values()]
+    if todo and free:
+        table = pd.crosstab(pd.Series(np.asarray(values)), pd.Series(np.asarray(reference)))
+        table = table.reindex(index=todo, columns=free, fill_value=0)
+        rows, cols = linear_sum_assignment(-table.to_numpy())
+        out.update({todo[r]: ref_palette[free[c]] for r, c in zip(rows, cols)})
+    spare = [c for c in category_colors(len(ref_palette) + len(cats.categories)) if c not in out.values()]
+    for c in cats.categories:
+        if c not in out:
+            out[c] = spare.pop(0)
+    return out
+
+
+def save_spatial_panels(adata, colors: list[str], path: Path, titles: list[str] | None = None,
+                        align_colors: bool = True) -> Path:
+    """One spatial panel per obs column, side by side, saved as PNG.
+
+    With ``align_colors``, categorical panels take their colours from the first categorical panel
+    (same name -> same colour; otherwise best-overlapping category), so a prediction can be read
+    against the truth at a glance."""
+    import pandas as pd
+
     fig, axes = _subplots(1, len(colors), (5.5 * len(colors), 5))
+    first = None
     for ax, c, t in zip(axes[0], colors, titles or colors):
-        spatial_scatter(adata, c, ax, title=t)
+        values = adata.obs[c]
+        palette = None
+        if isinstance(values.dtype, pd.CategoricalDtype) or values.dtype == object:
+            cats = list(pd.Categorical(values).categories)
+            if first is None or not align_colors:
+                palette = _own_palette(adata, c, cats)
+                first = first or (values, palette)
+            else:
+                palette = _aligned_palette(first[0], first[1], values)
+        spatial_scatter(adata, c, ax, title=t, palette=palette)
     fig.tight_layout()
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -99,7 +153,7 @@ def spatial_values(adata, values, ax, title: str = "", cmap: str = "viridis", vm
 
     xy = get_coordinates(adata, required=True).astype(float) if xy is None else np.asarray(xy, float)
     v = np.asarray(values, dtype=float)
-    s = size or max(2.0, 12000.0 / max(len(xy), 1))
+    s = size or spot_size(len(xy))
     sc_ = ax.scatter(xy[:, 0], xy[:, 1], s=s, c=v, cmap=cmap, vmin=vmin, vmax=vmax, linewidths=0)
     ax.figure.colorbar(sc_, ax=ax, shrink=0.7)
     ax.invert_yaxis()
