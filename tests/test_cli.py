@@ -105,7 +105,7 @@ def test_demo_runs_end_to_end(tmp_path, capsys):
     assert {"sample_slide.h5ad", "sample_reference.h5ad", "demo_result.h5ad", "domains.png", "summary.txt"} <= {
         p.name for p in out.iterdir()}
     text = (out / "summary.txt").read_text()
-    assert "spgpt_domains_ARI" in text and "pca_kmeans_ARI" in text
+    assert "spgpt_domains_ARI" in text and "pca_domains_ARI" in text
     res = ad.read_h5ad(out / "demo_result.h5ad")
     assert res.obs["spgpt_domain"].nunique() == res.obs["domain"].nunique()
     assert main(["-q", "demo", "--out", str(out), "--model", "random:tiny"]) == 2  # non-empty folder

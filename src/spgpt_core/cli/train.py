@@ -130,7 +130,8 @@ def register(sub) -> None:
     add_model_args(p)
     add_output_args(p)
     _add_finetune_args(p, "--finetune-epochs", 1)
-    p.add_argument("--method", default="kmeans", choices=["kmeans", "leiden", "louvain"])
+    p.add_argument("--method", default="leiden", choices=["leiden", "louvain", "kmeans"],
+                   help="clustering (default: leiden, resolution searched for K; louvain; kmeans)")
     p.add_argument("--smooth-k", type=int, default=6, help="spatial majority smoothing (0 = off; default 6)")
     p.add_argument("--plot", action="store_true")
     p.set_defaults(func=cmd_domains)
