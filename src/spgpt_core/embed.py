@@ -14,6 +14,7 @@ random choice is keyed by (seed, cell index, gene).
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import logging
 from dataclasses import dataclass, field
 
@@ -46,14 +47,26 @@ class PreparedSlide:
 
 
 def prepare_slide(adata, model: SpGPT, *, gene_col=None, modality=None, chunk_size=4096, empty="error",
-                  min_genes=5, check=True) -> PreparedSlide:
-    """Match genes, check values, compute slide statistics and decide what to do with empty cells."""
+                  min_genes=5, check=True, n_top_genes: int | None = None) -> PreparedSlide:
+    """Match genes, check values, compute slide statistics and decide what to do with empty cells.
+
+    ``n_top_genes``: give the model only this many highly variable matched genes (see ``hvg``);
+    None / 0, or a panel with no more matched genes than that, uses every matched gene."""
     if empty not in ("error", "drop"):
         raise InputError(f"empty={empty!r}; use 'error' or 'drop'")
     match = resolve_genes(adata, model.vocab, gene_col=gene_col, min_genes=min_genes)
     log.info("%s", match.report())
     if check:
         check_matrix(adata, chunk_size=chunk_size)
+    n_hvg = None
+    if n_top_genes:
+        from .hvg import highly_variable_mask
+
+        hv = highly_variable_mask(adata, n_top_genes, genes=match.vocab_ids >= 0, chunk_size=chunk_size)
+        if hv is not None:
+            match = dataclasses.replace(match, vocab_ids=np.where(hv, match.vocab_ids, -1))
+            n_hvg = int(hv.sum())
+            log.info("using the %d most variable of the %d matched genes", n_hvg, match.n_matched)
     mod, reason = resolve_modality(adata, modality)
     used = match.vocab_ids >= 0
     stats = SlideStats.from_chunks(iter_row_chunks(adata, chunk_size), adata.n_vars, used)
@@ -63,11 +76,14 @@ def prepare_slide(adata, model: SpGPT, *, gene_col=None, modality=None, chunk_si
     if n_empty and empty == "error":
         names = ", ".join(map(str, adata.obs_names[~keep][:5]))
         raise InputError(
-            f"{n_empty} of {adata.n_obs} cells express none of the {match.n_matched} matched genes (e.g. {names}); "
+            f"{n_empty} of {adata.n_obs} cells express none of the {int(used.sum())} genes given to the model "
+            f"(e.g. {names}); "
             "an embedding of an empty cell is meaningless. Remove them first (e.g. sc.pp.filter_cells(adata, "
             "min_genes=1)) or pass --drop-empty (empty=\"drop\") to leave them out of the output"
         )
     summary = {"n_cells": int(adata.n_obs), "n_empty_dropped": n_empty,
+               "n_genes_used": n_hvg if n_hvg is not None else int(match.n_matched),
+               "highly_variable_genes": n_top_genes if n_hvg is not None else "all matched genes",
                "median_expressed_genes": float(np.median(stats.cell_n_expressed)) if stats.n_cells else 0.0}
     return PreparedSlide(match, mod, reason, stats, divisors, norm_info, keep, summary)
 
@@ -119,13 +135,17 @@ def embed_arrays(adata, model: SpGPT, prepared: PreparedSlide, *, batch_size: in
 
 
 def embed(adata, model: SpGPT, *, gene_col=None, modality=None, batch_size=64, chunk_size=4096, seed=0,
-          empty="error", device=None, progress: Progress | None = None) -> tuple[np.ndarray, PreparedSlide]:
-    """Prepare and embed a slide. Returns (embeddings with NaN rows for dropped cells, prepared)."""
+          empty="error", device=None, n_top_genes: int | None = None,
+          progress: Progress | None = None) -> tuple[np.ndarray, PreparedSlide]:
+    """Prepare and embed a slide. Returns (embeddings with NaN rows for dropped cells, prepared).
+
+    ``n_top_genes`` restricts the model's input to that many highly variable genes (None: all)."""
     if batch_size < 1 or chunk_size < 1:
         raise InputError(f"batch_size and chunk_size must be >= 1 (got {batch_size}, {chunk_size})")
     if device is not None:
         model.to(resolve_device(device))
-    prepared = prepare_slide(adata, model, gene_col=gene_col, modality=modality, chunk_size=chunk_size, empty=empty)
+    prepared = prepare_slide(adata, model, gene_col=gene_col, modality=modality, chunk_size=chunk_size, empty=empty,
+                             n_top_genes=n_top_genes)
     emb = embed_arrays(adata, model, prepared, batch_size=batch_size, chunk_size=chunk_size, seed=seed,
                        progress=progress)
     return emb, prepared

@@ -24,6 +24,7 @@ import numpy as np
 import pandas as pd
 
 from .errors import InputError
+from .hvg import DEFAULT_N_TOP_GENES, highly_variable_mask
 from .progress import Progress
 
 log = logging.getLogger(__name__)
@@ -64,9 +65,13 @@ def shared_vocab_genes(slides, vocab, gene_cols) -> tuple[np.ndarray, list]:
 
 
 def integrate(slides, model="default", *, batch_names=None, batch_key: str = "batch", modality_key: str = "modality",
-              modalities=None, gene_cols=None, key_added: str = "X_spgpt", batch_size: int = 64, seed: int = 0,
-              device: str = "auto", empty: str = "drop", progress: Progress | None = None):
-    """Embed ``slides`` (AnnData list) jointly on their shared genes; returns a new concatenated AnnData."""
+              modalities=None, gene_cols=None, key_added: str = "X_spgpt", n_top_genes: int | None = DEFAULT_N_TOP_GENES,
+              batch_size: int = 64, seed: int = 0, device: str = "auto", empty: str = "drop",
+              progress: Progress | None = None):
+    """Embed ``slides`` (AnnData list) jointly on their shared genes; returns a new concatenated AnnData.
+
+    With more shared genes than ``n_top_genes``, every slide is embedded on the same
+    ``n_top_genes`` highly variable genes, chosen on all slides together (None: every shared gene)."""
     import anndata as ad
     import scipy.sparse as sp
 
@@ -92,18 +97,23 @@ def integrate(slides, model="default", *, batch_names=None, batch_key: str = "ba
             "each slide's symbol column"
         )
     symbols = [model.vocab.tokens[i] for i in ids]
-    parts, embs, empties, coords, slide_info = [], [], [], [], {}
-    for name, a, m, mod in zip(names, slides, matches, modalities):
+    parts = []
+    for a, m in zip(slides, matches):
         pos = {int(v): j for j, v in enumerate(m.vocab_ids) if v >= 0}
         cols = np.array([pos[int(i)] for i in ids])
         sub = a[:, cols]
         sub = sub.to_memory() if sub.isbacked else sub.copy()
         X = sp.csr_matrix(sub.X, dtype=np.float32)
-        part = ad.AnnData(X=X, obs=sub.obs.copy(), var=pd.DataFrame(index=pd.Index(symbols)))
+        parts.append(ad.AnnData(X=X, obs=sub.obs.copy(), var=pd.DataFrame(index=pd.Index(symbols))))
+    hv = highly_variable_mask(ad.concat(parts, index_unique="-"), n_top_genes)
+    if hv is not None:
+        parts = [p[:, hv].copy() for p in parts]
+        log.info("embedding on the %d most variable of %d shared genes (chosen on all slides)", int(hv.sum()), len(ids))
+    embs, empties, coords, slide_info = [], [], [], {}
+    for name, a, m, mod, part in zip(names, slides, matches, modalities, parts):
         emb, prep = embed(part, model, modality=mod, empty=empty, seed=seed, batch_size=batch_size, progress=progress)
         part.obs[modality_key] = prep.modality.name
         part.obs[batch_key] = name
-        parts.append(part)
         embs.append(emb)
         empties.append(~prep.keep_cells)
         xy = get_coordinates(a)
@@ -126,6 +136,7 @@ def integrate(slides, model="default", *, batch_names=None, batch_key: str = "ba
         out.obsm["spatial"] = np.vstack(coords)
     out.uns[key_added] = run_record(
         {"batch_key": batch_key, "modality_key": modality_key, "batch_names": names, "gene_cols": gene_cols,
-         "modalities": modalities, "batch_size": batch_size, "seed": seed, "empty": empty},
-        model=model, n_shared_genes=int(len(ids)), slides=slide_info, seconds=round(time.time() - t0, 2))
+         "modalities": modalities, "n_top_genes": n_top_genes, "batch_size": batch_size, "seed": seed,
+         "empty": empty},
+        model=model, n_shared_genes=int(len(ids)), n_genes_used=int(hv.sum()) if hv is not None else int(len(ids)), slides=slide_info, seconds=round(time.time() - t0, 2))
     return out

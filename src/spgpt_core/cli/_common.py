@@ -37,3 +37,13 @@ def read_input(args, backed: bool):
 
     return read_slide(args.input, table=getattr(args, "table", None),
                       coordinate_system=getattr(args, "coordinate_system", None), backed=backed)
+
+
+def add_hvg_arg(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--n-top-genes", type=int, default=3000, metavar="N",
+                   help="give the model the N most variable matched genes (seurat flavour; default 3000, as the PCA "
+                        "baseline); 0 = every matched gene. Panels with fewer genes are used whole")
+
+
+def n_top_genes(args):
+    return args.n_top_genes or None

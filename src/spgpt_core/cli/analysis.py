@@ -10,7 +10,7 @@ import json
 import time
 from pathlib import Path
 
-from ._common import add_input_args, add_model_args, add_output_args, read_input
+from ._common import add_hvg_arg, add_input_args, add_model_args, add_output_args, n_top_genes, read_input
 
 
 def _csv(text: str | None) -> list[str] | None:
@@ -85,7 +85,8 @@ def cmd_integrate(args) -> None:
     mods = mods[0] if mods and len(mods) == 1 else mods
     t0 = time.time()
     adata = tl.integrate(slides, args.model, batch_names=names, batch_key=args.batch_key, modality_key=args.modality_key,
-                         modalities=mods, gene_cols=gene_cols, key_added=args.key_added, batch_size=args.batch_size,
+                         modalities=mods, gene_cols=gene_cols, key_added=args.key_added, n_top_genes=n_top_genes(args),
+                         batch_size=args.batch_size,
                          seed=args.seed, device=args.device, n_clusters=args.n_clusters, resolution=args.resolution,
                          progress=_progress(args, "cell"))
     write_h5ad(adata, out, overwrite=args.overwrite)
@@ -276,6 +277,7 @@ def register(sub) -> None:
     p.add_argument("--batch-key", default="batch", help="obs column for the slide name (default: %(default)s)")
     p.add_argument("--modality-key", default="modality", help="obs column for the technology (default: %(default)s)")
     p.add_argument("--key-added", default="X_spgpt", help="obsm key of the embedding (default: %(default)s)")
+    add_hvg_arg(p)
     g = p.add_mutually_exclusive_group()
     g.add_argument("--n-clusters", type=int, help="also cluster the joint embedding into K clusters (Leiden)")
     g.add_argument("--resolution", type=float, help="also cluster at this Leiden resolution")

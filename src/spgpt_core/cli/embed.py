@@ -5,7 +5,7 @@ from __future__ import annotations
 import time
 from pathlib import Path
 
-from ._common import add_input_args, add_model_args, add_output_args, read_input
+from ._common import add_hvg_arg, add_input_args, add_model_args, add_output_args, n_top_genes, read_input
 
 
 def cmd_embed(args) -> None:
@@ -19,7 +19,7 @@ def cmd_embed(args) -> None:
     model = load_model(args.model, device=args.device)
     t0 = time.time()
     tl.embed(adata, model, key_added=args.key_added, gene_col=args.gene_col, modality=args.modality,
-             batch_size=args.batch_size, seed=args.seed, empty="drop" if args.drop_empty else "error",
+             n_top_genes=n_top_genes(args), batch_size=args.batch_size, seed=args.seed, empty="drop" if args.drop_empty else "error",
              progress=TqdmProgress(disable=args.quiet, unit="cell"))
     info = adata.uns[args.key_added]
     obs = {f"{args.key_added}_empty": adata.obs[f"{args.key_added}_empty"]} if f"{args.key_added}_empty" in adata.obs else {}
@@ -77,6 +77,7 @@ def register(sub) -> None:
     add_model_args(p)
     add_output_args(p)
     p.add_argument("--key-added", default="X_spgpt", help="obsm key for the embedding (default: %(default)s)")
+    add_hvg_arg(p)
     p.add_argument("--batch-size", type=int, default=64, help="cells per batch at full context (default: %(default)s)")
     p.add_argument("--seed", type=int, default=0, help="seed for binning ties and gene subsampling (default: 0)")
     p.add_argument("--drop-empty", action="store_true", help="leave cells with no expressed vocabulary gene out "

@@ -5,7 +5,7 @@ from __future__ import annotations
 import time
 from pathlib import Path
 
-from ._common import add_model_args, add_output_args, add_store_args, read_input
+from ._common import add_hvg_arg, add_model_args, add_output_args, add_store_args, n_top_genes, read_input
 
 
 def cmd_corpus_build(args) -> None:
@@ -65,12 +65,20 @@ def cmd_domains(args) -> None:
     _check_free(Path(args.out), args.overwrite)
     adata = read_input(args, backed=False)
     t0 = time.time()
-    model = _finetune(args, [adata]) if args.epochs > 0 else load_model(args.model, device=args.device)
-    tl.embed(adata, model, gene_col=args.gene_col, modality=args.modality, seed=args.seed,
+    # fine-tune and embed on the same highly variable genes (the whole slide is written back)
+    work = _hvg_subset(adata, args)
+    model = _finetune(args, [work]) if args.epochs > 0 else load_model(args.model, device=args.device)
+    tl.embed(work, model, gene_col=args.gene_col, modality=args.modality, n_top_genes=None, seed=args.seed,
              progress=TqdmProgress(disable=args.quiet, unit="cell"))
-    tl.cluster(adata, n_clusters=args.n_clusters, method=args.method, smooth_k=args.smooth_k,
+    work.uns["X_spgpt"]["params"]["n_top_genes"] = n_top_genes(args)
+    tl.cluster(work, n_clusters=args.n_clusters, method=args.method, smooth_k=args.smooth_k,
                key_added="spgpt_domain", seed=args.seed)
-    adata.uns["spgpt_domain"]["params"]["finetune_epochs"] = args.epochs
+    work.uns["spgpt_domain"]["params"]["finetune_epochs"] = args.epochs
+    for k in ("X_spgpt",):
+        adata.obsm[k] = work.obsm[k]
+    adata.obs["spgpt_domain"] = work.obs["spgpt_domain"]
+    for k in ("X_spgpt", "spgpt_domain", "spgpt_domain_colors"):
+        adata.uns[k] = work.uns[k]
     write_results(adata, args.out, input_path=args.input, obsm={"X_spgpt": adata.obsm["X_spgpt"]},
                   obs={"spgpt_domain": adata.obs["spgpt_domain"]},
                   uns={k: adata.uns[k] for k in ("X_spgpt", "spgpt_domain", "spgpt_domain_colors")},
@@ -80,6 +88,21 @@ def cmd_domains(args) -> None:
 
         save_spatial_panels(adata, ["spgpt_domain"], Path(args.out).with_suffix(".png"))
     print(f"{args.n_clusters} domains in {time.time() - t0:.0f}s -> {args.out} obs['spgpt_domain']")
+
+
+def _hvg_subset(adata, args):
+    """The slide restricted to its --n-top-genes most variable vocabulary genes (or itself)."""
+    from ..hvg import highly_variable_mask
+    from ..pretrained import load_model
+    from ..vocab import resolve_genes
+
+    n = n_top_genes(args)
+    if not n:
+        return adata
+    vocab = load_model(args.model, device="cpu").vocab
+    matched = resolve_genes(adata, vocab, gene_col=args.gene_col).vocab_ids >= 0
+    hv = highly_variable_mask(adata, n, genes=matched)
+    return adata if hv is None else adata[:, hv].copy()
 
 
 def _add_finetune_args(p, epochs_flag: str, default_epochs: int) -> None:
@@ -133,5 +156,6 @@ def register(sub) -> None:
     p.add_argument("--method", default="leiden", choices=["leiden", "louvain", "kmeans"],
                    help="clustering (default: leiden, resolution searched for K; louvain; kmeans)")
     p.add_argument("--smooth-k", type=int, default=6, help="spatial majority smoothing (0 = off; default 6)")
+    add_hvg_arg(p)
     p.add_argument("--plot", action="store_true")
     p.set_defaults(func=cmd_domains)

@@ -2,14 +2,20 @@
 
 from __future__ import annotations
 
+from ..hvg import DEFAULT_N_TOP_GENES
 from ..progress import Progress
 from ..records import run_record
 
 
 def embed(adata, model="default", *, key_added: str = "X_spgpt", gene_col: str | None = None,
-          modality: str | None = None, batch_size: int = 64, chunk_size: int = 4096, seed: int = 0,
-          device: str = "auto", empty: str = "error", progress: Progress | None = None):
+          modality: str | None = None, n_top_genes: int | None = DEFAULT_N_TOP_GENES, batch_size: int = 64,
+          chunk_size: int = 4096, seed: int = 0, device: str = "auto", empty: str = "error",
+          progress: Progress | None = None):
     """Zero-shot spot embeddings into ``adata.obsm[key_added]`` (L2-normalised ``<cls>`` states).
+
+    The model sees the ``n_top_genes`` (default 3,000) most variable matched genes, as in scGPT's
+    tutorials and like the PCA baseline; panels with fewer genes are used whole, and
+    ``n_top_genes=None`` (CLI ``--n-top-genes 0``) gives the model every matched gene.
 
     ``model`` is an :class:`~spgpt_core.SpGPT` or anything :func:`~spgpt_core.load_model` takes.
     With ``empty="drop"`` cells that express no vocabulary gene get NaN rows and
@@ -25,12 +31,13 @@ def embed(adata, model="default", *, key_added: str = "X_spgpt", gene_col: str |
                          "call .to_memory() on the subset first")
     model = load_model(model, device=device)
     emb, prep = _embed(adata, model, gene_col=gene_col, modality=modality, batch_size=batch_size,
-                       chunk_size=chunk_size, seed=seed, empty=empty, progress=progress)
+                       chunk_size=chunk_size, seed=seed, empty=empty, n_top_genes=n_top_genes, progress=progress)
     adata.obsm[key_added] = emb
     if (~prep.keep_cells).any():
         adata.obs[f"{key_added}_empty"] = ~prep.keep_cells
     adata.uns[key_added] = run_record(
-        {"gene_col": gene_col, "modality": prep.modality.name, "modality_reason": prep.modality_reason,
+        {"gene_col": gene_col, "n_top_genes": n_top_genes, "modality": prep.modality.name,
+         "modality_reason": prep.modality_reason,
          "batch_size": batch_size, "seed": seed, "device": str(model.device), "empty": empty},
         model=model, gene_match=prep.match.to_dict(), normalization=prep.norm_info, summary=prep.summary)
     return adata

@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
+from ..hvg import DEFAULT_N_TOP_GENES
 from ..progress import Progress
 
 
 def integrate(slides, model="default", *, batch_names=None, batch_key: str = "batch", modality_key: str = "modality",
-              modalities=None, gene_cols=None, key_added: str = "X_spgpt", batch_size: int = 64, seed: int = 0,
-              device: str = "auto", empty: str = "drop", n_clusters: int | None = None,
+              modalities=None, gene_cols=None, key_added: str = "X_spgpt", n_top_genes: int | None = DEFAULT_N_TOP_GENES,
+              batch_size: int = 64, seed: int = 0, device: str = "auto", empty: str = "drop", n_clusters: int | None = None,
               resolution: float | None = None, cluster_key: str = "spgpt_cluster", progress: Progress | None = None):
     """Embed ``slides`` jointly; returns a **new** AnnData (the inputs are not modified).
 
@@ -20,8 +21,8 @@ def integrate(slides, model="default", *, batch_names=None, batch_key: str = "ba
     from ._cluster import cluster
 
     out = _integrate(slides, model, batch_names=batch_names, batch_key=batch_key, modality_key=modality_key,
-                     modalities=modalities, gene_cols=gene_cols, key_added=key_added, batch_size=batch_size, seed=seed,
-                     device=device, empty=empty, progress=progress)
+                     modalities=modalities, gene_cols=gene_cols, key_added=key_added, n_top_genes=n_top_genes,
+                     batch_size=batch_size, seed=seed, device=device, empty=empty, progress=progress)
     if n_clusters is not None or resolution is not None:
         cluster(out, use_rep=key_added, n_clusters=n_clusters, resolution=resolution, key_added=cluster_key, seed=seed)
     return out
