@@ -26,7 +26,9 @@ def cmd_embed(args) -> None:
     write_results(adata, args.out, input_path=args.input, obsm={args.key_added: adata.obsm[args.key_added]},
                   obs=obs, uns={args.key_added: info}, overwrite=args.overwrite)
     gm = info["gene_match"]
-    print(f"embedded {adata.n_obs:,} cells with {gm['n_matched']:,}/{gm['n_total']:,} matched genes "
+    used = info["summary"]["n_genes_used"]
+    hv = f", the {used:,} most variable used" if used < gm["n_matched"] else ""
+    print(f"embedded {adata.n_obs:,} cells with {gm['n_matched']:,}/{gm['n_total']:,} matched genes{hv} "
           f"({info['params']['modality']}) in {time.time() - t0:.1f}s -> {args.out} obsm['{args.key_added}']")
 
 
