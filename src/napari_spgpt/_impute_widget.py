@@ -135,13 +135,8 @@ class ImputeWidget(ReferenceSlideWidget):
                   "device": state.device}
 
         def work(progress):
-            progress.start(0, "reading the reference")
-            reference = read_reference(ref_path)
-            progress.check()
-            model, loaded = load_model_in_worker(state, progress)
-            _tasks.impute(adata, reference, genes=genes, model=model, key_added=KEY, gene_col=gene_col,
-                          num_epochs=epochs, seed=seed, device=state.device, progress=progress)
-            return {"model": model if loaded else None}
+            return impute_in_worker(state, adata, ref_path, genes, gene_col=gene_col, epochs=epochs, seed=seed,
+                                    progress=progress)
 
         self.controls.start(work, on_done=lambda r: self._show(slide, r, params, genes), slide=slide,
                             what=self.job_name)
@@ -172,3 +167,16 @@ class ImputeWidget(ReferenceSlideWidget):
         self._shown = self.show_layer.value
         for layer in result_layers(self.viewer, slide, "imputed"):
             layer.visible = layer.metadata.get("gene") == self.show_layer.value
+
+
+def impute_in_worker(state, adata, ref_path: str, genes, *, gene_col, epochs: int, seed: int, progress,
+                     key: str = KEY) -> dict:
+    """Read the reference, get the session's model and impute ``genes`` into ``adata``
+    (``obsm[key]``; called inside a thread worker; shared by the Impute and Imputation QC widgets)."""
+    progress.start(0, "reading the reference")
+    reference = read_reference(ref_path)
+    progress.check()
+    model, loaded = load_model_in_worker(state, progress)
+    _tasks.impute(adata, reference, genes=genes, model=model, key_added=key, gene_col=gene_col, num_epochs=epochs,
+                  seed=seed, device=state.device, progress=progress)
+    return {"model": model if loaded else None}

@@ -18,12 +18,11 @@ import numpy as np
 import pandas as pd
 from magicgui.widgets import ComboBox, Container, FileEdit, Label, PushButton, RadioButtons, SpinBox
 
-from . import _tasks
-from ._base import ResultTable, ReferenceSlideWidget, add_native, load_model_in_worker
+from ._base import ResultTable, ReferenceSlideWidget, add_native
 from ._choices import dynamic, set_choices
-from ._impute_widget import COLORMAP, GenePicker, slide_gene_names
+from ._impute_widget import COLORMAP, GenePicker, impute_in_worker, slide_gene_names
 from ._layers import KIND_KEY, RESULT_KEY, drawn, get_slide, result_layers, robust_limits, upsert_result
-from ._reference import obs_and_genes, read_reference
+from ._reference import obs_and_genes
 
 if TYPE_CHECKING:
     import napari.viewer
@@ -130,12 +129,8 @@ class QCWidget(ReferenceSlideWidget):
             from spgpt_core.imputation import measured_expression
             from spgpt_core.metrics import pearson_per_gene
 
-            progress.start(0, "reading the reference")
-            reference = read_reference(ref_path)
-            progress.check()
-            model, loaded = load_model_in_worker(state, progress)
-            _tasks.impute(adata, reference, genes=genes, model=model, key_added=KEY, gene_col=gene_col,
-                          num_epochs=epochs, seed=seed, device=state.device, progress=progress)
+            job = impute_in_worker(state, adata, ref_path, genes, gene_col=gene_col, epochs=epochs, seed=seed,
+                                   progress=progress, key=KEY)
             imputed = adata.obsm[KEY]
             if not isinstance(imputed, pd.DataFrame):
                 imputed = pd.DataFrame(np.asarray(imputed), index=adata.obs_names, columns=genes)
@@ -145,7 +140,7 @@ class QCWidget(ReferenceSlideWidget):
             measured = measured_expression(adata, cols, list(train), gene_col=gene_col)
             r = pearson_per_gene(measured, imputed.set_axis(cols, axis=1))
             expressing = pd.Series((measured.to_numpy() > 0).mean(axis=0) * 100, index=cols)
-            return {"model": model if loaded else None, "measured": measured, "imputed": imputed.set_axis(cols, axis=1),
+            return {**job, "measured": measured, "imputed": imputed.set_axis(cols, axis=1),
                     "pearson": r, "expressing": expressing}
 
         self.controls.start(work, on_done=lambda res: self._show(slide, res, params), slide=slide,

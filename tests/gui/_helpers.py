@@ -2,21 +2,9 @@
 
 from __future__ import annotations
 
-from pathlib import Path
-
-import pytest
-
-DATA_DIR = Path(__file__).resolve().parents[2].parent / "shared" / "data"
 
 
-def data_file(rel: str) -> Path:
-    """Path of a file under ../shared/data; skips the test (with the reason) when the folder is absent."""
-    if not DATA_DIR.is_dir():
-        pytest.skip(f"real data folder {DATA_DIR} is absent (it is present in CI)")
-    p = DATA_DIR / rel
-    if not p.exists():
-        pytest.fail(f"expected data file {p} is missing from ../shared/data")
-    return p
+from spgpt_testdata import DATA_DIR, data_file  # noqa: F401  (tests/ is on sys.path via tests/conftest.py)
 
 
 def add_widget(viewer, name: str):
