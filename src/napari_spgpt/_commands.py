@@ -42,7 +42,7 @@ def gene_col_args(slide) -> list[str]:
 
 def embed_and_cluster(slide, spec: str, device: str, *, batch_size: int, seed: int, drop_empty: bool,
                       n_clusters: int | None, resolution: float | None, method: str, smooth_k: int,
-                      finetune_epochs: int | None = None) -> str:
+                      finetune_epochs: int | None = None, n_top_genes: int = 3000) -> str:
     base = stem(slide)
     emb = f"{base}_spgpt.h5ad"
     lines = []
@@ -55,6 +55,8 @@ def embed_and_cluster(slide, spec: str, device: str, *, batch_size: int, seed: i
              "--batch-size", batch_size, "--seed", seed, "--out", emb]
     if drop_empty:
         embed.append("--drop-empty")
+    if n_top_genes != 3000:
+        embed += ["--n-top-genes", n_top_genes]
     lines.append(join(embed))
     cluster = ["spgpt", "cluster", emb, "--out", f"{base}_domains.h5ad"]
     cluster += ["--n-clusters", n_clusters] if n_clusters is not None else ["--resolution", resolution]

@@ -58,8 +58,11 @@ class EmbedWidget(SlideWidget):
         self.resolution = FloatSpinBox(label="Resolution", value=1.0, min=0.01, max=10.0, step=0.1, visible=False)
         self.method = ComboBox(label="Method", choices=["leiden", "louvain", "kmeans"], value="leiden",
                                tooltip="Leiden searches the resolution giving that number; k-means gives it exactly")
-        self.smooth_k = SpinBox(label="Spatial smoothing (k)", value=0, min=0, max=50,
+        self.smooth_k = SpinBox(label="Spatial smoothing (k)", value=6, min=0, max=50,
                                 tooltip="Majority vote over each spot's k nearest spots (0 = off)")
+        self.n_top_genes = SpinBox(label="Most variable genes", value=3000, min=0, max=100_000, step=500,
+                                   tooltip="The model sees this many highly variable genes (0 = every matched "
+                                           "gene); smaller panels are used whole")
         self.batch_size = SpinBox(label="Batch size", value=64, min=1, max=4096)
         self.seed = SpinBox(label="Seed", value=0, min=0, max=2**31 - 1)
         self.drop_empty = CheckBox(value=True, text="Leave out spots that express no model gene")
@@ -69,7 +72,8 @@ class EmbedWidget(SlideWidget):
         extras = Container(widgets=[], labels=False)
         extras.margins = (0, 0, 0, 0)
         super().__init__(viewer, [self.mode, self.epochs, self.by, self.n_domains, self.resolution, self.method,
-                                  self.smooth_k, self.batch_size, self.seed, self.drop_empty, self.umap],
+                                  self.smooth_k, self.n_top_genes, self.batch_size, self.seed, self.drop_empty,
+                                  self.umap],
                          after=[extras])
         add_native(extras, self.legend)
         self._extras = extras
@@ -92,6 +96,7 @@ class EmbedWidget(SlideWidget):
     def params(self) -> dict:
         return {"mode": self.mode.value, "finetune_epochs": self.epochs.value if self.mode.value == FINETUNE else None,
                 **self.cluster_args(), "method": self.method.value, "smooth_k": int(self.smooth_k.value),
+                "n_top_genes": int(self.n_top_genes.value),
                 "batch_size": int(self.batch_size.value), "seed": int(self.seed.value),
                 "drop_empty": bool(self.drop_empty.value), "model": self.state.spec, "device": self.state.device}
 
@@ -101,7 +106,7 @@ class EmbedWidget(SlideWidget):
         return _commands.embed_and_cluster(self.slide, spec, device, batch_size=p["batch_size"], seed=p["seed"],
                                            drop_empty=p["drop_empty"], n_clusters=p["n_clusters"],
                                            resolution=p["resolution"], method=p["method"], smooth_k=p["smooth_k"],
-                                           finetune_epochs=p["finetune_epochs"])
+                                           finetune_epochs=p["finetune_epochs"], n_top_genes=p["n_top_genes"])
 
     # -- run --------------------------------------------------------------------------------------
 
@@ -131,7 +136,8 @@ class EmbedWidget(SlideWidget):
                 model = call_supported(finetune, adata, model, epochs=p["finetune_epochs"], gene_col=gene_col,
                                        seed=p["seed"], device=state.device, progress=progress)
                 loaded = False
-            tl.embed(adata, model, key_added=EMBED_KEY, gene_col=gene_col, batch_size=p["batch_size"],
+            tl.embed(adata, model, key_added=EMBED_KEY, gene_col=gene_col, n_top_genes=p["n_top_genes"] or None,
+                     batch_size=p["batch_size"],
                      seed=p["seed"], device=state.device, empty="drop" if p["drop_empty"] else "error",
                      progress=progress)
             progress.check()

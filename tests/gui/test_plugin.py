@@ -210,6 +210,7 @@ def test_embed_domains_layers_colours_legend_umap_screenshot(sample_viewer, qtbo
     assert w.slide is slide
     w.n_domains.value = 5
     w.smooth_k.value = 6
+    w.n_top_genes.value = 200  # the sample slide has 400 genes: the model gets the 200 most variable
     w.run()
     assert not w.controls.run_button.enabled and w.controls.busy  # Run disabled while busy
     wait_job(qtbot, w)
@@ -234,6 +235,8 @@ def test_embed_domains_layers_colours_legend_umap_screenshot(sample_viewer, qtbo
     # run record and equivalent command
     assert adata.uns["X_spgpt"]["model"]["d_model"] == 32
     assert adata.uns["spgpt_domain"]["params"]["smooth_k"] == 6
+    assert adata.uns["X_spgpt"]["summary"]["n_genes_used"] == 200
+    assert "--n-top-genes 200" in w.command.value
     run = adata.uns["spgpt_napari"]["run_000"]
     assert run["params"]["n_clusters"] == 5
     assert "spgpt embed" in run["command"] and "--n-clusters 5" in run["command"]
