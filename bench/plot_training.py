@@ -1,0 +1,39 @@
+"""Loss curves of a training run: ``metrics.jsonl`` (from ``spgpt pretrain``) -> PNG.
+
+    .venv/bin/python bench/plot_training.py runs/default-model/metrics.jsonl docs/default_model_loss.png
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+TERMS = ("gep", "geps_intra", "geps_inter")
+
+
+def main(metrics: str, out: str) -> None:
+    from matplotlib.figure import Figure
+
+    rows = [json.loads(line) for line in Path(metrics).read_text().splitlines() if line.strip()]
+    train = [r for r in rows if "gep" in r]
+    val = [r for r in rows if "val_gep" in r]
+    fig = Figure(figsize=(11, 4))
+    ax1, ax2 = fig.subplots(1, 2)
+    for t in TERMS:
+        ax1.plot([r["step"] for r in train], [r[t] for r in train], label=t, lw=1)
+        ax2.plot([r["step"] for r in val], [r[f"val_{t}"] for r in val], marker="o", ms=3, label=t)
+    ax1.set_title("training loss (MSE on binned values, per logged step)")
+    ax2.set_title("validation loss (held-out spatial patches)")
+    for ax in (ax1, ax2):
+        ax.set_xlabel("optimizer step")
+        ax.legend(frameon=False)
+        ax.grid(alpha=0.3)
+    ax1.set_ylim(top=min(500, max(r["gep"] for r in train)))
+    fig.tight_layout()
+    fig.savefig(out, dpi=110)
+    print(f"{len(train)} training and {len(val)} validation points -> {out}")
+
+
+if __name__ == "__main__":
+    main(*sys.argv[1:3])
