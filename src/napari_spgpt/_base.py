@@ -230,6 +230,23 @@ class ReferenceSlideWidget(SlideWidget):
     def _on_reference(self, *_: Any) -> None:  # pragma: no cover - overridden
         pass
 
+    def mapping_job_inputs(self, choice: str, value, missing: str):
+        """(slide, reference path, run parameters) for a reference-mapping run, or None after telling the
+        user what is missing. ``choice``/``value``: the widget's own required input (cell-type column,
+        genes); the widget has ``epochs`` and ``seed`` spin boxes."""
+        from napari.utils.notifications import show_warning
+
+        slide = self.require_slide()
+        if slide is None:
+            return None
+        ref_path = self.reference_path()
+        if ref_path is None or not value:
+            show_warning(missing)
+            return None
+        params = {"reference": ref_path, choice: value, "num_epochs": int(self.epochs.value),
+                  "seed": int(self.seed.value), "model": self.state.spec, "device": self.state.device}
+        return slide, ref_path, params
+
 
 def load_model_in_worker(state, progress):
     """The session's model, or the session's spec loaded now (called inside a worker)."""

@@ -80,19 +80,13 @@ class DeconvolveWidget(ReferenceSlideWidget):
     # -- run --------------------------------------------------------------------------------------
 
     def run(self) -> None:
-        from napari.utils.notifications import show_warning
-
-        slide = self.require_slide()
-        if slide is None:
+        key = self.celltype_key.value
+        inputs = self.mapping_job_inputs("celltype_key", key, "Choose a reference .h5ad and its cell-type column first.")
+        if inputs is None:
             return
-        ref_path, key = self.reference_path(), self.celltype_key.value
-        if ref_path is None or not key:
-            show_warning("Choose a reference .h5ad and its cell-type column first.")
-            return
+        slide, ref_path, params = inputs
         state, adata, gene_col = self.state, slide.adata, slide.gene_col
-        epochs, seed = int(self.epochs.value), int(self.seed.value)
-        params = {"reference": ref_path, "celltype_key": key, "num_epochs": epochs, "seed": seed,
-                  "model": state.spec, "device": state.device}
+        epochs, seed = params["num_epochs"], params["seed"]
 
         def work(progress):
             progress.start(0, "reading the reference")

@@ -120,19 +120,13 @@ class ImputeWidget(ReferenceSlideWidget):
                                 epochs=int(self.epochs.value), seed=int(self.seed.value))
 
     def run(self) -> None:
-        from napari.utils.notifications import show_warning
-
-        slide = self.require_slide()
-        if slide is None:
+        genes = self.picker.value
+        inputs = self.mapping_job_inputs("genes", genes, "Choose a reference .h5ad and at least one gene to impute.")
+        if inputs is None:
             return
-        ref_path, genes = self.reference_path(), self.picker.value
-        if ref_path is None or not genes:
-            show_warning("Choose a reference .h5ad and at least one gene to impute.")
-            return
+        slide, ref_path, params = inputs
         state, adata, gene_col = self.state, slide.adata, slide.gene_col
-        epochs, seed = int(self.epochs.value), int(self.seed.value)
-        params = {"reference": ref_path, "genes": genes, "num_epochs": epochs, "seed": seed, "model": state.spec,
-                  "device": state.device}
+        epochs, seed = params["num_epochs"], params["seed"]
 
         def work(progress):
             return impute_in_worker(state, adata, ref_path, genes, gene_col=gene_col, epochs=epochs, seed=seed,

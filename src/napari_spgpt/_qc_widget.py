@@ -111,19 +111,13 @@ class QCWidget(ReferenceSlideWidget):
     # -- run --------------------------------------------------------------------------------------
 
     def run(self) -> None:
-        from napari.utils.notifications import show_warning
-
-        slide = self.require_slide()
-        if slide is None:
+        genes = self.picker.value
+        inputs = self.mapping_job_inputs("genes", genes, "Choose a reference and at least one measured gene to test.")
+        if inputs is None:
             return
-        ref_path, genes = self.reference_path(), self.picker.value
-        if ref_path is None or not genes:
-            show_warning("Choose a reference and at least one measured gene to test.")
-            return
+        slide, ref_path, params = inputs
         state, adata, gene_col = self.state, slide.adata, slide.gene_col
-        epochs, seed = int(self.epochs.value), int(self.seed.value)
-        params = {"reference": ref_path, "genes": genes, "num_epochs": epochs, "seed": seed, "model": state.spec,
-                  "device": state.device}
+        epochs, seed = params["num_epochs"], params["seed"]
 
         def work(progress):
             from spgpt_core.imputation import measured_expression

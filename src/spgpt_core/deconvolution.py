@@ -235,6 +235,19 @@ def scale_embedding_block(emb: np.ndarray, expr: np.ndarray, weight: float) -> n
 # -------------------------------------------------------------------------------- mapping
 
 
+DENSITY_PRIORS = ("rna_count_based", "uniform", "none")
+
+
+def check_mapping_args(embedding_weight: float, num_epochs: int, density_prior: str) -> None:
+    """Input checks shared by deconvolution and imputation (both map with the same optimiser)."""
+    if embedding_weight < 0:
+        raise InputError(f"embedding_weight={embedding_weight} must be >= 0")
+    if num_epochs < 1:
+        raise InputError(f"num_epochs={num_epochs}: the mapping needs at least 1 epoch")
+    if density_prior not in DENSITY_PRIORS:
+        raise InputError(f"density_prior={density_prior!r}: use 'rna_count_based', 'uniform' or 'none'")
+
+
 def rna_density(counts_total: np.ndarray) -> np.ndarray:
     """Tangram's ``rna_count_based`` density prior: each spot's share of all counts."""
     t = np.asarray(counts_total, dtype=np.float64)
@@ -415,12 +428,7 @@ def deconvolve(spatial, reference, *, celltype_key: str, model="default", use_em
         raise InputError(f"max_cells_per_type={max_cells_per_type}: pass a positive number (or None for all cells)")
     if n_top_genes < MIN_SHARED_GENES:
         raise InputError(f"n_top_genes={n_top_genes}: use at least {MIN_SHARED_GENES} genes")
-    if embedding_weight < 0:
-        raise InputError(f"embedding_weight={embedding_weight} must be >= 0")
-    if num_epochs < 1:
-        raise InputError(f"num_epochs={num_epochs}: the mapping needs at least 1 epoch")
-    if density_prior not in ("rna_count_based", "uniform", "none"):
-        raise InputError(f"density_prior={density_prior!r}: use 'rna_count_based', 'uniform' or 'none'")
+    check_mapping_args(embedding_weight, num_epochs, density_prior)
     if spatial.n_obs < 2:
         raise InputError(f"the slide has {spatial.n_obs} spot(s); deconvolution needs at least 2")
     from .pretrained import resolve_device

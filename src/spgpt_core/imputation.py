@@ -47,6 +47,7 @@ import pandas as pd
 from .deconvolution import (
     MIN_SHARED_GENES,
     _no_shared_genes_error,
+    check_mapping_args,
     column_cosine,
     counts_block,
     enriched_features,
@@ -140,12 +141,7 @@ def impute(spatial, reference, *, genes=None, all_missing: bool = False, model="
     ``use_embeddings=False`` or both ``*_rep`` are given). Returns an :class:`ImputationResult` whose
     ``imputed`` DataFrame has one column per gene, named as in the reference.
     """
-    if embedding_weight < 0:
-        raise InputError(f"embedding_weight={embedding_weight} must be >= 0")
-    if num_epochs < 1:
-        raise InputError(f"num_epochs={num_epochs}: the mapping needs at least 1 epoch")
-    if density_prior not in ("rna_count_based", "uniform", "none"):
-        raise InputError(f"density_prior={density_prior!r}: use 'rna_count_based', 'uniform' or 'none'")
+    check_mapping_args(embedding_weight, num_epochs, density_prior)
     if cluster_ratio < 1:
         raise InputError(f"cluster_ratio={cluster_ratio} must be >= 1")
     if spatial.n_obs < 2:

@@ -264,6 +264,12 @@ def cmd_evaluate(args) -> None:
         Path(args.json).write_text(text)
 
 
+def _density_prior_arg(p, default: str, what: str) -> None:
+    # literal choices (= deconvolution.DENSITY_PRIORS): building the parser must not import the analysis code
+    p.add_argument("--density-prior", default=default, choices=["rna_count_based", "uniform", "none"],
+                   help=f"Tangram density prior of the {what} (default: %(default)s)")
+
+
 def register(sub) -> None:
     p = sub.add_parser("integrate", help="joint zero-shot embedding of several slides / modalities",
                        description="Embed several slides on their shared genes with the model (no fine-tuning, no "
@@ -298,8 +304,7 @@ def register(sub) -> None:
     p.add_argument("--celltype-key", required=True, help="obs column of the reference holding cell types")
     p.add_argument("--max-cells-per-type", type=int, default=1000, help="reference subsample per type (default: 1000)")
     p.add_argument("--n-genes", type=int, default=1000, help="shared highly variable genes used (default: 1000)")
-    p.add_argument("--density-prior", default="rna_count_based", choices=["rna_count_based", "uniform", "none"],
-                   help="Tangram density prior of the spots (default: %(default)s)")
+    _density_prior_arg(p, "rna_count_based", "spots")
     p.add_argument("--key-added", default="spgpt_proportions", help="obsm key of the proportions (default: %(default)s)")
     p.add_argument("--dominant-key", default="spgpt_dominant_type", help="obs column of the dominant type")
     _mapping_args(p)
@@ -319,8 +324,7 @@ def register(sub) -> None:
     p.add_argument("--n-clusters", type=int, help="number of reference centroids K (default: reference cells / 10)")
     p.add_argument("--cluster-ratio", type=int, default=10, help="reference cells per centroid when K is not given")
     p.add_argument("--no-centroids", action="store_true", help="map every reference cell instead of centroids")
-    p.add_argument("--density-prior", default="uniform", choices=["rna_count_based", "uniform", "none"],
-                   help="Tangram density prior of the slide's cells (default: %(default)s)")
+    _density_prior_arg(p, "uniform", "slide's cells")
     p.add_argument("--key-added", default="spgpt_imputed", help="obsm key of the imputed genes (default: %(default)s)")
     _mapping_args(p)
     p.set_defaults(func=cmd_impute)
