@@ -18,6 +18,8 @@ class TrainConfig:
     run_dir: str = "runs/spgpt"  # checkpoints/, metrics.jsonl, final model/
     init: str = "random:small"  # random:SIZE[:SEED], an spgpt model dir or a scGPT(-spatial) dir
     model_overrides: dict = field(default_factory=dict)  # SpGPTConfig fields for random init (e.g. n_layers)
+    # gene embeddings of a random init: "random", or "coexpression" (corpus SVD loadings; see gene_init.py)
+    gene_init: str = "random"
     # data
     patch_size: int = 16  # n: cells per patch = mini-batch (paper: 16)
     k_neighbours: int = 6  # k < n neighbours for GEPS-inter (paper: unspecified; 6 = a Visium spot's ring)
@@ -57,6 +59,8 @@ class TrainConfig:
             problems.append("patch_size must be >= 2")
         if not 1 <= self.k_neighbours < self.patch_size:
             problems.append(f"k_neighbours must be in 1..patch_size-1 (got {self.k_neighbours}, patch_size {self.patch_size})")
+        if self.gene_init not in ("random", "coexpression"):
+            problems.append(f"gene_init must be 'random' or 'coexpression' (got {self.gene_init!r})")
         if self.max_context < 2:
             problems.append("max_context must be >= 2")
         if not self.gen_ratios or not all(0 < r < 1 for r in self.gen_ratios):

@@ -104,6 +104,11 @@ class Trainer:
                 size = parts[1] or "small"
                 model = SpGPT.random(size, seed=int(parts[2]) if len(parts) > 2 else cfg.seed,
                                      vocab=self.corpus.vocab, **cfg.model_overrides)
+                # an existing run is about to be resumed (its checkpoint replaces these weights)
+                if cfg.gene_init == "coexpression" and not (Path(cfg.run_dir).expanduser() / "checkpoints" / "latest").exists():
+                    from .gene_init import init_gene_embeddings
+
+                    model.metadata = {**model.metadata, **init_gene_embeddings(model.module, self.corpus)}
             else:
                 model = load_model(cfg.init, device="cpu")
         if model.vocab.fingerprint() != self.corpus.vocab.fingerprint():
