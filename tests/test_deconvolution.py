@@ -14,7 +14,7 @@ from spgpt_testdata import data_file
 from spgpt_core import metrics as M
 from spgpt_core import tl
 from spgpt_core.datasets import make_sample_reference, make_sample_slide
-from spgpt_core.deconvolution import deconvolve, match_genes, run_tangram
+from spgpt_core.deconvolution import deconvolve, match_genes, run_tangram, scale_embedding_block
 from spgpt_core.errors import Cancelled, InputError
 from spgpt_core.progress import Progress
 
@@ -57,6 +57,21 @@ def test_embedding_block_is_stacked_and_recorded(planted, tiny_model):
     res = deconvolve(s2, r2, celltype_key="cell_type", model="default", spatial_rep="E", reference_rep="E",
                      num_epochs=10)
     assert res.info["n_embedding_dims"] == 7 and "model" not in res.info
+    assert res.info["embedding_block"] == "as returned (paper)"
+
+
+def test_embedding_block_as_returned_or_centred_and_scaled():
+    rng = np.random.default_rng(0)
+    emb = rng.normal(loc=3.0, size=(50, 4))
+    emb[7] = np.nan
+    expr = rng.uniform(0, 2, size=(50, 30))
+    lit = scale_embedding_block(emb, expr, None)  # the paper: stacked as given
+    np.testing.assert_allclose(lit[np.arange(50) != 7], emb[np.arange(50) != 7], rtol=1e-6)
+    assert (lit[7] == 0).all()
+    ok = np.arange(50) != 7
+    scaled = scale_embedding_block(emb, expr, 0.5)
+    np.testing.assert_allclose(scaled[ok].mean(axis=0), 0, atol=1e-5)
+    assert np.linalg.norm(scaled[ok]) == pytest.approx(0.5 * np.linalg.norm(expr[ok]), rel=1e-5)
 
 
 def test_run_tangram_matches_tangram_mapper():

@@ -14,14 +14,17 @@ Pipeline (every choice below is fixed and documented; none is tuned on benchmark
    10,000 per cell / spot, then ``log1p``.
 4. **Embedding block** (``use_embeddings=True``): the model's spot / cell embeddings, computed on
    the training genes only (so both datasets are embedded from the same genes), or taken from
-   ``obsm`` when ``spatial_rep`` / ``reference_rep`` name precomputed ones. Scaling, fixed a priori:
-   each dimension is centred within its dataset (removing the global slide-versus-reference offset
-   of the embeddings), then the whole block is scaled so that its Frobenius norm is
-   ``embedding_weight`` (default 1) times that of the same dataset's expression block. The
-   enriched feature matrices H'_s, H'_c stack the two blocks side by side (Eq. 13).
-   Inside Tangram's gene-wise (column) cosine term each centred embedding dimension then acts
-   like one more gene whose score is its correlation across spots, so the scale matters only for
-   the spot-wise (row) term.
+   ``obsm`` when ``spatial_rep`` / ``reference_rep`` name precomputed ones. By default
+   (``embedding_weight=None``) they are stacked beside the expression block exactly as the model
+   returns them (L2-normalised ``<cls>`` states), as the paper describes H'_s, H'_c (Eq. 13: "we
+   stack the embedding matrices ... onto their respective gene expression profile matrices").
+   Each embedding dimension is then one more column in Tangram's gene-wise cosine term, while the
+   spot-wise term stays dominated by expression, whose rows have the larger norm.
+   A number instead centres each dimension within its dataset and scales the block to
+   ``embedding_weight`` times the expression block's Frobenius norm, which gives the embeddings
+   a fixed share of the spot-wise term. Until 2026-11-24 that was the default (weight 1), an
+   addition of ours, not the paper's; with this repository's small CPU-trained model it lowered
+   macro-F1 below plain Tangram, so the default now follows the paper (both are in BENCHMARKS.md).
 5. **Mapping**: ``tangram.mapping_optimizer.Mapper`` in cells mode with the objective of the
    paper's Eq. 15: gene-wise (column) cosine ``lambda_g1=1`` *and* spot-wise (row) cosine
    ``lambda_g2=1`` (Tangram's own default leaves the latter out, ``lambda_g2=0``), plus Tangram's
@@ -217,13 +220,16 @@ def select_hvg(ref_log: np.ndarray, n_top: int) -> np.ndarray:
     return hv[:n_top]
 
 
-def scale_embedding_block(emb: np.ndarray, expr: np.ndarray, weight: float) -> np.ndarray:
-    """Centre each embedding dimension within the dataset, then scale the block to ``weight`` x the
-    expression block's Frobenius norm. Rows without an embedding (NaN) become zeros (no information)."""
+def scale_embedding_block(emb: np.ndarray, expr: np.ndarray, weight: float | None) -> np.ndarray:
+    """The embedding block stacked beside ``expr``. ``weight=None``: the embeddings as given (the
+    paper). A number: each dimension centred within the dataset, then the block scaled to ``weight``
+    x the expression block's Frobenius norm. Rows without an embedding (NaN) become zeros."""
     emb = np.asarray(emb, dtype=np.float64)
     ok = np.isfinite(emb).all(axis=1)
     out = np.zeros_like(emb)
-    if ok.sum() >= 2:
+    if weight is None:
+        out[ok] = emb[ok]
+    elif ok.sum() >= 2:
         centred = emb[ok] - emb[ok].mean(axis=0)
         norm = np.linalg.norm(centred)
         target = weight * np.linalg.norm(expr[ok].astype(np.float64))
@@ -238,9 +244,9 @@ def scale_embedding_block(emb: np.ndarray, expr: np.ndarray, weight: float) -> n
 DENSITY_PRIORS = ("rna_count_based", "uniform", "none")
 
 
-def check_mapping_args(embedding_weight: float, num_epochs: int, density_prior: str) -> None:
+def check_mapping_args(embedding_weight: float | None, num_epochs: int, density_prior: str) -> None:
     """Input checks shared by deconvolution and imputation (both map with the same optimiser)."""
-    if embedding_weight < 0:
+    if embedding_weight is not None and embedding_weight < 0:
         raise InputError(f"embedding_weight={embedding_weight} must be >= 0")
     if num_epochs < 1:
         raise InputError(f"num_epochs={num_epochs}: the mapping needs at least 1 epoch")
@@ -352,7 +358,7 @@ class DeconvolutionResult:
 
 
 def enriched_features(spatial, reference, train: SharedGenes, E_sp: np.ndarray, E_ref: np.ndarray, model, *,
-                      spatial_rep: str | None, reference_rep: str | None, embedding_weight: float, seed: int,
+                      spatial_rep: str | None, reference_rep: str | None, embedding_weight: float | None, seed: int,
                       batch_size: int, device=None, progress: Progress | None = None):
     """The enriched feature matrices H'_s, H'_c of Eq. 13: expression blocks with the scaled embeddings beside.
 
@@ -414,7 +420,7 @@ def subsample_per_type(labels: pd.Series, max_per_type: int | None, seed: int) -
 def deconvolve(spatial, reference, *, celltype_key: str, model="default", use_embeddings: bool = True,
                spatial_rep: str | None = None, reference_rep: str | None = None, gene_col: str | None = None,
                reference_gene_col: str | None = None, max_cells_per_type: int | None = 1000, n_top_genes: int = 1000,
-               embedding_weight: float = 1.0, num_epochs: int = 1000, learning_rate: float = 0.1,
+               embedding_weight: float | None = None, num_epochs: int = 1000, learning_rate: float = 0.1,
                lambda_g2: float = 1.0, density_prior: str = "rna_count_based", seed: int = 0, device: str = "cpu",
                batch_size: int = 64, keep_mapping: bool = False,
                progress: Progress | None = None) -> DeconvolutionResult:
@@ -491,7 +497,9 @@ def deconvolve(spatial, reference, *, celltype_key: str, model="default", use_em
     info = {
         "celltype_key": celltype_key, "use_embeddings": use_embeddings, "spatial_rep": spatial_rep,
         "reference_rep": reference_rep, "max_cells_per_type": max_cells_per_type, "n_top_genes": n_top_genes,
-        "embedding_weight": embedding_weight if use_embeddings else 0.0, "density_prior": density_prior, "seed": seed,
+        "embedding_weight": embedding_weight if use_embeddings else 0.0,
+        "embedding_block": ("none" if not use_embeddings else "as returned (paper)" if embedding_weight is None
+                            else "centred and scaled"), "density_prior": density_prior, "seed": seed,
         "n_spots": int(spatial.n_obs), "n_reference_cells": int(len(keep)), "n_shared_genes": int(len(shared)),
         "n_training_genes": int(len(train)), "gene_sources": [train.a_source, train.b_source],
         "n_embedding_dims": int(G.shape[1] - E_sp.shape[1]),

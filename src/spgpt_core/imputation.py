@@ -14,8 +14,8 @@ the requested genes. Pipeline (fixed choices, none tuned on benchmark data):
    training-gene counts of the slide (this is what :func:`measured_expression` returns for
    measured genes, for evaluation).
 3. **Enriched features**: expression stacked with the model's embeddings (computed on the training
-   genes only; centred per dataset; block scaled to ``embedding_weight`` x the expression block's
-   norm), exactly as for deconvolution.
+   genes only; stacked as the model returns them by default, or centred and scaled to
+   ``embedding_weight`` x the expression block's norm), exactly as for deconvolution.
 4. **Centroids** (``use_centroids=True``): k-means (scikit-learn, k-means++, 3 restarts, seeded) on
    the reference *embeddings* (on the expression block when ``use_embeddings=False``) into
    ``n_clusters`` groups (default |reference| / 10, at least 2). Each group becomes one mapping
@@ -131,7 +131,7 @@ def measured_expression(adata, genes, train_genes, gene_col: str | None = None) 
 def impute(spatial, reference, *, genes=None, all_missing: bool = False, model="default", use_embeddings: bool = True,
            use_centroids: bool = True, n_clusters: int | None = None, cluster_ratio: int = DEFAULT_CLUSTER_RATIO,
            spatial_rep: str | None = None, reference_rep: str | None = None, gene_col: str | None = None,
-           reference_gene_col: str | None = None, embedding_weight: float = 1.0, num_epochs: int = 1000,
+           reference_gene_col: str | None = None, embedding_weight: float | None = None, num_epochs: int = 1000,
            learning_rate: float = 0.1, lambda_g2: float = 1.0, density_prior: str = "uniform",
            seed: int = 0, device: str = "cpu", batch_size: int = 64, keep_mapping: bool = False,
            progress: Progress | None = None) -> ImputationResult:
@@ -237,7 +237,9 @@ def impute(spatial, reference, *, genes=None, all_missing: bool = False, model="
         "use_embeddings": use_embeddings, "use_centroids": use_centroids,
         "n_clusters": int(M.shape[0]) if use_centroids else None, "cluster_ratio": cluster_ratio,
         "spatial_rep": spatial_rep, "reference_rep": reference_rep,
-        "embedding_weight": embedding_weight if use_embeddings else 0.0, "density_prior": density_prior, "seed": seed,
+        "embedding_weight": embedding_weight if use_embeddings else 0.0,
+        "embedding_block": ("none" if not use_embeddings else "as returned (paper)" if embedding_weight is None
+                            else "centred and scaled"), "density_prior": density_prior, "seed": seed,
         "n_cells": int(spatial.n_obs), "n_reference_cells": int(reference.n_obs), "n_training_genes": int(len(train)),
         "training_genes": [str(g) for g in train.names], "gene_sources": [train.a_source, train.b_source],
         "train_score_mean": float(np.nanmean(score)), "units": "log1p(counts per 1e4 training-gene counts)",

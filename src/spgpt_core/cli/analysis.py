@@ -50,8 +50,9 @@ def _mapping_args(p, default_g2: float = 1.0) -> None:
     p.add_argument("--spatial-rep", help="use this obsm embedding of the slide instead of embedding it")
     p.add_argument("--reference-rep", help="use this obsm embedding of the reference instead of embedding it")
     p.add_argument("--reference-gene-col", help="var column of the reference holding gene names (default: automatic)")
-    p.add_argument("--embedding-weight", type=float, default=1.0,
-                   help="norm of the embedding block relative to the expression block (default: %(default)s)")
+    p.add_argument("--embedding-weight", type=float, default=None,
+                   help="centre the embeddings and scale their block to this multiple of the expression block's "
+                        "norm (default: stack them as the model returns them, as the paper does)")
     p.add_argument("--epochs", type=int, default=1000, help="Tangram optimisation epochs (default: %(default)s)")
     p.add_argument("--learning-rate", type=float, default=0.1, help="Tangram learning rate (default: %(default)s)")
     p.add_argument("--lambda-g2", type=float, default=default_g2,

@@ -11,7 +11,7 @@ from ..records import run_record
 def deconvolve(adata, reference, celltype_key: str, model="default", *, key_added: str = "spgpt_proportions",
                dominant_key: str = "spgpt_dominant_type", use_embeddings: bool = True, spatial_rep: str | None = None,
                reference_rep: str | None = None, gene_col: str | None = None, reference_gene_col: str | None = None,
-               max_cells_per_type: int | None = 1000, n_top_genes: int = 1000, embedding_weight: float = 1.0,
+               max_cells_per_type: int | None = 1000, n_top_genes: int = 1000, embedding_weight: float | None = None,
                num_epochs: int = 1000, learning_rate: float = 0.1, lambda_g2: float = 1.0,
                density_prior: str = "rna_count_based", seed: int = 0, device: str = "cpu", batch_size: int = 64,
                progress: Progress | None = None):
