@@ -201,9 +201,12 @@ def _write_summary(out: Path, model, slide, scores: dict, timings: dict) -> None
         if k_sp not in scores:
             continue
         sp_v, b_v = scores[k_sp], scores[k_base]
-        won = (sp_v > b_v) if higher else (sp_v < b_v)
+        if round(sp_v, 3) == round(b_v, 3):  # equal at the printed precision: no winner to claim
+            verdict = "tie"
+        else:
+            verdict = "spgpt" if ((sp_v > b_v) if higher else (sp_v < b_v)) else "baseline"
         lines.append(f"  {task:<14} {metric + (' (low)' if not higher else ''):<15} {sp_v:>6.3f} {b_v:>8.3f}  "
-                     f"{base_name:<21} {'spgpt' if won else 'baseline'}")
+                     f"{base_name:<21} {verdict}")
     lines += ["  (keys: " + ", ".join(scores) + ")",
               "", "time (s): " + ", ".join(f"{k} {v:.1f}" for k, v in timings.items()), "",
               "outputs:",
