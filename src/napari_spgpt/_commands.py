@@ -6,6 +6,10 @@ from __future__ import annotations
 import shlex
 from pathlib import Path
 
+# = spgpt_core.hvg.DEFAULT_N_TOP_GENES, not imported from there: spgpt_core loads torch, and the plugin
+# imports heavy code only inside its workers (tests/gui keeps the two equal)
+DEFAULT_N_TOP_GENES = 3000
+
 
 def join(parts: list) -> str:
     return shlex.join(str(p) for p in parts if p is not None)
@@ -42,7 +46,7 @@ def gene_col_args(slide) -> list[str]:
 
 def embed_and_cluster(slide, spec: str, device: str, *, batch_size: int, seed: int, drop_empty: bool,
                       n_clusters: int | None, resolution: float | None, method: str, smooth_k: int,
-                      finetune_epochs: int | None = None, n_top_genes: int = 3000) -> str:
+                      finetune_epochs: int | None = None, n_top_genes: int = DEFAULT_N_TOP_GENES) -> str:
     base = stem(slide)
     emb = f"{base}_spgpt.h5ad"
     lines = []
@@ -55,7 +59,7 @@ def embed_and_cluster(slide, spec: str, device: str, *, batch_size: int, seed: i
              "--batch-size", batch_size, "--seed", seed, "--out", emb]
     if drop_empty:
         embed.append("--drop-empty")
-    if n_top_genes != 3000:
+    if n_top_genes != DEFAULT_N_TOP_GENES:
         embed += ["--n-top-genes", n_top_genes]
     lines.append(join(embed))
     cluster = ["spgpt", "cluster", emb, "--out", f"{base}_domains.h5ad"]

@@ -60,7 +60,7 @@ class EmbedWidget(SlideWidget):
                                tooltip="Leiden searches the resolution giving that number; k-means gives it exactly")
         self.smooth_k = SpinBox(label="Spatial smoothing (k)", value=6, min=0, max=50,
                                 tooltip="Majority vote over each spot's k nearest spots (0 = off)")
-        self.n_top_genes = SpinBox(label="Most variable genes", value=3000, min=0, max=100_000, step=500,
+        self.n_top_genes = SpinBox(label="Most variable genes", value=_commands.DEFAULT_N_TOP_GENES, min=0, max=100_000, step=500,
                                    tooltip="The model sees this many highly variable genes (0 = every matched "
                                            "gene); smaller panels are used whole")
         self.batch_size = SpinBox(label="Batch size", value=64, min=1, max=4096)

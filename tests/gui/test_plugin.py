@@ -51,6 +51,13 @@ def test_import_is_light():
     assert subprocess.run([sys.executable, "-c", code]).returncode == 0
 
 
+def test_plugin_gene_default_matches_core():
+    from napari_spgpt._commands import DEFAULT_N_TOP_GENES
+    from spgpt_core.hvg import DEFAULT_N_TOP_GENES as CORE
+
+    assert DEFAULT_N_TOP_GENES == CORE
+
+
 def test_manifest_contributions():
     from npe2 import PluginManager
 

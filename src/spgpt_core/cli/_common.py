@@ -40,9 +40,11 @@ def read_input(args, backed: bool):
 
 
 def add_hvg_arg(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--n-top-genes", type=int, default=3000, metavar="N",
-                   help="give the model the N most variable matched genes (seurat flavour; default 3000, as the PCA "
-                        "baseline); 0 = every matched gene. Panels with fewer genes are used whole")
+    from ..hvg import DEFAULT_N_TOP_GENES
+
+    p.add_argument("--n-top-genes", type=int, default=DEFAULT_N_TOP_GENES, metavar="N",
+                   help="give the model the N most variable matched genes (seurat flavour; default %(default)s, as "
+                        "the PCA baseline); 0 = every matched gene. Panels with fewer genes are used whole")
 
 
 def n_top_genes(args):

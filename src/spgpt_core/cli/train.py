@@ -36,11 +36,11 @@ def cmd_pretrain(args) -> None:
               f"{Path(cfg.run_dir) / 'model'} (metrics: {Path(cfg.run_dir) / 'metrics.jsonl'})")
 
 
-def _finetune(args, slides):
+def _finetune(args, slides, model=None):
     from ..progress import TqdmProgress
     from ..train import finetune
 
-    return finetune(slides, args.model, epochs=args.epochs, lr=args.lr, max_context=args.max_context,
+    return finetune(slides, args.model if model is None else model, epochs=args.epochs, lr=args.lr, max_context=args.max_context,
                     gene_col=args.gene_col, modality=args.modality, seed=args.seed, device=args.device,
                     progress=TqdmProgress(disable=args.quiet, unit="step"))
 
@@ -65,41 +65,35 @@ def cmd_domains(args) -> None:
     _check_free(Path(args.out), args.overwrite)
     adata = read_input(args, backed=False)
     t0 = time.time()
-    # fine-tune and embed on the same highly variable genes (the whole slide is written back)
-    work = _hvg_subset(adata, args)
-    model = _finetune(args, [work]) if args.epochs > 0 else load_model(args.model, device=args.device)
+    # fine-tune and embed on the same highly variable genes; the whole slide is written back
+    base = load_model(args.model, device="cpu")
+    work = _hvg_subset(adata, base.vocab, args)
+    model = _finetune(args, [work], model=base) if args.epochs > 0 else base.to(args.device)
     tl.embed(work, model, gene_col=args.gene_col, modality=args.modality, n_top_genes=None, seed=args.seed,
              progress=TqdmProgress(disable=args.quiet, unit="cell"))
     work.uns["X_spgpt"]["params"]["n_top_genes"] = n_top_genes(args)
     tl.cluster(work, n_clusters=args.n_clusters, method=args.method, smooth_k=args.smooth_k,
                key_added="spgpt_domain", seed=args.seed)
     work.uns["spgpt_domain"]["params"]["finetune_epochs"] = args.epochs
-    for k in ("X_spgpt",):
-        adata.obsm[k] = work.obsm[k]
-    adata.obs["spgpt_domain"] = work.obs["spgpt_domain"]
-    for k in ("X_spgpt", "spgpt_domain", "spgpt_domain_colors"):
-        adata.uns[k] = work.uns[k]
-    write_results(adata, args.out, input_path=args.input, obsm={"X_spgpt": adata.obsm["X_spgpt"]},
-                  obs={"spgpt_domain": adata.obs["spgpt_domain"]},
-                  uns={k: adata.uns[k] for k in ("X_spgpt", "spgpt_domain", "spgpt_domain_colors")},
+    write_results(adata, args.out, input_path=args.input, obsm={"X_spgpt": work.obsm["X_spgpt"]},
+                  obs={"spgpt_domain": work.obs["spgpt_domain"]},
+                  uns={k: work.uns[k] for k in ("X_spgpt", "spgpt_domain", "spgpt_domain_colors")},
                   overwrite=args.overwrite)
     if args.plot:
         from ..plotting import save_spatial_panels
 
-        save_spatial_panels(adata, ["spgpt_domain"], Path(args.out).with_suffix(".png"))
+        save_spatial_panels(work, ["spgpt_domain"], Path(args.out).with_suffix(".png"))
     print(f"{args.n_clusters} domains in {time.time() - t0:.0f}s -> {args.out} obs['spgpt_domain']")
 
 
-def _hvg_subset(adata, args):
+def _hvg_subset(adata, vocab, args):
     """The slide restricted to its --n-top-genes most variable vocabulary genes (or itself)."""
     from ..hvg import highly_variable_mask
-    from ..pretrained import load_model
     from ..vocab import resolve_genes
 
     n = n_top_genes(args)
     if not n:
         return adata
-    vocab = load_model(args.model, device="cpu").vocab
     matched = resolve_genes(adata, vocab, gene_col=args.gene_col).vocab_ids >= 0
     hv = highly_variable_mask(adata, n, genes=matched)
     return adata if hv is None else adata[:, hv].copy()
