@@ -28,8 +28,9 @@ Tasks and protocols (every baseline is computed in the same run, on the same inp
   reference (1308 cells, 134 genes), and STARmap mPFC BZ5 imputed from BZ9 (slice to slice).
   Methods: ``tangram-sc`` (all reference cells, ``project_genes``), the spgpt pipeline on
   expression with k-means centroids (ablation), spgpt (enriched, centroids), spgpt (enriched,
-  every cell) and spgpt (enriched, centroids) with ``embedding_weight=1`` (the earlier default). Metric: per-gene Pearson r of held-out genes (median over all genes of all folds),
-  runtime, peak memory.
+  every cell) and spgpt (enriched, centroids) with ``embedding_weight=1`` (the earlier default).
+  Metric: per-gene Pearson r of held-out genes (median over all genes of all folds), runtime, peak
+  memory.
 
 The model: ``--model`` (default ``default``); when the default model is not shipped, the run falls
 back, explicitly, to ``--fallback-model`` (``random:small``: an *untrained* network) and says so in

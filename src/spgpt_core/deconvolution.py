@@ -220,6 +220,13 @@ def select_hvg(ref_log: np.ndarray, n_top: int) -> np.ndarray:
     return hv[:n_top]
 
 
+def embedding_block_label(use_embeddings: bool, weight: float | None) -> str:
+    """How the embeddings entered the features, for the run record."""
+    if not use_embeddings:
+        return "none"
+    return "as returned (paper)" if weight is None else "centred and scaled"
+
+
 def scale_embedding_block(emb: np.ndarray, expr: np.ndarray, weight: float | None) -> np.ndarray:
     """The embedding block stacked beside ``expr``. ``weight=None``: the embeddings as given (the
     paper). A number: each dimension centred within the dataset, then the block scaled to ``weight``
@@ -498,8 +505,7 @@ def deconvolve(spatial, reference, *, celltype_key: str, model="default", use_em
         "celltype_key": celltype_key, "use_embeddings": use_embeddings, "spatial_rep": spatial_rep,
         "reference_rep": reference_rep, "max_cells_per_type": max_cells_per_type, "n_top_genes": n_top_genes,
         "embedding_weight": embedding_weight if use_embeddings else 0.0,
-        "embedding_block": ("none" if not use_embeddings else "as returned (paper)" if embedding_weight is None
-                            else "centred and scaled"), "density_prior": density_prior, "seed": seed,
+        "embedding_block": embedding_block_label(use_embeddings, embedding_weight), "density_prior": density_prior, "seed": seed,
         "n_spots": int(spatial.n_obs), "n_reference_cells": int(len(keep)), "n_shared_genes": int(len(shared)),
         "n_training_genes": int(len(train)), "gene_sources": [train.a_source, train.b_source],
         "n_embedding_dims": int(G.shape[1] - E_sp.shape[1]),

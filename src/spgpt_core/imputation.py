@@ -50,6 +50,7 @@ from .deconvolution import (
     check_mapping_args,
     column_cosine,
     counts_block,
+    embedding_block_label,
     enriched_features,
     gene_positions,
     log_normalise,
@@ -238,8 +239,7 @@ def impute(spatial, reference, *, genes=None, all_missing: bool = False, model="
         "n_clusters": int(M.shape[0]) if use_centroids else None, "cluster_ratio": cluster_ratio,
         "spatial_rep": spatial_rep, "reference_rep": reference_rep,
         "embedding_weight": embedding_weight if use_embeddings else 0.0,
-        "embedding_block": ("none" if not use_embeddings else "as returned (paper)" if embedding_weight is None
-                            else "centred and scaled"), "density_prior": density_prior, "seed": seed,
+        "embedding_block": embedding_block_label(use_embeddings, embedding_weight), "density_prior": density_prior, "seed": seed,
         "n_cells": int(spatial.n_obs), "n_reference_cells": int(reference.n_obs), "n_training_genes": int(len(train)),
         "training_genes": [str(g) for g in train.names], "gene_sources": [train.a_source, train.b_source],
         "train_score_mean": float(np.nanmean(score)), "units": "log1p(counts per 1e4 training-gene counts)",
