@@ -41,6 +41,7 @@ def test_coexpression_loadings_recover_planted_gene_modules(tmp_path):
     corpus = Corpus(out)
     ids, load = coexpression_embeddings(corpus, 8)
     assert load.shape == (len(ids), 8)
+    assert len({int(corpus.vocab[g]) for g in names}) == 60  # 60 distinct vocabulary genes
     row = {int(v): k for k, v in enumerate(ids)}
     L = np.stack([load[row[int(corpus.vocab[g])]] for g in names])
     L /= np.linalg.norm(L, axis=1, keepdims=True)
