@@ -188,14 +188,18 @@ def save_proportion_panels(adata, key: str, path, dominant_key: str | None = Non
     return _save(fig, path)
 
 
-def save_imputation_panels(adata, imputed, path, measured=None, max_genes: int = 8) -> Path:
-    """Imputed (and, when given, measured) expression of up to ``max_genes`` genes in space, one row per gene."""
+def save_imputation_panels(adata, imputed, path, measured=None, max_genes: int = 8,
+                           notes: dict[str, str] | None = None) -> Path:
+    """Imputed (and, when given, measured) expression of up to ``max_genes`` genes in space, one row per gene.
+
+    ``notes`` (gene -> text) are appended to a gene's imputed-panel title, e.g. why it was chosen."""
     genes = list(imputed.columns)[:max_genes]
+    notes = notes or {}
     ncol = 2 if measured is not None else 1
     fig, axes = _subplots(len(genes), ncol, (4.6 * ncol, 3.8 * len(genes)))
     for r, g in enumerate(genes):
         v = np.asarray(imputed[g], dtype=float)
-        spatial_values(adata, v, axes[r, 0], title=f"{g} imputed")
+        spatial_values(adata, v, axes[r, 0], title=f"{g} imputed" + (f" ({notes[g]})" if g in notes else ""))
         if measured is not None:
             m = np.asarray(measured[g], dtype=float)
             rr = np.corrcoef(m, v)[0, 1] if np.std(m) > 0 and np.std(v) > 0 else float("nan")
