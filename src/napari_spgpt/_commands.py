@@ -40,8 +40,12 @@ def model_args(spec: str, device: str) -> list[str]:
     return args
 
 
-def gene_col_args(slide) -> list[str]:
-    return ["--gene-col", slide.gene_col] if slide is not None and slide.gene_col else []
+def slide_args(slide) -> list[str]:
+    """The slide's gene-name column and counts layer, when chosen."""
+    if slide is None:
+        return []
+    counts = getattr(slide, "counts_layer", None)
+    return (["--gene-col", slide.gene_col] if slide.gene_col else []) + (["--counts-layer", counts] if counts else [])
 
 
 def embed_and_cluster(slide, spec: str, device: str, *, batch_size: int, seed: int, drop_empty: bool,
@@ -53,9 +57,10 @@ def embed_and_cluster(slide, spec: str, device: str, *, batch_size: int, seed: i
     if finetune_epochs:
         ft_dir = f"{base}_finetuned_model"
         lines.append(join(["spgpt", "finetune", *input_args(slide)[:1], *model_args(spec, device)[:2],
+                           *(["--counts-layer", slide.counts_layer] if getattr(slide, "counts_layer", None) else []),
                            "--out", ft_dir, "--epochs", finetune_epochs]))
         spec = ft_dir
-    embed = ["spgpt", "embed", *input_args(slide), *model_args(spec, device), *gene_col_args(slide),
+    embed = ["spgpt", "embed", *input_args(slide), *model_args(spec, device), *slide_args(slide),
              "--batch-size", batch_size, "--seed", seed, "--out", emb]
     if drop_empty:
         embed.append("--drop-empty")
@@ -76,7 +81,7 @@ def _mapping_args(epochs: int, seed: int) -> list:
 def deconvolve(slide, spec: str, device: str, *, reference: str | None, celltype_key: str | None,
                epochs: int = 1000, seed: int = 0) -> str:
     return join(["spgpt", "deconvolve", *input_args(slide), "--reference", reference or "REFERENCE.h5ad",
-                 "--celltype-key", celltype_key or "KEY", *model_args(spec, device), *gene_col_args(slide),
+                 "--celltype-key", celltype_key or "KEY", *model_args(spec, device), *slide_args(slide),
                  *_mapping_args(epochs, seed), "--out", f"{stem(slide)}_deconvolved.h5ad"])
 
 
@@ -84,5 +89,5 @@ def impute(slide, spec: str, device: str, *, reference: str | None, genes: list[
            seed: int = 0, out_suffix: str = "imputed", key_added: str | None = None) -> str:
     return join(["spgpt", "impute", *input_args(slide), "--reference", reference or "REFERENCE.h5ad",
                  "--genes", ",".join(genes) if genes else "G1,G2", *model_args(spec, device),
-                 *gene_col_args(slide), *_mapping_args(epochs, seed),
+                 *slide_args(slide), *_mapping_args(epochs, seed),
                  *(["--key-added", key_added] if key_added else []), "--out", f"{stem(slide)}_{out_suffix}.h5ad"])

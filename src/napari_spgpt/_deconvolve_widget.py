@@ -85,7 +85,7 @@ class DeconvolveWidget(ReferenceSlideWidget):
         if inputs is None:
             return
         slide, ref_path, params = inputs
-        state, adata, gene_col = self.state, slide.adata, slide.gene_col
+        state, adata, gene_col, counts_layer = self.state, slide.adata, slide.gene_col, slide.counts_layer
         epochs, seed = params["num_epochs"], params["seed"]
 
         def work(progress):
@@ -94,7 +94,8 @@ class DeconvolveWidget(ReferenceSlideWidget):
             progress.check()
             model, loaded = load_model_in_worker(state, progress)
             _tasks.deconvolve(adata, reference, celltype_key=key, model=model, key_added=KEY, dominant_key=DOMINANT_KEY,
-                              gene_col=gene_col, num_epochs=epochs, seed=seed, device=state.device, progress=progress)
+                              gene_col=gene_col, num_epochs=epochs, seed=seed, device=state.device, progress=progress,
+                              counts_layer=counts_layer)
             return {"model": model if loaded else None}
 
         self.controls.start(work, on_done=lambda r: self._show(slide, r, params), slide=slide, what=self.job_name)

@@ -118,7 +118,7 @@ class EmbedWidget(SlideWidget):
         state = self.state
         want_umap = bool(self.umap.value)
         adata = slide.adata
-        gene_col = slide.gene_col
+        gene_col, counts_layer = slide.gene_col, slide.counts_layer
 
         def work(progress):
             from spgpt_core import tl
@@ -134,12 +134,13 @@ class EmbedWidget(SlideWidget):
                 from ._tasks import call_supported
 
                 model = call_supported(finetune, adata, model, epochs=p["finetune_epochs"], gene_col=gene_col,
-                                       seed=p["seed"], device=state.device, progress=progress)
+                                       counts_layer=counts_layer, seed=p["seed"], device=state.device,
+                                       progress=progress)
                 loaded = False
             tl.embed(adata, model, key_added=EMBED_KEY, gene_col=gene_col, n_top_genes=p["n_top_genes"] or None,
                      batch_size=p["batch_size"],
                      seed=p["seed"], device=state.device, empty="drop" if p["drop_empty"] else "error",
-                     progress=progress)
+                     counts_layer=counts_layer, progress=progress)
             progress.check()
             progress.start(0, "finding domains")
             tl.cluster(adata, use_rep=EMBED_KEY, n_clusters=p["n_clusters"], resolution=p["resolution"],

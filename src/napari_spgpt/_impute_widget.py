@@ -125,12 +125,12 @@ class ImputeWidget(ReferenceSlideWidget):
         if inputs is None:
             return
         slide, ref_path, params = inputs
-        state, adata, gene_col = self.state, slide.adata, slide.gene_col
+        state, adata, gene_col, counts_layer = self.state, slide.adata, slide.gene_col, slide.counts_layer
         epochs, seed = params["num_epochs"], params["seed"]
 
         def work(progress):
             return impute_in_worker(state, adata, ref_path, genes, gene_col=gene_col, epochs=epochs, seed=seed,
-                                    progress=progress)
+                                    progress=progress, counts_layer=counts_layer)
 
         self.controls.start(work, on_done=lambda r: self._show(slide, r, params, genes), slide=slide,
                             what=self.job_name)
@@ -164,7 +164,7 @@ class ImputeWidget(ReferenceSlideWidget):
 
 
 def impute_in_worker(state, adata, ref_path: str, genes, *, gene_col, epochs: int, seed: int, progress,
-                     key: str = KEY) -> dict:
+                     key: str = KEY, counts_layer: str | None = None) -> dict:
     """Read the reference, get the session's model and impute ``genes`` into ``adata``
     (``obsm[key]``; called inside a thread worker; shared by the Impute and Imputation QC widgets)."""
     progress.start(0, "reading the reference")
@@ -172,5 +172,5 @@ def impute_in_worker(state, adata, ref_path: str, genes, *, gene_col, epochs: in
     progress.check()
     model, loaded = load_model_in_worker(state, progress)
     _tasks.impute(adata, reference, genes=genes, model=model, key_added=key, gene_col=gene_col, num_epochs=epochs,
-                  seed=seed, device=state.device, progress=progress)
+                  seed=seed, device=state.device, progress=progress, counts_layer=counts_layer)
     return {"model": model if loaded else None}

@@ -185,6 +185,7 @@ class LoadedSlide:
     uid: str = field(default_factory=lambda: __import__("uuid").uuid4().hex[:12])
     busy: str | None = None  # name of the job running on this slide, if any
     gene_col: str | None = None  # var column with gene symbols (None: chosen automatically by spgpt_core)
+    counts_layer: str | None = None  # layer with the raw counts when X is normalised (None: X; 'raw': .raw)
 
     def __repr__(self) -> str:
         return (f"LoadedSlide({self.name!r}, {self.adata.n_obs:,} x {self.adata.n_vars:,}, kind={self.kind!r}, "
@@ -216,16 +217,35 @@ def load_slide(
         )
     name = name or path.stem
     if kind == "h5ad":
-        return _load_h5ad(path, image=image, max_points=max_points, name=name)
-    return _load_zarr(path, table=table, coordinate_system=coordinate_system, image=image, max_points=max_points,
-                      name=name)
+        return choose_counts(_load_h5ad(path, image=image, max_points=max_points, name=name))
+    return choose_counts(_load_zarr(path, table=table, coordinate_system=coordinate_system, image=image,
+                                    max_points=max_points, name=name))
+
+
+def choose_counts(slide: LoadedSlide) -> LoadedSlide:
+    """Analyses read raw counts: when X looks log-normalised, use a count-like layer if there is one
+    (the choice is shown in the notes and can be changed in the Model widget), else say so."""
+    from spgpt_core.counts import count_layers, log_scale_warning
+
+    if log_scale_warning(slide.adata) is None:
+        return slide
+    layers = count_layers(slide.adata)
+    if layers:
+        slide.counts_layer = layers[0]
+        where = ".raw" if layers[0] == "raw" else f"layers['{layers[0]}']"
+        slide.notes.append(f"X looks log-normalised; analyses use the raw counts in {where} "
+                           "(change it under Model > Counts).")
+    else:
+        slide.notes.append("X looks log-normalised and no layer holds raw counts; spgpt expects raw counts, so "
+                           "results will be worse. Load a file with the counts if you have one.")
+    return slide
 
 
 def from_adata(adata, *, name: str = "slide", image: str | None = AUTO, max_points: int = DEFAULT_MAX_POINTS,
                source: str | None = None) -> LoadedSlide:
     """Display an in-memory AnnData (Visium layout for the image, if any)."""
-    return _from_visium_layout(adata, name=name, image=image, max_points=max_points, source=source, kind="memory",
-                               notes=[])
+    return choose_counts(_from_visium_layout(adata, name=name, image=image, max_points=max_points, source=source,
+                                             kind="memory", notes=[]))
 
 
 def _load_h5ad(path: Path, *, image, max_points, name) -> LoadedSlide:

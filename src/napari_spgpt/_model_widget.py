@@ -21,6 +21,7 @@ DEFAULT = "default (shipped with spgpt)"
 DIRECTORY = "model directory (spgpt or scGPT format)"
 RANDOM = "untrained network (random weights, for trying the workflow)"
 AUTO_GENES = "(automatic)"
+COUNTS_X = "X"
 
 
 class ModelWidget(Container):
@@ -49,17 +50,22 @@ class ModelWidget(Container):
                                     tooltip="Report how this slide's genes match the model's vocabulary")
         self.gene_col = dynamic(ComboBox, [AUTO_GENES], label="Gene names",
                                  tooltip="var column holding gene symbols; automatic picks the one matching most")
+        self.counts = dynamic(ComboBox, [COUNTS_X], label="Counts",
+                              tooltip="where the slide's raw counts are: X, a layer, or .raw (spgpt expects raw "
+                                      "counts; a log-normalised X gives worse results)")
         self.controls = JobControls("Load model")
         self.info = TextEdit(value="No model loaded yet.")
         self.info.read_only = True
         self.info.native.setMinimumHeight(180)
         self.command = CommandBox()
         super().__init__(widgets=[self.source, self.directory, self.size, self.seed, self.device, self.notice,
-                                  self.controls, self.slide_combo, self.gene_col, self.info, self.command])
+                                  self.controls, self.slide_combo, self.gene_col, self.counts, self.info,
+                                  self.command])
         self.source.changed.connect(self._on_source)
         self.controls.run_button.clicked.connect(self.load)
         self.slide_combo.changed.connect(self._on_slide)
         self.gene_col.changed.connect(self._on_gene_col)
+        self.counts.changed.connect(self._on_counts)
         for w in (self.source, self.directory, self.size, self.seed, self.device):
             w.changed.connect(self._update_command)
         viewer.layers.events.inserted.connect(self._refresh_slides)
@@ -110,6 +116,11 @@ class ModelWidget(Container):
             cols += ["var_names"] + [str(c) for c in var.columns
                                      if var[c].dtype == object or str(var[c].dtype) == "category"]
         set_choices(self.gene_col, cols, slide.gene_col if slide is not None and slide.gene_col in cols else AUTO_GENES)
+        sources = [COUNTS_X]
+        if slide is not None:
+            sources += [str(k) for k in slide.adata.layers.keys()] + (["raw"] if slide.adata.raw is not None else [])
+        current = slide.counts_layer if slide is not None and slide.counts_layer in sources else COUNTS_X
+        set_choices(self.counts, sources, current)
         self._show_info()
 
     def _on_gene_col(self, *_) -> None:
@@ -117,6 +128,12 @@ class ModelWidget(Container):
         if slide is not None:
             slide.gene_col = None if self.gene_col.value == AUTO_GENES else self.gene_col.value
         self._show_info()
+
+    def _on_counts(self, *_) -> None:
+        slide = self.slide_combo.value
+        if slide is not None and self.counts.value is not None:
+            slide.counts_layer = None if self.counts.value == COUNTS_X else self.counts.value
+        self._update_command()
 
     # -- loading ----------------------------------------------------------------------------------
 

@@ -116,22 +116,23 @@ class QCWidget(ReferenceSlideWidget):
         if inputs is None:
             return
         slide, ref_path, params = inputs
-        state, adata, gene_col = self.state, slide.adata, slide.gene_col
+        state, adata, gene_col, counts_layer = self.state, slide.adata, slide.gene_col, slide.counts_layer
         epochs, seed = params["num_epochs"], params["seed"]
 
         def work(progress):
+            from spgpt_core.counts import with_counts
             from spgpt_core.imputation import measured_expression
             from spgpt_core.metrics import pearson_per_gene
 
             job = impute_in_worker(state, adata, ref_path, genes, gene_col=gene_col, epochs=epochs, seed=seed,
-                                   progress=progress, key=KEY)
+                                   progress=progress, key=KEY, counts_layer=counts_layer)
             imputed = adata.obsm[KEY]
             if not isinstance(imputed, pd.DataFrame):
                 imputed = pd.DataFrame(np.asarray(imputed), index=adata.obs_names, columns=genes)
             imputed = imputed.set_axis(adata.obs_names.astype(str))
             cols = [str(c) for c in imputed.columns]
             train = [str(g) for g in adata.uns[KEY]["training_genes"]]
-            measured = measured_expression(adata, cols, list(train), gene_col=gene_col)
+            measured = measured_expression(with_counts(adata, counts_layer), cols, list(train), gene_col=gene_col)
             r = pearson_per_gene(measured, imputed.set_axis(cols, axis=1))
             expressing = pd.Series((measured.to_numpy() > 0).mean(axis=0) * 100, index=cols)
             return {**job, "measured": measured, "imputed": imputed.set_axis(cols, axis=1),

@@ -15,20 +15,21 @@ def _device(device: str) -> str:
 
 
 def deconvolve(adata, reference, *, celltype_key: str, model, key_added: str, dominant_key: str, gene_col,
-               num_epochs: int, seed: int, device: str, progress):
+               num_epochs: int, seed: int, device: str, progress, counts_layer: str | None = None):
     from spgpt_core import tl
 
     return tl.deconvolve(adata, reference, celltype_key=celltype_key, model=model, key_added=key_added,
                          dominant_key=dominant_key, gene_col=gene_col, num_epochs=num_epochs, seed=seed,
-                         device=_device(device), progress=progress)
+                         device=_device(device), counts_layer=counts_layer, progress=progress)
 
 
 def impute(adata, reference, *, genes: list[str], model, key_added: str, gene_col, num_epochs: int, seed: int,
-           device: str, progress):
+           device: str, progress, counts_layer: str | None = None):
     from spgpt_core import tl
 
     return tl.impute(adata, reference, genes=genes, model=model, key_added=key_added, gene_col=gene_col,
-                     num_epochs=num_epochs, seed=seed, device=_device(device), progress=progress)
+                     num_epochs=num_epochs, seed=seed, device=_device(device), counts_layer=counts_layer,
+                     progress=progress)
 
 
 def call_supported(func, *args, **kwargs):

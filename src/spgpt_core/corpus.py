@@ -56,11 +56,13 @@ class SlideSpec:
     gene_col: str | None = None
     slide_id: str | None = None
     table: str | None = None
+    counts_layer: str | None = None  # layer with the raw counts when X is normalised ('raw': adata.raw)
     adata: object = None  # an in-memory AnnData instead of reading ``path`` (fine-tuning from the API)
 
 
 def read_slide_list(items: list[str]) -> list[SlideSpec]:
-    """Slides from paths and/or YAML files (a list of paths or of {path, modality, gene_col, slide_id})."""
+    """Slides from paths and/or YAML files (a list of paths or of {path, modality, gene_col, slide_id, table,
+    counts_layer})."""
     import yaml
 
     specs: list[SlideSpec] = []
@@ -77,10 +79,10 @@ def read_slide_list(items: list[str]) -> list[SlideSpec]:
             for e in entries:
                 if isinstance(e, str):
                     e = {"path": e}
-                unknown = set(e) - {"path", "modality", "gene_col", "slide_id", "table"}
+                unknown = set(e) - {"path", "modality", "gene_col", "slide_id", "table", "counts_layer"}
                 if unknown or "path" not in e:
                     raise InputError(f"slide entry {e} in {p}: needs 'path'; allowed keys path, modality, gene_col, "
-                                     f"slide_id, table (unknown: {sorted(unknown)})")
+                                     f"slide_id, table, counts_layer (unknown: {sorted(unknown)})")
                 path = Path(e["path"])
                 if not path.is_absolute():
                     path = p.parent / path
@@ -131,6 +133,7 @@ def build_corpus(slides: list[SlideSpec], out: str | Path, *, vocab=None, val_fr
                  patch_size: int = 16, seed: int = 0, overwrite: bool = False,
                  progress: Progress | None = None) -> Path:
     """Preprocess slides into an on-disk corpus (see the module docstring). Returns the folder."""
+    from .counts import with_counts
     from .io import get_coordinates, iter_row_chunks, read_slide
     from .modality import resolve_modality
     from .preprocess import SlideStats, quality_masks
@@ -157,6 +160,7 @@ def build_corpus(slides: list[SlideSpec], out: str | Path, *, vocab=None, val_fr
                 adata = spec.adata
             else:
                 adata = read_slide(spec.path, table=spec.table, backed=Path(spec.path).suffix == ".h5ad")
+            adata = with_counts(adata, spec.counts_layer, f"slide {spec.path}", "counts_layer")
             sid = _slide_id(spec, taken)
             match = resolve_genes(adata, vocab, gene_col=spec.gene_col)
             mod, reason = resolve_modality(adata, spec.modality)

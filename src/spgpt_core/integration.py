@@ -67,14 +67,17 @@ def shared_vocab_genes(slides, vocab, gene_cols) -> tuple[np.ndarray, list]:
 def integrate(slides, model="default", *, batch_names=None, batch_key: str = "batch", modality_key: str = "modality",
               modalities=None, gene_cols=None, key_added: str = "X_spgpt", n_top_genes: int | None = DEFAULT_N_TOP_GENES,
               batch_size: int = 64, seed: int = 0, device: str = "auto", empty: str = "drop",
-              progress: Progress | None = None):
+              counts_layers=None, progress: Progress | None = None):
     """Embed ``slides`` (AnnData list) jointly on their shared genes; returns a new concatenated AnnData.
 
     With more shared genes than ``n_top_genes``, every slide is embedded on the same
-    ``n_top_genes`` highly variable genes, chosen on all slides together (None: every shared gene)."""
+    ``n_top_genes`` highly variable genes, chosen on all slides together (None: every shared gene).
+    ``counts_layers``: the layer holding each slide's raw counts (one name for all, or one per slide;
+    None: ``X``), for slides whose ``X`` is normalised; the output's ``X`` holds those counts."""
     import anndata as ad
     import scipy.sparse as sp
 
+    from .counts import with_counts
     from .embed import embed
     from .io import get_coordinates
     from .pretrained import load_model
@@ -86,6 +89,8 @@ def integrate(slides, model="default", *, batch_names=None, batch_key: str = "ba
     names = _names(len(slides), batch_names)
     gene_cols = _per_slide(gene_cols, len(slides), "gene column")
     modalities = _per_slide(modalities, len(slides), "modality")
+    counts_layers = _per_slide(counts_layers, len(slides), "counts layer")
+    slides = [with_counts(a, layer, f"slide {name}") for a, layer, name in zip(slides, counts_layers, names)]
     model = load_model(model, device=device)
     t0 = time.time()
     ids, matches = shared_vocab_genes(slides, model.vocab, gene_cols)
@@ -136,7 +141,8 @@ def integrate(slides, model="default", *, batch_names=None, batch_key: str = "ba
         out.obsm["spatial"] = np.vstack(coords)
     out.uns[key_added] = run_record(
         {"batch_key": batch_key, "modality_key": modality_key, "batch_names": names, "gene_cols": gene_cols,
-         "modalities": modalities, "n_top_genes": n_top_genes, "batch_size": batch_size, "seed": seed,
+         "modalities": modalities, "counts_layers": counts_layers, "n_top_genes": n_top_genes,
+         "batch_size": batch_size, "seed": seed,
          "empty": empty},
         model=model, n_shared_genes=int(len(ids)), n_genes_used=int(hv.sum()) if hv is not None else int(len(ids)), slides=slide_info, seconds=round(time.time() - t0, 2))
     return out

@@ -19,9 +19,22 @@ def add_store_args(p: argparse.ArgumentParser) -> None:
                                                "(default: the table's obsm['spatial'], else the first one)")
 
 
+def add_counts_arg(p: argparse.ArgumentParser, reference: bool = False, several: bool = False) -> None:
+    """--counts-layer (or --reference-counts-layer): where the raw counts are when X is normalised."""
+    if reference:
+        p.add_argument("--reference-counts-layer", metavar="LAYER",
+                       help="reference layer holding raw counts when its X is normalised ('raw': .raw; default: X)")
+        return
+    p.add_argument("--counts-layer", metavar="LAYER",
+                   help="layer holding the raw counts when X is normalised, e.g. counts ('raw': .raw; default: X)"
+                   + ("; one for all slides or comma-separated per slide" if several else "")
+                   + ". The output keeps the input's X")
+
+
 def add_input_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("input", help="slide: .h5ad file or SpatialData .zarr directory")
     add_store_args(p)
+    add_counts_arg(p)
     p.add_argument("--gene-col", help="var column holding gene symbols (default: chosen automatically)")
     p.add_argument("--modality", help="technology (visium, visium_hd, xenium, merfish, cosmx, starmap, osmfish, "
                                       "seqfish, smfish, verafish, slideseq, st, stereoseq, scrna); default: inferred")

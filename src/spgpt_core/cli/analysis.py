@@ -10,7 +10,7 @@ import json
 import time
 from pathlib import Path
 
-from ._common import add_hvg_arg, add_input_args, add_model_args, add_output_args, n_top_genes, read_input
+from ._common import add_counts_arg, add_hvg_arg, add_input_args, add_model_args, add_output_args, n_top_genes, read_input
 
 
 def _csv(text: str | None) -> list[str] | None:
@@ -84,12 +84,14 @@ def cmd_integrate(args) -> None:
     gene_cols = gene_cols[0] if gene_cols and len(gene_cols) == 1 else gene_cols
     mods = _csv(args.modality)
     mods = mods[0] if mods and len(mods) == 1 else mods
+    counts_layers = _csv(args.counts_layer)
+    counts_layers = counts_layers[0] if counts_layers and len(counts_layers) == 1 else counts_layers
     t0 = time.time()
     adata = tl.integrate(slides, args.model, batch_names=names, batch_key=args.batch_key, modality_key=args.modality_key,
                          modalities=mods, gene_cols=gene_cols, key_added=args.key_added, n_top_genes=n_top_genes(args),
                          batch_size=args.batch_size,
                          seed=args.seed, device=args.device, n_clusters=args.n_clusters, resolution=args.resolution,
-                         progress=_progress(args, "cell"))
+                         counts_layers=counts_layers, progress=_progress(args, "cell"))
     write_h5ad(adata, out, overwrite=args.overwrite)
     rec = adata.uns[args.key_added]
     print(f"integrated {adata.n_obs:,} cells from {len(slides)} slides on {rec['n_shared_genes']:,} shared genes in "
@@ -127,7 +129,8 @@ def cmd_deconvolve(args) -> None:
                   max_cells_per_type=args.max_cells_per_type, n_top_genes=args.n_genes,
                   embedding_weight=args.embedding_weight, num_epochs=args.epochs, learning_rate=args.learning_rate,
                   lambda_g2=args.lambda_g2, density_prior=args.density_prior, seed=args.seed, device=args.device,
-                  batch_size=args.batch_size, progress=_progress(args))
+                  batch_size=args.batch_size, counts_layer=args.counts_layer,
+                  reference_counts_layer=args.reference_counts_layer, progress=_progress(args))
     props = adata.obsm[args.key_added]
     colors_key = f"{args.dominant_key}_colors"
     write_results(adata, out, input_path=args.input, obsm={args.key_added: props.to_numpy()},
@@ -168,7 +171,8 @@ def cmd_impute(args) -> None:
               reference_rep=args.reference_rep, gene_col=args.gene_col, reference_gene_col=args.reference_gene_col,
               embedding_weight=args.embedding_weight, num_epochs=args.epochs, learning_rate=args.learning_rate,
               lambda_g2=args.lambda_g2, density_prior=args.density_prior, seed=args.seed, device=args.device,
-              batch_size=args.batch_size, progress=_progress(args))
+              batch_size=args.batch_size, counts_layer=args.counts_layer,
+              reference_counts_layer=args.reference_counts_layer, progress=_progress(args))
     df = adata.obsm[args.key_added]
     write_results(adata, out, input_path=args.input, obsm={args.key_added: df.to_numpy()},
                   uns={args.key_added: adata.uns[args.key_added]}, overwrite=args.overwrite)
@@ -181,11 +185,14 @@ def cmd_impute(args) -> None:
         from ..imputation import measured_expression
         from ..plotting import save_imputation_panels
 
+        from ..counts import with_counts
+
         mem = adata if not adata.isbacked else adata.to_memory()
+        measured_from = with_counts(mem, args.counts_layer)
         measured = None
         try:
-            gene_positions(mem, list(df.columns[:8]), args.gene_col)
-            measured = measured_expression(mem, list(df.columns[:8]), list(adata.uns[args.key_added]["training_genes"]),
+            gene_positions(measured_from, list(df.columns[:8]), args.gene_col)
+            measured = measured_expression(measured_from, list(df.columns[:8]), list(adata.uns[args.key_added]["training_genes"]),
                                            args.gene_col)
         except _IE:
             measured = None  # genes not measured on the slide: imputed maps only
@@ -281,6 +288,7 @@ def register(sub) -> None:
     p.add_argument("--batch-names", help="comma-separated slide names (default: file names)")
     p.add_argument("--gene-col", help="var column with gene symbols: one for all slides or comma-separated per slide")
     p.add_argument("--modality", help="technology: one for all slides or comma-separated per slide (default: inferred)")
+    add_counts_arg(p, several=True)
     p.add_argument("--batch-key", default="batch", help="obs column for the slide name (default: %(default)s)")
     p.add_argument("--modality-key", default="modality", help="obs column for the technology (default: %(default)s)")
     p.add_argument("--key-added", default="X_spgpt", help="obsm key of the embedding (default: %(default)s)")
@@ -302,6 +310,7 @@ def register(sub) -> None:
     add_model_args(p)
     add_output_args(p)
     p.add_argument("--reference", required=True, help="labelled single-cell reference (.h5ad)")
+    add_counts_arg(p, reference=True)
     p.add_argument("--celltype-key", required=True, help="obs column of the reference holding cell types")
     p.add_argument("--max-cells-per-type", type=int, default=1000, help="reference subsample per type (default: 1000)")
     p.add_argument("--n-genes", type=int, default=1000, help="shared highly variable genes used (default: 1000)")
@@ -319,6 +328,7 @@ def register(sub) -> None:
     add_model_args(p)
     add_output_args(p)
     p.add_argument("--reference", required=True, help="reference measuring the genes (.h5ad): scRNA-seq or a slide")
+    add_counts_arg(p, reference=True)
     g = p.add_mutually_exclusive_group()
     g.add_argument("--genes", help="comma-separated genes to impute")
     g.add_argument("--all-missing", action="store_true", help="impute every reference gene the slide does not measure")

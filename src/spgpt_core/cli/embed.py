@@ -20,7 +20,7 @@ def cmd_embed(args) -> None:
     t0 = time.time()
     tl.embed(adata, model, key_added=args.key_added, gene_col=args.gene_col, modality=args.modality,
              n_top_genes=n_top_genes(args), batch_size=args.batch_size, seed=args.seed, empty="drop" if args.drop_empty else "error",
-             progress=TqdmProgress(disable=args.quiet, unit="cell"))
+             counts_layer=args.counts_layer, progress=TqdmProgress(disable=args.quiet, unit="cell"))
     info = adata.uns[args.key_added]
     obs = {f"{args.key_added}_empty": adata.obs[f"{args.key_added}_empty"]} if f"{args.key_added}_empty" in adata.obs else {}
     write_results(adata, args.out, input_path=args.input, obsm={args.key_added: adata.obsm[args.key_added]},

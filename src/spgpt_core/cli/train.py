@@ -5,7 +5,8 @@ from __future__ import annotations
 import time
 from pathlib import Path
 
-from ._common import add_hvg_arg, add_model_args, add_output_args, add_store_args, n_top_genes, read_input
+from ._common import (add_counts_arg, add_hvg_arg, add_model_args, add_output_args, add_store_args, n_top_genes,
+                      read_input)
 
 
 def cmd_corpus_build(args) -> None:
@@ -36,12 +37,13 @@ def cmd_pretrain(args) -> None:
               f"{Path(cfg.run_dir) / 'model'} (metrics: {Path(cfg.run_dir) / 'metrics.jsonl'})")
 
 
-def _finetune(args, slides, model=None):
+def _finetune(args, slides, model=None, counts_layer=None):
     from ..progress import TqdmProgress
     from ..train import finetune
 
     return finetune(slides, args.model if model is None else model, epochs=args.epochs, lr=args.lr, max_context=args.max_context,
-                    gene_col=args.gene_col, modality=args.modality, seed=args.seed, device=args.device,
+                    gene_col=args.gene_col, modality=args.modality, counts_layer=counts_layer, seed=args.seed,
+                    device=args.device,
                     progress=TqdmProgress(disable=args.quiet, unit="step"))
 
 
@@ -51,13 +53,14 @@ def cmd_finetune(args) -> None:
     out = Path(args.out)
     if out.exists() and not args.overwrite:
         raise InputError(f"{out} already exists; pass --overwrite or choose another --out")
-    model = _finetune(args, args.slides)
+    model = _finetune(args, args.slides, counts_layer=args.counts_layer)
     model.save_pretrained(out, overwrite=args.overwrite)
     print(f"fine-tuned model -> {out}")
 
 
 def cmd_domains(args) -> None:
     from .. import tl
+    from ..counts import with_counts
     from ..output import _check_free, write_results
     from ..pretrained import load_model
     from ..progress import TqdmProgress
@@ -65,13 +68,13 @@ def cmd_domains(args) -> None:
     _check_free(Path(args.out), args.overwrite)
     adata = read_input(args, backed=False)
     t0 = time.time()
-    # fine-tune and embed on the same highly variable genes; the whole slide is written back
+    # fine-tune and embed on the same highly variable genes of the counts; the input file is copied, not rewritten
     base = load_model(args.model, device="cpu")
-    work = _hvg_subset(adata, base.vocab, args)
+    work = _hvg_subset(with_counts(adata, args.counts_layer), base.vocab, args)
     model = _finetune(args, [work], model=base) if args.epochs > 0 else base.to(args.device)
     tl.embed(work, model, gene_col=args.gene_col, modality=args.modality, n_top_genes=None, seed=args.seed,
              progress=TqdmProgress(disable=args.quiet, unit="cell"))
-    work.uns["X_spgpt"]["params"]["n_top_genes"] = n_top_genes(args)
+    work.uns["X_spgpt"]["params"].update(n_top_genes=n_top_genes(args), counts_layer=args.counts_layer)
     tl.cluster(work, n_clusters=args.n_clusters, method=args.method, smooth_k=args.smooth_k,
                key_added="spgpt_domain", seed=args.seed)
     work.uns["spgpt_domain"]["params"]["finetune_epochs"] = args.epochs
@@ -106,6 +109,7 @@ def _add_finetune_args(p, epochs_flag: str, default_epochs: int) -> None:
     p.add_argument("--max-context", type=int, default=128, help="expressed genes per cell while fine-tuning (default: 128)")
     p.add_argument("--gene-col")
     p.add_argument("--modality")
+    add_counts_arg(p)
     p.add_argument("--seed", type=int, default=0)
 
 

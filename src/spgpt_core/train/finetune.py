@@ -19,12 +19,13 @@ from ..progress import Progress
 def finetune(adatas, model="default", *, epochs: int = 1, lr: float = 1e-3, patch_size: int = 16,
              k_neighbours: int = 6, max_context: int = 128, grad_accum: int = 1, w_gep: float = 1.0,
              w_geps_intra: float = 1.0, w_geps_inter: float = 1.0, w_ecs: float = 1.0, gene_col: str | None = None,
-             modality: str | None = None, seed: int = 0, device: str = "auto", run_dir: str | Path | None = None,
+             modality: str | None = None, counts_layer: str | None = None, seed: int = 0, device: str = "auto", run_dir: str | Path | None = None,
              progress: Progress | None = None):
     """Fine-tune ``model`` on slides (AnnData objects or paths); returns a new :class:`SpGPT`.
 
     Defaults are sized for a CPU: one epoch over a 3,600-spot Visium slide takes about 2 minutes on
-    2 cores with the default model (measured on DLPFC 151673). ``run_dir`` keeps the checkpoints and ``metrics.jsonl`` (a temporary folder otherwise).
+    2 cores with the default model (measured on DLPFC 151673). ``counts_layer`` names the layer with
+    the raw counts (``'raw'``: ``.raw``) when the slides' ``X`` is normalised. ``run_dir`` keeps the checkpoints and ``metrics.jsonl`` (a temporary folder otherwise).
     """
     from ..corpus import SlideSpec, build_corpus
     from ..pretrained import load_model
@@ -39,9 +40,10 @@ def finetune(adatas, model="default", *, epochs: int = 1, lr: float = 1e-3, patc
     specs = []
     for i, a in enumerate(adatas):
         if isinstance(a, (str, Path)):
-            specs.append(SlideSpec(path=str(a), modality=modality, gene_col=gene_col))
+            specs.append(SlideSpec(path=str(a), modality=modality, gene_col=gene_col, counts_layer=counts_layer))
         else:
-            specs.append(SlideSpec(path=f"slide_{i}", modality=modality, gene_col=gene_col, adata=a, slide_id=f"slide_{i}"))
+            specs.append(SlideSpec(path=f"slide_{i}", modality=modality, gene_col=gene_col, counts_layer=counts_layer,
+                                   adata=a, slide_id=f"slide_{i}"))
     tmp = Path(tempfile.mkdtemp(prefix="spgpt_finetune_"))
     try:
         corpus_dir = build_corpus(specs, tmp / "corpus", vocab=tuned.vocab, val_fraction=0.0, patch_size=patch_size,
