@@ -174,6 +174,41 @@ def test_model_widget_loads_and_reports_gene_match(sample_viewer, qtbot):
     assert "spgpt info --model random:tiny:0" in w.command.value
 
 
+def test_log_normalised_slide_uses_its_counts_layer(viewer, qtbot, tmp_path):
+    """A file with log1p values in X and the counts in layers['counts'] is analysed from the counts,
+    says so when loaded, and the choice shows (and can be changed) in the Model widget."""
+    import scanpy as sc
+
+    from spgpt_core import datasets
+
+    slide = datasets.make_sample_slide(n_rows=12, n_cols=14, n_domains=3, seed=1)
+    slide.layers["counts"] = slide.X.copy()
+    sc.pp.normalize_total(slide, target_sum=1e4)
+    sc.pp.log1p(slide)
+    h5 = tmp_path / "lognorm.h5ad"
+    slide.write_h5ad(h5)
+    w = add_widget(viewer, "Load slide")
+    w.path.value = str(h5)
+    w.load()
+    wait_job(qtbot, w)
+    _, loaded = slide_of(viewer)
+    assert loaded.counts_layer == "counts"
+    assert "analyses use the raw counts in layers['counts']" in w.controls.status.value
+    m = add_widget(viewer, "Model")
+    m.slide_combo.value = loaded
+    assert m.counts.value == "counts" and set(m.counts.choices) == {"X", "counts"}
+    e = add_widget(viewer, "Embed & domains")
+    e.update_command()
+    assert "--counts-layer counts" in e.command.value
+    e.n_domains.value = 3
+    e.run()
+    wait_job(qtbot, e)
+    assert e.controls.last_error is None, e.controls.last_error
+    assert loaded.adata.uns["X_spgpt"]["params"]["counts_layer"] == "counts"
+    m.counts.value = "X"
+    assert loaded.counts_layer is None
+
+
 def test_model_widget_errors_are_notifications(sample_viewer, qtbot, notifications, tmp_path):
     from napari_spgpt._model_widget import DIRECTORY, RANDOM
 
