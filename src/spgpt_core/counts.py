@@ -4,8 +4,8 @@ The model's preprocessing (two-level mean normalisation, per-cell binning) and t
 mapping (``log1p`` of counts per 10,000) expect raw counts, or at least non-negative values on a
 linear scale. Many AnnData files users bring keep ``log1p``-normalised values in ``X`` and the
 counts in a layer (``layers['counts']``) or in ``.raw``. On such input the results degrade
-quietly (the same slide scored 0.437 ARI from counts and 0.345 from log-normalised X, STARmap mPFC
-BZ5, default model), so:
+quietly (STARmap mPFC BZ5, default model, best of the four clusterings of ``bench/tasks.py``:
+0.437 ARI from counts, 0.345 from log-normalised X), so:
 
 * :func:`with_counts` gives an AnnData whose ``X`` is the chosen layer (``'raw'``: ``adata.raw``),
   sharing ``obs`` / ``obsm`` with the original; tools compute on it and store results on the
