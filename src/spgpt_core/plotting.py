@@ -60,8 +60,12 @@ def spatial_scatter(adata, color: str, ax, title: str | None = None, size: float
         cats = pd.Categorical(values)
         if palette is None:
             palette = _own_palette(adata, color, list(cats.categories))
-        for i, c in enumerate(cats.categories):
-            m = np.asarray(cats.codes == i)
+        # legend order: categories the palette names first, in its order (a prediction lists its cell types
+        # as the truth panel does), then the rest in their own order
+        named = [c for c in palette if c in set(cats.categories)]
+        order = named + [c for c in cats.categories if c not in set(named)]
+        for c in order:
+            m = np.asarray(cats == c)
             ax.scatter(xy[m, 0], xy[m, 1], s=s, c=palette.get(c, "#999999"), label=str(c), linewidths=0)
         ax.legend(markerscale=max(1.0, 30 / s) ** 0.5, fontsize=7, loc="center left", bbox_to_anchor=(1, 0.5),
                   frameon=False)
@@ -90,7 +94,7 @@ def _aligned_palette(reference, ref_palette: dict, values) -> dict:
     from scipy.optimize import linear_sum_assignment
 
     ref, cats = pd.Categorical(reference), pd.Categorical(values)
-    out = {c: ref_palette[c] for c in cats.categories if c in ref_palette}
+    out = {c: ref_palette[c] for c in ref_palette if c in set(cats.categories)}  # the reference's order
     todo = [c for c in cats.categories if c not in out]
     free = [c for c in ref.categories if ref_palette.get(c) not in out.values()]
     if todo and free:
