@@ -160,7 +160,7 @@ def build_corpus(slides: list[SlideSpec], out: str | Path, *, vocab=None, val_fr
                 adata = spec.adata
             else:
                 adata = read_slide(spec.path, table=spec.table, backed=Path(spec.path).suffix == ".h5ad")
-            adata = with_counts(adata, spec.counts_layer, f"slide {spec.path}", "counts_layer")
+            adata = with_counts(adata, spec.counts_layer, f"slide {spec.path}")  # YAML key: counts_layer
             sid = _slide_id(spec, taken)
             match = resolve_genes(adata, vocab, gene_col=spec.gene_col)
             mod, reason = resolve_modality(adata, spec.modality)
