@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import os
 import shutil
+import sys
 from pathlib import Path
 
 import pytest
@@ -25,6 +26,33 @@ def pytest_collection_modifyitems(config, items):
     for item in items:
         if HERE in Path(str(item.fspath)).resolve().parents:
             item.add_marker(skip)
+
+
+def pytest_sessionfinish(session, exitstatus):
+    session.config._spgpt_exitstatus = int(exitstatus)
+
+
+@pytest.hookimpl(trylast=True)
+def pytest_unconfigure(config):
+    """Leave without interpreter finalisation, keeping pytest's exit status.
+
+    With every GUI test passed, Python 3.11 has aborted at exit with "Fatal Python error: none_dealloc"
+    (exit 134). Some C extension of the Qt / napari stack drops a reference to None it does not own
+    on every call; None's count reaches zero only in the final garbage collection, so how many calls
+    a run makes decides whether it crashes. Nothing is left to run at that point but Xvfb's shutdown,
+    done here because ``os._exit`` skips ``atexit``."""
+    status = getattr(config, "_spgpt_exitstatus", None)
+    if status is None:
+        return
+    try:
+        import pytest_xvfb
+
+        pytest_xvfb.shutdown_xvfb()
+    except Exception:  # noqa: BLE001 - no Xvfb to stop
+        pass
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(status)
 
 
 @pytest.fixture(scope="session", autouse=True)
