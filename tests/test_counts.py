@@ -54,6 +54,9 @@ def test_log_normalised_x_is_flagged_with_the_layer_to_use(bz5):
     msg = log_scale_warning(no_layer)
     assert "non-integer" in msg and "pass the raw counts" in msg
     assert count_layers(_log_normalised(bz5, keep_counts="umi", raw=True)) == ["umi", "raw"]
+    restored = _log_normalised(bz5)
+    restored.X = restored.layers["counts"]  # counts put back into X: scanpy's uns['log1p'] stays behind
+    assert log_scale_warning(restored) is None
 
 
 def test_with_counts_swaps_in_the_layer_and_explains_bad_names(bz5, caplog):

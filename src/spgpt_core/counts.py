@@ -67,13 +67,14 @@ def count_layers(adata) -> list[str]:
 
 
 def log_scale_warning(adata, what: str = "slide", option: str = "--counts-layer", source: str = "X") -> str | None:
-    """A message when ``adata.X`` looks log-normalised (``uns['log1p']`` set, for ``source`` X, or mostly
-    non-integer values all below 30), naming the layer to use instead; None when it looks like counts."""
+    """A message when ``adata.X`` looks log-normalised (not integer counts, and ``uns['log1p']`` set, for
+    ``source`` X, or mostly non-integer values all below 30), naming the layer to use instead; None when it
+    looks like counts."""
     X = adata.X
     if X is None or adata.n_obs == 0:
         return None
     values = _sample(X, adata.n_obs)
-    if values.size == 0:
+    if values.size == 0 or _looks_like_counts(values):  # counts put back into X keep scanpy's uns['log1p']
         return None
     non_integer = float(np.mean(values != np.round(values)))
     flagged = source == "X" and "log1p" in adata.uns  # scanpy's mark; it says nothing about the layers
