@@ -40,12 +40,13 @@ def model_args(spec: str, device: str) -> list[str]:
     return args
 
 
+def counts_args(slide) -> list[str]:
+    return ["--counts-layer", slide.counts_layer] if slide is not None and slide.counts_layer else []
+
+
 def slide_args(slide) -> list[str]:
     """The slide's gene-name column and counts layer, when chosen."""
-    if slide is None:
-        return []
-    counts = getattr(slide, "counts_layer", None)
-    return (["--gene-col", slide.gene_col] if slide.gene_col else []) + (["--counts-layer", counts] if counts else [])
+    return (["--gene-col", slide.gene_col] if slide is not None and slide.gene_col else []) + counts_args(slide)
 
 
 def embed_and_cluster(slide, spec: str, device: str, *, batch_size: int, seed: int, drop_empty: bool,
@@ -57,7 +58,7 @@ def embed_and_cluster(slide, spec: str, device: str, *, batch_size: int, seed: i
     if finetune_epochs:
         ft_dir = f"{base}_finetuned_model"
         lines.append(join(["spgpt", "finetune", *input_args(slide)[:1], *model_args(spec, device)[:2],
-                           *(["--counts-layer", slide.counts_layer] if getattr(slide, "counts_layer", None) else []),
+                           *counts_args(slide),
                            "--out", ft_dir, "--epochs", finetune_epochs]))
         spec = ft_dir
     embed = ["spgpt", "embed", *input_args(slide), *model_args(spec, device), *slide_args(slide),

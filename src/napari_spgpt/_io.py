@@ -225,9 +225,9 @@ def load_slide(
 def choose_counts(slide: LoadedSlide) -> LoadedSlide:
     """Analyses read raw counts: when X looks log-normalised, use a count-like layer if there is one
     (the choice is shown in the notes and can be changed in the Model widget), else say so."""
-    from spgpt_core.counts import count_layers, log_scale_warning
+    from spgpt_core.counts import count_layers, log_normalised_reason
 
-    if log_scale_warning(slide.adata) is None:
+    if log_normalised_reason(slide.adata) is None:
         return slide
     layers = count_layers(slide.adata)
     if layers:

@@ -49,38 +49,43 @@ def _looks_like_counts(values: np.ndarray) -> bool:
 
 def count_layers(adata) -> list[str]:
     """Layers (and ``'raw'``) that look like raw counts, conventional names first."""
-    found = []
-    for name in list(adata.layers.keys()):
-        try:
-            if _looks_like_counts(_sample(adata.layers[name], adata.n_obs)):
-                found.append(name)
-        except Exception:  # an unreadable layer is not a candidate
-            continue
+    candidates = [(name, lambda name=name: adata.layers[name]) for name in adata.layers.keys()]
     if adata.raw is not None:
+        candidates.append(("raw", lambda: adata.raw.X))
+    found = []
+    for name, matrix in candidates:
         try:
-            if _looks_like_counts(_sample(adata.raw.X, adata.n_obs)):
-                found.append("raw")
-        except Exception:
-            pass
+            if _looks_like_counts(_sample(matrix(), adata.n_obs)):
+                found.append(str(name))
+        except Exception:  # noqa: BLE001 - an unreadable layer is not a candidate
+            continue
     rank = {n: i for i, n in enumerate(COUNT_LAYER_NAMES)}
     return sorted(found, key=lambda n: rank.get(n.lower(), len(rank)))
 
 
-def log_scale_warning(adata, what: str = "slide", option: str = "--counts-layer", source: str = "X") -> str | None:
-    """A message when ``adata.X`` looks log-normalised (not integer counts, and ``uns['log1p']`` set, for
-    ``source`` X, or mostly non-integer values all below 30), naming the layer to use instead; None when it
-    looks like counts."""
+def log_normalised_reason(adata, source: str = "X") -> str | None:
+    """Why ``adata.X`` looks log-normalised (not integer counts, and ``uns['log1p']`` set, for ``source``
+    X, or mostly non-integer values all below 30); None when it looks like counts or normalised values."""
     X = adata.X
     if X is None or adata.n_obs == 0:
         return None
     values = _sample(X, adata.n_obs)
     if values.size == 0 or _looks_like_counts(values):  # counts put back into X keep scanpy's uns['log1p']
         return None
+    if source == "X" and "log1p" in adata.uns:  # scanpy's mark; it says nothing about the layers
+        return "uns['log1p'] is set"
     non_integer = float(np.mean(values != np.round(values)))
-    flagged = source == "X" and "log1p" in adata.uns  # scanpy's mark; it says nothing about the layers
-    if not flagged and not (non_integer > 0.5 and float(values.max()) < 30):
+    if non_integer > 0.5 and float(values.max()) < 30:
+        return f"{non_integer:.0%} of its values are non-integer, the largest {values.max():.1f}"
+    return None
+
+
+def log_scale_warning(adata, what: str = "slide", option: str = "--counts-layer", source: str = "X") -> str | None:
+    """A message when ``adata.X`` looks log-normalised (:func:`log_normalised_reason`), naming the layer
+    to use instead; None when it does not."""
+    why = log_normalised_reason(adata, source)
+    if why is None:
         return None
-    why = "uns['log1p'] is set" if flagged else f"{non_integer:.0%} of its values are non-integer, the largest {values.max():.1f}"
     layers = count_layers(adata)
     py = option.lstrip("-").replace("-", "_")
     how = (lambda v: f"{option} {v} (Python: {py}={v!r})") if option.startswith("--") else (lambda v: f"{py}={v!r}")
@@ -90,6 +95,12 @@ def log_scale_warning(adata, what: str = "slide", option: str = "--counts-layer"
             f"log-normalised values are worse. {fix}")
 
 
+def _warn_if_log_normalised(adata, what: str, option: str, source: str = "X") -> None:
+    msg = log_scale_warning(adata, what, option, source)
+    if msg:
+        log.warning("%s", msg)
+
+
 def with_counts(adata, layer: str | None, what: str = "slide", option: str = "--counts-layer"):
     """``adata`` itself (layer None) or a new AnnData whose ``X`` is ``adata.layers[layer]`` (``'raw'``:
     ``adata.raw``, with its genes), sharing ``obs``, ``obsm`` and ``uns``. Warns (logging) when the
@@ -97,9 +108,7 @@ def with_counts(adata, layer: str | None, what: str = "slide", option: str = "--
     import anndata as ad
 
     if layer is None:
-        msg = log_scale_warning(adata, what, option)
-        if msg:
-            log.warning("%s", msg)
+        _warn_if_log_normalised(adata, what, option)
         return adata
     if layer == "raw" and "raw" not in adata.layers:
         if adata.raw is None:
@@ -115,7 +124,5 @@ def with_counts(adata, layer: str | None, what: str = "slide", option: str = "--
         X = X.to_memory()
     uns = {k: v for k, v in adata.uns.items() if k != "log1p"}  # scanpy's mark describes X, not these counts
     counts = ad.AnnData(X=X, obs=adata.obs, var=var, obsm=dict(adata.obsm), uns=uns)
-    msg = log_scale_warning(counts, what, option, source="raw.X" if layer == "raw" else f"layer {layer!r}")
-    if msg:
-        log.warning("%s", msg)
+    _warn_if_log_normalised(counts, what, option, source="raw.X" if layer == "raw" else f"layer {layer!r}")
     return counts
