@@ -159,23 +159,24 @@ def _imputation(slide, reference, model, out: Path, seed: int, epochs: int, n_ge
     measured = slide[:, held].copy()
     sc.pp.normalize_total(measured, target_sum=1e4)
     sc.pp.log1p(measured)
-    res, per_gene = {}, None
+    measured_df = measured.to_df()
+    res, per_gene = {}, {}
     for name, use_emb in (("spgpt", True), ("tangram", False)):
         tl.impute(masked, reference, genes=held, model=model, key_added=f"{name}_imputed", use_embeddings=use_emb,
                   use_centroids=use_emb, seed=seed, num_epochs=epochs)
-        r = pearson_per_gene(measured.to_df(), masked.obsm[f"{name}_imputed"][held])
+        r = pearson_per_gene(measured_df, masked.obsm[f"{name}_imputed"][held])
         res[f"{name}_impute_median_pearson"] = float(np.nanmedian(r))
-        per_gene = r if per_gene is None else per_gene
+        per_gene[name] = r
     slide.obsm["spgpt_imputed"] = masked.obsm["spgpt_imputed"]
     # visual QC: the best, the median and the worst recovered of the hidden genes, not a flattering pick
-    ranked = per_gene.dropna().sort_values(ascending=False)
+    ranked = per_gene["spgpt"].dropna().sort_values(ascending=False)
     if len(ranked):
         picks = {ranked.index[0]: "best", ranked.index[len(ranked) // 2]: "median", ranked.index[-1]: "worst"}
     else:  # no gene has a defined correlation (e.g. constant imputations from an untrained model)
         picks = dict.fromkeys(held[:3], "no defined Pearson r")
     notes = {g: f"{w} of {len(ranked)} hidden genes" if len(ranked) else w for g, w in picks.items()}
     save_imputation_panels(slide, masked.obsm["spgpt_imputed"][list(picks)], out / "imputation.png",
-                           measured=measured.to_df()[list(picks)], notes=notes)
+                           measured=measured_df[list(picks)], notes=notes)
     slide.uns["demo_held_out_genes"] = np.array(held, dtype=object)
     return res
 
