@@ -19,6 +19,12 @@ def _csv(text: str | None) -> list[str] | None:
     return [t.strip() for t in text.split(",") if t.strip()]
 
 
+def _one_or_per_slide(text: str | None):
+    """A comma-separated option of ``spgpt integrate``: one value for all slides, or a list, one per slide."""
+    values = _csv(text)
+    return values[0] if values and len(values) == 1 else values
+
+
 def _progress(args, unit="step"):
     from ..progress import TqdmProgress
 
@@ -80,12 +86,7 @@ def cmd_integrate(args) -> None:
     if len(set(names)) != len(names):
         names = [f"{i + 1}_{n}" for i, n in enumerate(names)]
     slides = [read_slide(s) for s in args.slides]
-    gene_cols = _csv(args.gene_col)
-    gene_cols = gene_cols[0] if gene_cols and len(gene_cols) == 1 else gene_cols
-    mods = _csv(args.modality)
-    mods = mods[0] if mods and len(mods) == 1 else mods
-    counts_layers = _csv(args.counts_layer)
-    counts_layers = counts_layers[0] if counts_layers and len(counts_layers) == 1 else counts_layers
+    gene_cols, mods, counts_layers = (_one_or_per_slide(v) for v in (args.gene_col, args.modality, args.counts_layer))
     t0 = time.time()
     adata = tl.integrate(slides, args.model, batch_names=names, batch_key=args.batch_key, modality_key=args.modality_key,
                          modalities=mods, gene_cols=gene_cols, key_added=args.key_added, n_top_genes=n_top_genes(args),
