@@ -35,6 +35,29 @@ def test_save_and_load_round_trip(tmp_path, tiny_model):
     tiny_model.gene_stats = None
 
 
+def test_float16_storage_halves_the_file_and_loads_as_float32(tmp_path, tiny_model):
+    full = tiny_model.save_pretrained(tmp_path / "fp32")
+    half = tiny_model.save_pretrained(tmp_path / "fp16", storage_dtype="float16")
+    ratio = (half / "model.safetensors").stat().st_size / (full / "model.safetensors").stat().st_size
+    assert 0.45 < ratio < 0.55
+    assert json.loads((half / "config.json").read_text())["storage_dtype"] == "float16"
+    back = SpGPT.from_pretrained(half)
+    sa, sb = tiny_model.module.state_dict(), back.module.state_dict()
+    for k in sa:
+        assert sb[k].dtype == sa[k].dtype
+        if sa[k].is_floating_point():
+            torch.testing.assert_close(sb[k], sa[k], rtol=1e-3, atol=1e-4)
+    ids = torch.tensor([[tiny_model.vocab.cls_id, 5, 9, 17]])
+    vals = torch.tensor([[0.0, 3.0, 1.0, 7.0]])
+    pad = torch.zeros_like(ids, dtype=torch.bool)
+    with torch.no_grad():
+        a = tiny_model.module.eval().spot_embedding(ids, vals, pad)
+        b = back.module.eval().spot_embedding(ids, vals, pad)
+    torch.testing.assert_close(a, b, rtol=1e-2, atol=1e-3)
+    with pytest.raises(ValueError, match="storage_dtype"):
+        tiny_model.save_pretrained(tmp_path / "bad", storage_dtype="int8")
+
+
 def test_load_model_specs(tmp_path):
     m = load_model("random:tiny:3", device="cpu")
     assert m.config.d_model == 32 and m.metadata["source"] == "random:tiny:3"

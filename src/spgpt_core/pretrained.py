@@ -138,9 +138,17 @@ class SpGPT:
         meta["source"] = str(path)
         return cls(module, vocab, stats, meta).to(device)
 
-    def save_pretrained(self, path: str | os.PathLike, overwrite: bool = False, extra_metadata: dict | None = None) -> Path:
-        """Write the model directory atomically (a temp dir renamed into place)."""
+    def save_pretrained(self, path: str | os.PathLike, overwrite: bool = False, extra_metadata: dict | None = None,
+                        storage_dtype: str = "float32") -> Path:
+        """Write the model directory atomically (a temp dir renamed into place).
+
+        ``storage_dtype="float16"`` halves the file (used for the shipped model's size budget); loading
+        always restores float32 parameters, so only the last ~3 significant digits of each weight change.
+        """
         path = Path(path).expanduser()
+        if storage_dtype not in STORAGE_DTYPES:
+            raise ValueError(f"storage_dtype must be one of {', '.join(STORAGE_DTYPES)}, not {storage_dtype!r}")
+        store = STORAGE_DTYPES[storage_dtype]
         if path.exists() and not overwrite:
             raise CheckpointError(f"{path} already exists; choose another directory or pass overwrite=True")
         path.parent.mkdir(parents=True, exist_ok=True)
@@ -148,13 +156,15 @@ class SpGPT:
         try:
             from safetensors.torch import save_file
 
-            state = {k: v.detach().cpu().contiguous() for k, v in self.module.state_dict().items()}
+            state = {k: (v.to(store) if v.is_floating_point() else v).detach().cpu().contiguous()
+                     for k, v in self.module.state_dict().items()}
             save_file(state, str(tmp / "model.safetensors"), metadata={"format": "pt", "spgpt_format": str(FORMAT_VERSION)})
             self.vocab.save(tmp / "vocab.json")
             if self.gene_stats is not None:
                 self.gene_stats.save(tmp / "gene_stats.csv", self.vocab.tokens)
             header = {"model_type": "spgpt", "format_version": FORMAT_VERSION, "config": self.config.to_dict(),
-                      "vocab_fingerprint": self.vocab.fingerprint(), "has_gene_stats": self.gene_stats is not None}
+                      "vocab_fingerprint": self.vocab.fingerprint(), "has_gene_stats": self.gene_stats is not None,
+                      "storage_dtype": storage_dtype}
             (tmp / "config.json").write_text(json.dumps(header, indent=2))
             meta = {**self.metadata, **(extra_metadata or {}), "versions": versions(),
                     "saved": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "n_parameters": count_parameters(self.module)}
@@ -184,6 +194,10 @@ class SpGPT:
             **({"training_steps": int(self.metadata["training"]["steps"])}
                if isinstance(self.metadata.get("training"), dict) else {}),
         }
+
+
+#: On-disk precisions of ``save_pretrained``; parameters are float32 in memory whatever the file holds.
+STORAGE_DTYPES = {"float32": torch.float32, "float16": torch.float16}
 
 
 def _read_safetensors(path: Path) -> dict[str, torch.Tensor]:
