@@ -4,6 +4,7 @@ colour legend and the run record written next to the results."""
 from __future__ import annotations
 
 import time
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from magicgui.widgets import CheckBox, ComboBox, Container, PushButton, TextEdit
@@ -230,9 +231,9 @@ class ReferenceSlideWidget(SlideWidget):
     def _on_reference(self, *_: Any) -> None:  # pragma: no cover - overridden
         pass
 
-    def mapping_job_inputs(self, choice: str, value, missing: str):
-        """(slide, reference path, run parameters) for a reference-mapping run, or None after telling the
-        user what is missing. ``choice``/``value``: the widget's own required input (cell-type column,
+    def mapping_job_inputs(self, choice: str, value, missing: str) -> MappingJob | None:
+        """Everything a reference-mapping worker needs, captured on the GUI thread, or None after telling
+        the user what is missing. ``choice``/``value``: the widget's own required input (cell-type column,
         genes); the widget has ``epochs`` and ``seed`` spin boxes."""
         from napari.utils.notifications import show_warning
 
@@ -245,7 +246,37 @@ class ReferenceSlideWidget(SlideWidget):
             return None
         params = {"reference": ref_path, choice: value, "num_epochs": int(self.epochs.value),
                   "seed": int(self.seed.value), "model": self.state.spec, "device": self.state.device}
-        return slide, ref_path, params
+        return MappingJob(self.state, slide, ref_path, params)
+
+
+@dataclass(frozen=True)
+class MappingJob:
+    """A deconvolution / imputation run's inputs: the worker reads these, never the widgets."""
+
+    state: Any
+    slide: Any
+    ref_path: str
+    params: dict
+
+    @property
+    def adata(self):
+        return self.slide.adata
+
+    @property
+    def gene_col(self):
+        return self.slide.gene_col
+
+    @property
+    def counts_layer(self):
+        return self.slide.counts_layer
+
+    @property
+    def epochs(self) -> int:
+        return self.params["num_epochs"]
+
+    @property
+    def seed(self) -> int:
+        return self.params["seed"]
 
 
 def load_model_in_worker(state, progress):

@@ -81,24 +81,22 @@ class DeconvolveWidget(ReferenceSlideWidget):
 
     def run(self) -> None:
         key = self.celltype_key.value
-        inputs = self.mapping_job_inputs("celltype_key", key, "Choose a reference .h5ad and its cell-type column first.")
-        if inputs is None:
+        job = self.mapping_job_inputs("celltype_key", key, "Choose a reference .h5ad and its cell-type column first.")
+        if job is None:
             return
-        slide, ref_path, params = inputs
-        state, adata, gene_col, counts_layer = self.state, slide.adata, slide.gene_col, slide.counts_layer
-        epochs, seed = params["num_epochs"], params["seed"]
 
         def work(progress):
             progress.start(0, "reading the reference")
-            reference = read_reference(ref_path)
+            reference = read_reference(job.ref_path)
             progress.check()
-            model, loaded = load_model_in_worker(state, progress)
-            _tasks.deconvolve(adata, reference, celltype_key=key, model=model, key_added=KEY, dominant_key=DOMINANT_KEY,
-                              gene_col=gene_col, num_epochs=epochs, seed=seed, device=state.device, progress=progress,
-                              counts_layer=counts_layer)
+            model, loaded = load_model_in_worker(job.state, progress)
+            _tasks.deconvolve(job.adata, reference, celltype_key=key, model=model, key_added=KEY,
+                              dominant_key=DOMINANT_KEY, gene_col=job.gene_col, num_epochs=job.epochs, seed=job.seed,
+                              device=job.state.device, progress=progress, counts_layer=job.counts_layer)
             return {"model": model if loaded else None}
 
-        self.controls.start(work, on_done=lambda r: self._show(slide, r, params), slide=slide, what=self.job_name)
+        self.controls.start(work, on_done=lambda r: self._show(job.slide, r, job.params), slide=job.slide,
+                            what=self.job_name)
 
     def _show(self, slide, result: dict, params: dict) -> None:
         self.adopt_model(result)

@@ -10,7 +10,7 @@ import pandas as pd
 from magicgui.widgets import CheckBox, ComboBox, Container, FileEdit, Label, LineEdit, Select, SpinBox
 
 from . import _commands, _tasks
-from ._base import ReferenceSlideWidget, load_model_in_worker
+from ._base import MappingJob, ReferenceSlideWidget, load_model_in_worker
 from ._choices import dynamic, set_choices
 from ._layers import drawn, result_layers, robust_limits, upsert_result
 from ._reference import obs_and_genes, read_reference
@@ -121,18 +121,11 @@ class ImputeWidget(ReferenceSlideWidget):
 
     def run(self) -> None:
         genes = self.picker.value
-        inputs = self.mapping_job_inputs("genes", genes, "Choose a reference .h5ad and at least one gene to impute.")
-        if inputs is None:
+        job = self.mapping_job_inputs("genes", genes, "Choose a reference .h5ad and at least one gene to impute.")
+        if job is None:
             return
-        slide, ref_path, params = inputs
-        state, adata, gene_col, counts_layer = self.state, slide.adata, slide.gene_col, slide.counts_layer
-        epochs, seed = params["num_epochs"], params["seed"]
-
-        def work(progress):
-            return impute_in_worker(state, adata, ref_path, genes, gene_col=gene_col, epochs=epochs, seed=seed,
-                                    progress=progress, counts_layer=counts_layer)
-
-        self.controls.start(work, on_done=lambda r: self._show(slide, r, params, genes), slide=slide,
+        self.controls.start(lambda progress: impute_in_worker(job, genes, progress),
+                            on_done=lambda r: self._show(job.slide, r, job.params, genes), slide=job.slide,
                             what=self.job_name)
 
     def _show(self, slide, result: dict, params: dict, genes: list[str]) -> None:
@@ -163,14 +156,14 @@ class ImputeWidget(ReferenceSlideWidget):
             layer.visible = layer.metadata.get("gene") == self.show_layer.value
 
 
-def impute_in_worker(state, adata, ref_path: str, genes, *, gene_col, epochs: int, seed: int, progress,
-                     key: str = KEY, counts_layer: str | None = None) -> dict:
-    """Read the reference, get the session's model and impute ``genes`` into ``adata``
+def impute_in_worker(job: MappingJob, genes, progress, key: str = KEY) -> dict:
+    """Read the reference, get the session's model and impute ``genes`` into the slide
     (``obsm[key]``; called inside a thread worker; shared by the Impute and Imputation QC widgets)."""
     progress.start(0, "reading the reference")
-    reference = read_reference(ref_path)
+    reference = read_reference(job.ref_path)
     progress.check()
-    model, loaded = load_model_in_worker(state, progress)
-    _tasks.impute(adata, reference, genes=genes, model=model, key_added=key, gene_col=gene_col, num_epochs=epochs,
-                  seed=seed, device=state.device, progress=progress, counts_layer=counts_layer)
+    model, loaded = load_model_in_worker(job.state, progress)
+    _tasks.impute(job.adata, reference, genes=genes, model=model, key_added=key, gene_col=job.gene_col,
+                  num_epochs=job.epochs, seed=job.seed, device=job.state.device, progress=progress,
+                  counts_layer=job.counts_layer)
     return {"model": model if loaded else None}

@@ -112,33 +112,31 @@ class QCWidget(ReferenceSlideWidget):
 
     def run(self) -> None:
         genes = self.picker.value
-        inputs = self.mapping_job_inputs("genes", genes, "Choose a reference and at least one measured gene to test.")
-        if inputs is None:
+        job = self.mapping_job_inputs("genes", genes, "Choose a reference and at least one measured gene to test.")
+        if job is None:
             return
-        slide, ref_path, params = inputs
-        state, adata, gene_col, counts_layer = self.state, slide.adata, slide.gene_col, slide.counts_layer
-        epochs, seed = params["num_epochs"], params["seed"]
 
         def work(progress):
             from spgpt_core.counts import with_counts
             from spgpt_core.imputation import measured_expression
             from spgpt_core.metrics import pearson_per_gene
 
-            job = impute_in_worker(state, adata, ref_path, genes, gene_col=gene_col, epochs=epochs, seed=seed,
-                                   progress=progress, key=KEY, counts_layer=counts_layer)
+            adata = job.adata
+            result = impute_in_worker(job, genes, progress, key=KEY)
             imputed = adata.obsm[KEY]
             if not isinstance(imputed, pd.DataFrame):
                 imputed = pd.DataFrame(np.asarray(imputed), index=adata.obs_names, columns=genes)
             imputed = imputed.set_axis(adata.obs_names.astype(str))
             cols = [str(c) for c in imputed.columns]
             train = [str(g) for g in adata.uns[KEY]["training_genes"]]
-            measured = measured_expression(with_counts(adata, counts_layer), cols, list(train), gene_col=gene_col)
+            measured = measured_expression(with_counts(adata, job.counts_layer), cols, list(train),
+                                           gene_col=job.gene_col)
             r = pearson_per_gene(measured, imputed.set_axis(cols, axis=1))
             expressing = pd.Series((measured.to_numpy() > 0).mean(axis=0) * 100, index=cols)
-            return {**job, "measured": measured, "imputed": imputed.set_axis(cols, axis=1),
+            return {**result, "measured": measured, "imputed": imputed.set_axis(cols, axis=1),
                     "pearson": r, "expressing": expressing}
 
-        self.controls.start(work, on_done=lambda res: self._show(slide, res, params), slide=slide,
+        self.controls.start(work, on_done=lambda res: self._show(job.slide, res, job.params), slide=job.slide,
                             what=self.job_name)
 
     def _show(self, slide, res: dict, params: dict) -> None:
