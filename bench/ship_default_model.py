@@ -38,8 +38,10 @@ def main(src: str, storage: str) -> None:
 
 
 if __name__ == "__main__":
+    from spgpt_core.pretrained import STORAGE_DTYPES
+
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("model_dir")
-    ap.add_argument("--storage", choices=("float32", "float16"), default="float32")
+    ap.add_argument("--storage", choices=tuple(STORAGE_DTYPES), default="float32")
     args = ap.parse_args()
     main(args.model_dir, args.storage)
