@@ -119,6 +119,50 @@ def test_batch_layout_context_and_query_genes(corpus_dir):
     assert b.coords.shape == (16, 2) and b.target.max() <= 50
 
 
+def test_depth_augment_thins_the_context_and_keeps_full_depth_targets(corpus_dir):
+    from spgpt_core import SpGPT
+
+    c = Corpus(corpus_dir)
+    m = SpGPT.random("tiny")
+    p = PatchSampler(c, 16).patches(0)[0]
+    slide = c.slides[p.slide]
+    assert slide.count_unit is not None  # STARmap / osmFISH store whole counts
+    full = make_batch(c, p, TrainConfig(corpus=str(corpus_dir), max_context=2000, gen_ratios=[0.5]),
+                      m.config, c.gene_stats.means, [0, 0, 0])
+    off = make_batch(c, p, TrainConfig(corpus=str(corpus_dir), max_context=2000, gen_ratios=[0.5], depth_augment=0.0),
+                     m.config, c.gene_stats.means, [0, 0, 0])
+    assert torch.equal(full.genes, off.genes) and torch.equal(full.target, off.target)  # off = the paper's batches
+    thin = make_batch(c, p, TrainConfig(corpus=str(corpus_dir), max_context=2000, gen_ratios=[0.5], depth_augment=1.0),
+                      m.config, c.gene_stats.means, [0, 0, 0])
+    n_ctx_full = (~full.pad).sum(1) - 1
+    n_ctx_thin = (~thin.pad).sum(1) - 1
+    assert (n_ctx_thin <= n_ctx_full + 1).all() and n_ctx_thin.sum() < 0.9 * n_ctx_full.sum()
+    for r, i in enumerate(p.cells):
+        expressed = set(slide.cell(int(i))[0].tolist())
+        ctx = set(thin.genes[r][~thin.pad[r]].tolist()) - {m.config.cls_token_id}
+        q = thin.query_genes[r][~thin.query_pad[r]]
+        t = thin.target[r][~thin.query_pad[r]]
+        assert ctx <= expressed and not ctx & set(q.tolist())  # thinned genes only, no query leaks in
+        # targets are the full cell's bins (the same as in the un-thinned batch), however deep the thinning
+        full_bins = {int(g): float(v) for g, v, pad in zip(full.genes[r][1:], full.values[r][1:], full.pad[r][1:])
+                     if not pad}
+        full_bins.update({int(g): float(v) for g, v, pad in zip(full.query_genes[r], full.target[r], full.query_pad[r])
+                          if not pad and v > 0})
+        assert [float(x) for x in t] == [full_bins.get(int(g), 0.0) for g in q]
+
+
+def test_count_unit_is_none_for_normalised_values(tmp_path):
+    import anndata as ad
+
+    rng = np.random.default_rng(0)
+    X = rng.gamma(1.0, 1.0, size=(60, 30)).astype(np.float32)  # continuous values, not counts
+    a = ad.AnnData(X)
+    a.var_names = ad.read_h5ad(data_file(MPFC), backed="r").var_names[:30]
+    a.obsm["spatial"] = rng.random((60, 2)) * 100
+    out = build_corpus([SlideSpec(path="normalised", adata=a, modality="merfish")], tmp_path / "c", val_fraction=0.0)
+    assert Corpus(out).slides[0].count_unit is None
+
+
 def _cfg(corpus_dir, run_dir, **kw):
     base = dict(corpus=str(corpus_dir), run_dir=str(run_dir), init="random:tiny", patch_size=8, k_neighbours=4,
                 max_context=32, epochs=1, max_steps=6, lr=2e-3, grad_accum=2, log_every=1, eval_every=3,

@@ -27,6 +27,7 @@ coherent and never leak into training patches. Slides without coordinates hold o
 
 from __future__ import annotations
 
+import functools
 import json
 import logging
 import re
@@ -253,6 +254,17 @@ class CorpusSlide:
     def cell(self, i: int) -> tuple[np.ndarray, np.ndarray]:
         a, b = self.indptr[i], self.indptr[i + 1]
         return self.genes[a:b], self.values[a:b]
+
+    @functools.cached_property
+    def count_unit(self) -> float | None:
+        """The stored value of one read (values are counts / slide mean), or None when the slide's values
+        are not whole counts (already normalised data cannot be thinned)."""
+        v = np.asarray(self.values[: min(len(self.values), 200_000)], dtype=np.float64)
+        if not len(v):
+            return None
+        unit = float(v.min())
+        c = v / unit
+        return unit if np.mean(np.abs(c - np.round(c)) < 1e-3) > 0.99 else None
 
 
 class Corpus:

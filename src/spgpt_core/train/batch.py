@@ -5,7 +5,9 @@ when the corpus was built), binned over all expressed genes, and at most ``max_c
 kept (a random subset, new every epoch). A generation ratio r from ``gen_ratios`` is drawn per
 batch; r of the kept expressed genes become query genes (their bins are the targets) and the rest
 the context, after ``<cls>``. As many non-expressed genes of the slide's panel (target 0) join the
-queries, so queries are expressed : non-expressed = 1 : 1.
+queries, so queries are expressed : non-expressed = 1 : 1. With ``depth_augment`` (off by default, not
+in the paper) some cells take their context from a binomially thinned copy of themselves while their
+targets stay at full depth.
 
 All randomness comes from ``np.random.default_rng([seed, epoch, step, rank...])`` and the hash-keyed
 tokeniser, so a batch is a pure function of its position in the run (exact resume).
@@ -23,6 +25,29 @@ from ..corpus import Corpus
 from ..modality import modality_index
 from ..preprocess import tokenize_rows
 from ..sampler import Patch
+
+
+def _thinned_context(X, slide, cfg, model_cfg, div, rng):
+    """Depth augmentation (not in the paper): a ``depth_augment`` share of the cells get their
+    counts binomially thinned to a random 10-100% of their depth (log-uniform). Returns the thinned
+    cells tokenised like the full ones, and which rows were thinned. Slides whose stored values are not
+    whole counts are never thinned. Draws nothing from ``rng`` when the augmentation is off, so runs
+    without it are unchanged."""
+    n = X.shape[0]
+    share = float(cfg.depth_augment)
+    unit = slide.count_unit if share > 0 else None
+    if unit is None:
+        return None, np.zeros(n, dtype=bool)
+    thinned = rng.random(n) < share
+    frac = np.exp(rng.uniform(np.log(0.1), 0.0, size=n))
+    row = np.repeat(np.arange(n), np.diff(X.indptr))
+    p = np.where(thinned[row], frac[row], 1.0)
+    kept = rng.binomial(np.rint(X.data / unit).astype(np.int64), p).astype(np.float32)
+    Xt = sp.csr_matrix((kept * unit, X.indices.copy(), X.indptr.copy()), shape=X.shape)
+    Xt.eliminate_zeros()
+    tok = tokenize_rows(Xt, np.arange(X.shape[1]), div, first_cell=0, n_bins=model_cfg.n_bins,
+                        max_genes=cfg.max_context, seed=int(rng.integers(2**31)))
+    return tok, thinned
 
 
 @dataclass
@@ -60,6 +85,7 @@ def make_batch(corpus: Corpus, patch: Patch, cfg, model_cfg, gene_means: np.ndar
     tok = tokenize_rows(X, np.arange(V), div, first_cell=0, n_bins=model_cfg.n_bins,
                         max_genes=cfg.max_context, seed=int(rng.integers(2**31)))
     ratio = float(rng.choice(cfg.gen_ratios))
+    thin_tok, thinned = _thinned_context(X, slide, cfg, model_cfg, div, rng)
     panel = np.asarray(slide.panel, dtype=np.int64)
     ctx, qry = [], []
     for r in range(len(cells)):
@@ -70,10 +96,19 @@ def make_batch(corpus: Corpus, patch: Patch, cfg, model_cfg, gene_means: np.ndar
         n_q = min(max(n_q, 1), E - 1) if E >= 2 else 0
         perm = rng.permutation(E)
         q_idx, c_idx = perm[:n_q], perm[n_q:]
+        c_genes, c_vals = g[c_idx], v[c_idx]
+        if thinned[r]:
+            # denoising: the context comes from the thinned cell, the targets stay the full-depth bins
+            ta, tb = thin_tok.offsets[r], thin_tok.offsets[r + 1]
+            tg, tv = thin_tok.genes[ta:tb], thin_tok.values[ta:tb]
+            ok = np.flatnonzero(~np.isin(tg, g[q_idx]))
+            if len(ok):
+                ok = rng.permutation(ok)[: max(E - n_q, 1)]
+                c_genes, c_vals = tg[ok], tv[ok]
         zeros = np.setdiff1d(panel, rows_g[r])  # genes of the panel this cell does not express at all
         n_z = min(n_q if n_q else 1, len(zeros))
         z = rng.choice(zeros, size=n_z, replace=False) if n_z else np.zeros(0, np.int64)
-        ctx.append((g[c_idx], v[c_idx]))
+        ctx.append((c_genes, c_vals))
         qry.append((np.concatenate([g[q_idx], z]), np.concatenate([v[q_idx], np.zeros(len(z), np.float32)])))
     B = len(cells)
     C = max(len(c[0]) for c in ctx) + 1

@@ -25,6 +25,8 @@ class TrainConfig:
     k_neighbours: int = 6  # k < n neighbours for GEPS-inter (paper: unspecified; 6 = a Visium spot's ring)
     max_context: int = 600  # expressed genes sampled per cell (paper: 600)
     gen_ratios: list = field(default_factory=lambda: [0.25, 0.5, 0.75])  # share of genes to generate
+    # not in the paper: share of cells whose context is binomially thinned (targets stay full depth)
+    depth_augment: float = 0.0
     # optimisation
     epochs: int = 4
     max_steps: int = 0  # stop after this many optimizer steps (0 = no limit)
@@ -65,6 +67,8 @@ class TrainConfig:
             problems.append("max_context must be >= 2")
         if not self.gen_ratios or not all(0 < r < 1 for r in self.gen_ratios):
             problems.append(f"gen_ratios must be fractions in (0, 1), got {self.gen_ratios}")
+        if not 0 <= self.depth_augment <= 1:
+            problems.append(f"depth_augment must be a share in [0, 1] (got {self.depth_augment})")
         if self.epochs < 1:
             problems.append("epochs must be >= 1")
         if self.lr <= 0 or not 0 < self.lr_decay <= 1:
