@@ -249,6 +249,8 @@ def test_config_errors(tmp_path):
         TrainConfig(patch_size=4, k_neighbours=4)
     with pytest.raises(ConfigError, match="gen_ratios"):
         TrainConfig(gen_ratios=[1.5])
+    with pytest.raises(ConfigError, match="depth_augment"):
+        TrainConfig(depth_augment=1.5)
     (tmp_path / "c.yaml").write_text("lr: 1e-3\nepochs: 2\n")
     cfg = load_config(tmp_path / "c.yaml", ["epochs=3", "model_overrides.n_layers=1", "gen_ratios=[0.5]"])
     assert cfg.epochs == 3 and cfg.model_overrides == {"n_layers": 1} and cfg.gen_ratios == [0.5]
