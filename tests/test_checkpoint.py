@@ -207,3 +207,11 @@ def test_state_table_matches_documented_parameter_count():
     own = sum(p.numel() for p in m.module.parameters())
     assert own > n  # plus modality embedding, 4 experts, gate and GEPS-inter
     assert np.isclose(m.config.d_model, 512)
+
+
+def test_describe_counts_the_steps_of_every_training_stage():
+    m = SpGPT.random("tiny")
+    m.metadata = {"training": {"steps": 5}, "init_model": {"training": {"steps": 7}, "init_model": {"size": "tiny"}}}
+    assert m.describe()["training_steps"] == 12
+    m.metadata = {"source": "random:tiny"}
+    assert "training_steps" not in m.describe()

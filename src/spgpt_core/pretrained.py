@@ -191,9 +191,19 @@ class SpGPT:
             "vocab_size": c.vocab_size,
             "n_genes_with_stats": self.gene_stats.n_known if self.gene_stats is not None else 0,
             **({"finetuned_from": str(self.metadata["finetuned_from"])} if "finetuned_from" in self.metadata else {}),
-            **({"training_steps": int(self.metadata["training"]["steps"])}
+            **({"training_steps": _training_steps(self.metadata)}
                if isinstance(self.metadata.get("training"), dict) else {}),
         }
+
+
+def _training_steps(meta: dict) -> int:
+    """Optimizer steps of this model and of every model it was continued from (``init_model`` records
+    kept by continual pretraining), so a two-stage model reports its whole training."""
+    steps = 0
+    while isinstance(meta, dict) and isinstance(meta.get("training"), dict):
+        steps += int(meta["training"].get("steps", 0))
+        meta = meta.get("init_model")
+    return steps
 
 
 #: On-disk precisions of ``save_pretrained``; parameters are float32 in memory whatever the file holds.
