@@ -8,7 +8,6 @@ precision (they load back as float32) for models whose float32 file is over budg
 """
 
 import argparse
-import json
 import shutil
 import sys
 import tempfile
@@ -23,10 +22,6 @@ def main(src: str, storage: str) -> None:
     from spgpt_core import SpGPT
 
     model = SpGPT.from_pretrained(Path(src))  # refuses broken directories
-    meta = json.loads((Path(src) / "metadata.json").read_text())
-    init = Path(str(meta.get("source", "")))
-    if (init / "metadata.json").is_file():  # continual pretraining: keep the earlier stage's record too
-        meta["init_model"] = json.loads((init / "metadata.json").read_text())
     with tempfile.TemporaryDirectory() as tmp:
         staged = model.save_pretrained(Path(tmp) / "model", storage_dtype=storage)
         size = (staged / "model.safetensors").stat().st_size / 1e6
@@ -35,10 +30,8 @@ def main(src: str, storage: str) -> None:
         if DEST.exists():
             shutil.rmtree(DEST)
         DEST.mkdir(parents=True)
-        for name in FILES[:-1]:
-            shutil.copy2(staged / name, DEST / name)
-        # the training record is kept as the run wrote it (plus the init model's record, read above)
-        (DEST / "metadata.json").write_text(json.dumps(meta, indent=2))
+        for name in FILES:  # the training record (metadata.json, with every stage's) is kept as the run wrote it
+            shutil.copy2((Path(src) if name == "metadata.json" else staged) / name, DEST / name)
     back = SpGPT.from_pretrained(DEST)
     assert back.config == model.config
     print(f"shipped {src} -> {DEST} ({size:.1f} MB {storage} weights, {back.describe()['n_parameters']:,} parameters)")

@@ -258,6 +258,18 @@ def test_config_errors(tmp_path):
         load_config(None, ["epochs"])
 
 
+def test_continued_pretraining_keeps_the_earlier_stage_record(corpus_dir, tmp_path):
+    from spgpt_core import SpGPT
+
+    pretrain(_cfg(corpus_dir, tmp_path / "stage1", max_steps=2, eval_every=0))
+    pretrain(_cfg(corpus_dir, tmp_path / "stage2", init=str(tmp_path / "stage1" / "model"), max_steps=3,
+                  eval_every=0, depth_augment=1.0))
+    back = SpGPT.from_pretrained(tmp_path / "stage2" / "model")
+    assert back.metadata["training"]["steps"] == 3 and back.metadata["training"]["config"]["depth_augment"] == 1.0
+    assert back.metadata["init_model"]["training"]["steps"] == 2
+    assert back.describe()["training_steps"] == 5
+
+
 def test_continual_pretraining_from_scgpt_human_directory(corpus_dir, tmp_path):
     from scgpt_checkpoint import write_scgpt_dir
 

@@ -259,7 +259,7 @@ class CorpusSlide:
     def count_unit(self) -> float | None:
         """The stored value of one read (values are counts / slide mean), or None when the slide's values
         are not whole counts (already normalised data cannot be thinned)."""
-        v = np.asarray(self.values[: min(len(self.values), 200_000)], dtype=np.float64)
+        v = np.asarray(self.values[:200_000], dtype=np.float64)
         if not len(v):
             return None
         unit = float(v.min())

@@ -43,6 +43,8 @@ def _thinned_context(X, slide, cfg, model_cfg, div, rng):
     row = np.repeat(np.arange(n), np.diff(X.indptr))
     p = np.where(thinned[row], frac[row], 1.0)
     kept = rng.binomial(np.rint(X.data / unit).astype(np.int64), p).astype(np.float32)
+    # every row is tokenised (un-thinned rows unchanged) so the hash-keyed tie-breaks see the batch's own
+    # row indices; the thinned rows are the only ones read
     Xt = sp.csr_matrix((kept * unit, X.indices.copy(), X.indptr.copy()), shape=X.shape)
     Xt.eliminate_zeros()
     tok = tokenize_rows(Xt, np.arange(X.shape[1]), div, first_cell=0, n_bins=model_cfg.n_bins,

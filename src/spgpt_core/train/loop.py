@@ -346,6 +346,9 @@ class Trainer:
             summary = {"steps": self.global_step, "tokens": self.tokens_seen, "wall_time_s": round(self.elapsed, 1),
                        "epochs_completed": self.epoch, "world_size": self.world, "corpus": str(self.corpus.path),
                        "corpus_cells": self.corpus.n_cells, "config": self.cfg.to_dict()}
+            prior = self.model.metadata
+            if isinstance(prior.get("training"), dict):  # continued from a trained model: keep its record too
+                self.model.metadata = {**prior, "init_model": prior}
             self.model.metadata["training"] = summary
             self.model.save_pretrained(self.run_dir / "model", overwrite=True)
         if self.world > 1:
