@@ -43,6 +43,7 @@ def main(argv=None) -> dict:
     torch.set_num_threads(args.threads)
     model = None
     if args.model != "pca":
+        from spgpt_core.embed import embed
         from spgpt_core.pretrained import load_model
 
         model = load_model(args.model)
@@ -56,8 +57,6 @@ def main(argv=None) -> dict:
         if model is None:
             emb = pca_embedding(a).astype(np.float32)
         else:
-            from spgpt_core.embed import embed
-
             emb, _ = embed(a, model, empty="drop", seed=0, n_top_genes=3000)
         aris = domain_aris(emb, a, k, labels)
         res["domains"][name] = aris
