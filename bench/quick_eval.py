@@ -1,7 +1,7 @@
 """Quick zero-shot comparison of candidate models: the spgpt half of bench/tasks.py's domain and
 integration tasks, without the baselines (they do not depend on the model; see BENCHMARKS.md).
 
-    python bench/quick_eval.py MODEL_DIR [--threads 1] [--json out.json]
+    python bench/quick_eval.py MODEL_DIR [--threads 1] [--layer -1] [--json out.json]
 
 Domains: DLPFC 151673 / 151674 (K = 7) and STARmap mPFC BZ5 / BZ9 (K = 4), embedding of the 3,000 most
 variable genes, then ARI of [k-means, k-means + 6-neighbour smoothing, Leiden, Leiden + smoothing]
@@ -59,20 +59,22 @@ def main(argv=None) -> dict:
     p.add_argument("--threads", type=int, default=1)
     p.add_argument("--data", default=str(DATA), help="the shared data folder (default: %(default)s)")
     p.add_argument("--json", help="also write the scores to this JSON file")
+    p.add_argument("--layer", type=int, default=-1,
+                   help="embed with the <cls> state after this transformer layer (1-based; -1: the final one)")
     args = p.parse_args(argv)
     torch.set_num_threads(args.threads)
     data = Path(args.data)
     model = load_model(args.model)
     t0 = time.perf_counter()
-    res: dict = {"model": args.model, "domains": {}, "integration": {}}
+    res: dict = {"model": args.model, "layer": args.layer, "domains": {}, "integration": {}}
     for name, rel, k in DOMAIN_SETS:
         a = ad.read_h5ad(data / rel)
-        emb, _ = embed(a, model, empty="drop", seed=0, n_top_genes=3000)
+        emb, _ = embed(a, model, empty="drop", seed=0, n_top_genes=3000, layer=args.layer)
         aris = domain_aris(emb, a, k, a.obs["layer"].astype(str).to_numpy())
         res["domains"][name] = aris
         print(f"{name:14s} ARI {aris}  best {max(aris):.3f}", flush=True)
     for name, rels, key in INTEGRATION_SETS:
-        joint = integrate([ad.read_h5ad(data / r) for r in rels], model, batch_names=["a", "b"], seed=0)
+        joint = integrate([ad.read_h5ad(data / r) for r in rels], model, batch_names=["a", "b"], seed=0, layer=args.layer)
         X = joint.obsm["X_spgpt"]
         lab = joint.obs[key].astype(str).to_numpy()
         ok = np.isfinite(X).all(1) & metrics.valid_label_mask(lab)

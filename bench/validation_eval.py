@@ -1,7 +1,7 @@
 """Zero-shot domain clustering on the labelled slides that bench/tasks.py does *not* score: a
 validation set for choosing recipes and defaults without tuning on the benchmark rows.
 
-    python bench/validation_eval.py MODEL_DIR|default|pca [--threads 1] [--json out.json]
+    python bench/validation_eval.py MODEL_DIR|default|pca [--threads 1] [--layer -1] [--json out.json]
 
 Slides: STARmap VISp (``domain``, K = 7), Allen MERFISH VISp (``layer``, 'unannotated' dropped),
 osmFISH somatosensory cortex (``Region``), the six labelled HER2ST sections A1-F1 (``label``,
@@ -39,6 +39,8 @@ def main(argv=None) -> dict:
     p.add_argument("--threads", type=int, default=1)
     p.add_argument("--data", default=str(DATA))
     p.add_argument("--json")
+    p.add_argument("--layer", type=int, default=-1,
+                   help="embed with the <cls> state after this transformer layer (1-based; -1: the final one)")
     args = p.parse_args(argv)
     torch.set_num_threads(args.threads)
     model = None
@@ -48,7 +50,7 @@ def main(argv=None) -> dict:
 
         model = load_model(args.model)
     t0 = time.perf_counter()
-    res: dict = {"model": args.model, "domains": {}}
+    res: dict = {"model": args.model, "layer": args.layer, "domains": {}}
     for name, rel, key, drop in SLIDES:
         a = ad.read_h5ad(Path(args.data) / rel)
         labels = a.obs[key].astype(str).to_numpy().astype(object)
@@ -57,7 +59,7 @@ def main(argv=None) -> dict:
         if model is None:
             emb = pca_embedding(a).astype(np.float32)
         else:
-            emb, _ = embed(a, model, empty="drop", seed=0, n_top_genes=3000)
+            emb, _ = embed(a, model, empty="drop", seed=0, n_top_genes=3000, layer=args.layer)
         aris = domain_aris(emb, a, k, labels)
         res["domains"][name] = aris
         print(f"{name:14s} K={k:2d} ARI {aris}  best {max(aris):.3f}", flush=True)

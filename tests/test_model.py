@@ -51,6 +51,18 @@ def test_query_free_pass_equals_context_part_of_generative_pass(net):
     torch.testing.assert_close(emb, ctx[:, 0])
 
 
+def test_spot_embedding_layer_reads_the_cls_state_after_that_layer(net):
+    genes, values, pad = _cells()
+    n = len(net.layers)
+    torch.testing.assert_close(net.spot_embedding(genes, values, pad, layer=n), net.spot_embedding(genes, values, pad))
+    x = net.gene_encoder(genes) + net.value_encoder(values)
+    x = net.layers[0](x, x.shape[1], None)
+    torch.testing.assert_close(net.spot_embedding(genes, values, pad, layer=1), x[:, 0])
+    assert not torch.allclose(net.spot_embedding(genes, values, pad, layer=1), net.spot_embedding(genes, values, pad))
+    with pytest.raises(ValueError, match="layer must be"):
+        net.spot_embedding(genes, values, pad, layer=n + 1)
+
+
 def test_padding_does_not_change_embeddings(net):
     genes, values, pad = _cells(B=2, P=6)
     emb = net.spot_embedding(genes, values, pad)

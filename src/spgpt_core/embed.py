@@ -95,11 +95,13 @@ def _autocast(device: torch.device):
 
 
 def embed_arrays(adata, model: SpGPT, prepared: PreparedSlide, *, batch_size: int = 64, chunk_size: int = 4096,
-                 seed: int = 0, progress: Progress | None = None) -> np.ndarray:
+                 seed: int = 0, layer: int = -1, progress: Progress | None = None) -> np.ndarray:
     """Embeddings (n_cells, d_model) float32 for every cell; rows of dropped empty cells are NaN.
 
     The spot embedding is the encoder's ``<cls>`` state and does not depend on the modality (Eq. 6
-    concatenates the modality embedding only for the decoders)."""
+    concatenates the modality embedding only for the decoders). ``layer``: read it after that
+    transformer layer (1-based) instead of the final one (-1, the paper's choice and the default;
+    the earlier layers were measured for BENCHMARKS.md and are not better)."""
     cfg = model.config
     device = model.device
     progress = ensure_progress(progress)
@@ -123,7 +125,7 @@ def embed_arrays(adata, model: SpGPT, prepared: PreparedSlide, *, batch_size: in
                     genes, values, pad = pad_batch(tok, rows, cfg.cls_token_id, cfg.pad_token_id, cfg.pad_value)
                     h = model.module.spot_embedding(
                         torch.from_numpy(genes).to(device), torch.from_numpy(values).to(device),
-                        torch.from_numpy(pad).to(device),
+                        torch.from_numpy(pad).to(device), layer=layer,
                     )
                     h = torch.nn.functional.normalize(h.float(), dim=1)
                     out[start + rows] = h.cpu().numpy()
@@ -135,17 +137,20 @@ def embed_arrays(adata, model: SpGPT, prepared: PreparedSlide, *, batch_size: in
 
 
 def embed(adata, model: SpGPT, *, gene_col=None, modality=None, batch_size=64, chunk_size=4096, seed=0,
-          empty="error", device=None, n_top_genes: int | None = None,
+          empty="error", device=None, n_top_genes: int | None = None, layer: int = -1,
           progress: Progress | None = None) -> tuple[np.ndarray, PreparedSlide]:
     """Prepare and embed a slide. Returns (embeddings with NaN rows for dropped cells, prepared).
 
     ``n_top_genes`` restricts the model's input to that many highly variable genes (None: all)."""
     if batch_size < 1 or chunk_size < 1:
         raise InputError(f"batch_size and chunk_size must be >= 1 (got {batch_size}, {chunk_size})")
+    n_layers = model.config.n_layers
+    if layer != -1 and not 1 <= layer <= n_layers:
+        raise InputError(f"layer must be -1 (the final layer) or 1..{n_layers} for this model (got {layer})")
     if device is not None:
         model.to(resolve_device(device))
     prepared = prepare_slide(adata, model, gene_col=gene_col, modality=modality, chunk_size=chunk_size, empty=empty,
                              n_top_genes=n_top_genes)
     emb = embed_arrays(adata, model, prepared, batch_size=batch_size, chunk_size=chunk_size, seed=seed,
-                       progress=progress)
+                       layer=layer, progress=progress)
     return emb, prepared

@@ -67,13 +67,14 @@ def shared_vocab_genes(slides, vocab, gene_cols) -> tuple[np.ndarray, list]:
 def integrate(slides, model="default", *, batch_names=None, batch_key: str = "batch", modality_key: str = "modality",
               modalities=None, gene_cols=None, key_added: str = "X_spgpt", n_top_genes: int | None = DEFAULT_N_TOP_GENES,
               batch_size: int = 64, seed: int = 0, device: str = "auto", empty: str = "drop",
-              counts_layers=None, progress: Progress | None = None):
+              counts_layers=None, layer: int = -1, progress: Progress | None = None):
     """Embed ``slides`` (AnnData list) jointly on their shared genes; returns a new concatenated AnnData.
 
     With more shared genes than ``n_top_genes``, every slide is embedded on the same
     ``n_top_genes`` highly variable genes, chosen on all slides together (None: every shared gene).
     ``counts_layers``: the layer holding each slide's raw counts (one name for all, or one per slide;
-    None: ``X``), for slides whose ``X`` is normalised; the output's ``X`` holds those counts."""
+    None: ``X``), for slides whose ``X`` is normalised; the output's ``X`` holds those counts.
+    ``layer``: the transformer layer whose ``<cls>`` state is the embedding (-1: the final one)."""
     import anndata as ad
     import scipy.sparse as sp
 
@@ -116,7 +117,8 @@ def integrate(slides, model="default", *, batch_names=None, batch_key: str = "ba
         log.info("embedding on the %d most variable of %d shared genes (chosen on all slides)", int(hv.sum()), len(ids))
     embs, empties, coords, slide_info = [], [], [], {}
     for name, a, m, mod, part in zip(names, slides, matches, modalities, parts):
-        emb, prep = embed(part, model, modality=mod, empty=empty, seed=seed, batch_size=batch_size, progress=progress)
+        emb, prep = embed(part, model, modality=mod, empty=empty, seed=seed, batch_size=batch_size, layer=layer,
+                          progress=progress)
         part.obs[modality_key] = prep.modality.name
         part.obs[batch_key] = name
         embs.append(emb)
@@ -142,7 +144,6 @@ def integrate(slides, model="default", *, batch_names=None, batch_key: str = "ba
     out.uns[key_added] = run_record(
         {"batch_key": batch_key, "modality_key": modality_key, "batch_names": names, "gene_cols": gene_cols,
          "modalities": modalities, "counts_layers": counts_layers, "n_top_genes": n_top_genes,
-         "batch_size": batch_size, "seed": seed,
-         "empty": empty},
+         "batch_size": batch_size, "seed": seed, "empty": empty, "layer": layer},
         model=model, n_shared_genes=int(len(ids)), n_genes_used=int(hv.sum()) if hv is not None else int(len(ids)), slides=slide_info, seconds=round(time.time() - t0, 2))
     return out

@@ -288,13 +288,15 @@ class SpGPTModel(nn.Module):
         values: torch.Tensor,
         pad_mask: torch.Tensor,
         query_genes: torch.Tensor | None = None,
+        n_layers: int | None = None,
     ) -> tuple[torch.Tensor, torch.Tensor | None]:
         """Run the encoder.
 
         genes/values/pad_mask: (B, P) context tokens with ``<cls>`` at position 0 (pad_mask True =
         padding). query_genes: (B, Q) genes to generate (padded positions may hold any id; their
-        outputs are ignored by the losses), or None for pure embedding. Returns (context states
-        (B, P, d), query states (B, Q, d) or None).
+        outputs are ignored by the losses), or None for pure embedding. ``n_layers``: run only the
+        first n transformer layers (None: all). Returns (context states (B, P, d), query states
+        (B, Q, d) or None).
         """
         x = self.gene_encoder(genes) + self.value_encoder(values)
         P = x.shape[1]
@@ -305,13 +307,17 @@ class SpGPTModel(nn.Module):
             x = torch.cat([x, xq], dim=1)
         # padded query rows need no mask: they see the context and themselves, and nothing reads them
         ctx_mask = (~pad_mask)[:, None, None, :] if bool(pad_mask.any()) else None
-        for layer in self.layers:
+        for layer in self.layers[:n_layers]:
             x = layer(x, P, ctx_mask)
         return x[:, :P], (x[:, P:] if query_genes is not None else None)
 
-    def spot_embedding(self, genes, values, pad_mask) -> torch.Tensor:
-        """Final-layer ``<cls>`` state (B, d), not normalised."""
-        return self.encode(genes, values, pad_mask)[0][:, 0]
+    def spot_embedding(self, genes, values, pad_mask, layer: int = -1) -> torch.Tensor:
+        """``<cls>`` state (B, d), not normalised, after transformer layer ``layer`` (1-based;
+        -1, the default and the paper's choice: the final layer)."""
+        n = len(self.layers)
+        if layer != -1 and not 1 <= layer <= n:
+            raise ValueError(f"layer must be -1 or 1..{n} (got {layer})")
+        return self.encode(genes, values, pad_mask, n_layers=None if layer == -1 else layer)[0][:, 0]
 
     def with_modality(self, h: torch.Tensor, modality: torch.Tensor) -> torch.Tensor:
         """Concatenate the modality embedding to (B, d) or (B, Q, d) states (Eq. 5, 6)."""
