@@ -63,10 +63,6 @@ class Batch:
     modality: torch.Tensor  # (B,)
     coords: torch.Tensor | None  # (B, 2) or None when the slide has no coordinates
     n_tokens: int
-    # the full-depth expressed genes, <cls> first (w_depth_consistency only; None otherwise)
-    full_genes: torch.Tensor | None = None
-    full_values: torch.Tensor | None = None
-    full_pad: torch.Tensor | None = None
 
     def to(self, device) -> "Batch":
         move = {k: (v.to(device) if isinstance(v, torch.Tensor) else v) for k, v in self.__dict__.items()}
@@ -130,23 +126,8 @@ def make_batch(corpus: Corpus, patch: Patch, cfg, model_cfg, gene_means: np.ndar
     for r, ((cg, cv), (g_, t_)) in enumerate(zip(ctx, qry)):
         genes[r, 1 : 1 + len(cg)], values[r, 1 : 1 + len(cg)], cpad[r, 1 : 1 + len(cg)] = cg, cv, False
         qg[r, : len(g_)], qt[r, : len(g_)], qpad[r, : len(g_)] = g_, t_, False
-    full = _full_view(tok, B, model_cfg) if cfg.w_depth_consistency > 0 else (None, None, None)
     mod = modality_index(slide.modality)
     coords = None if slide.coords is None else torch.from_numpy(np.asarray(slide.coords)[cells].astype(np.float32))
     return Batch(torch.from_numpy(genes), torch.from_numpy(values), torch.from_numpy(cpad), torch.from_numpy(qg),
                  torch.from_numpy(qpad), torch.from_numpy(qt), torch.full((B,), mod, dtype=torch.long), coords,
-                 int((~cpad).sum() + (~qpad).sum()), *full)
-
-
-def _full_view(tok, B: int, model_cfg):
-    """Every cell's sampled expressed genes at full depth, as embedding sees them (no queries held out)."""
-    lens = np.diff(tok.offsets[: B + 1])
-    C = int(lens.max()) + 1
-    genes = np.full((B, C), model_cfg.pad_token_id, dtype=np.int64)
-    values = np.full((B, C), model_cfg.pad_value, dtype=np.float32)
-    pad = np.ones((B, C), dtype=bool)
-    genes[:, 0], pad[:, 0] = model_cfg.cls_token_id, False
-    for r in range(B):
-        a, b = tok.offsets[r], tok.offsets[r + 1]
-        genes[r, 1 : 1 + b - a], values[r, 1 : 1 + b - a], pad[r, 1 : 1 + b - a] = tok.genes[a:b], tok.values[a:b], False
-    return torch.from_numpy(genes), torch.from_numpy(values), torch.from_numpy(pad)
+                 int((~cpad).sum() + (~qpad).sum()))

@@ -43,9 +43,6 @@ class TrainConfig:
     w_ecs: float = 0.0  # elastic cell similarity: fine-tuning only
     ecs_threshold: float = 0.8
     w_moe_balance: float = 0.0  # optional load-balancing term, off as in the paper
-    # not in the paper: 1 - cos between each cell's training <cls> state (context thinned and/or
-    # subsampled) and the no-grad <cls> state of its full-depth expressed genes (the inference input)
-    w_depth_consistency: float = 0.0
     # bookkeeping
     seed: int = 0
     device: str = "auto"
@@ -78,8 +75,7 @@ class TrainConfig:
             problems.append("lr must be > 0 and lr_decay in (0, 1]")
         if self.grad_accum < 1 or self.clip_grad < 0 or self.max_steps < 0 or self.warmup_steps < 0:
             problems.append("grad_accum must be >= 1; clip_grad, max_steps, warmup_steps >= 0")
-        weights = [self.w_gep, self.w_geps_intra, self.w_geps_inter, self.w_ecs, self.w_moe_balance,
-                   self.w_depth_consistency]
+        weights = [self.w_gep, self.w_geps_intra, self.w_geps_inter, self.w_ecs, self.w_moe_balance]
         if any(w < 0 for w in weights) or sum(weights[:3]) == 0:
             problems.append("loss weights must be >= 0 and at least one of w_gep / w_geps_* > 0")
         if self.log_every < 1 or self.checkpoint_every < 1 or self.eval_every < 0 or self.keep_checkpoints < 1:

@@ -33,7 +33,7 @@ from .batch import make_batch
 from .config import TrainConfig
 
 log = logging.getLogger(__name__)
-LOSS_TERMS = ("gep", "geps_intra", "geps_inter", "ecs", "moe_balance", "depth_consistency")
+LOSS_TERMS = ("gep", "geps_intra", "geps_inter", "ecs", "moe_balance")
 
 
 # ---------------------------------------------------------------------------------------------
@@ -78,18 +78,10 @@ def compute_losses(model, batch, cfg: TrainConfig) -> dict[str, torch.Tensor]:
     if not has_xy:  # random patches have no spatial neighbourhood: the term is kept in the graph, weighted 0
         losses["geps_inter"] = losses["geps_inter"] * 0.0
     losses["ecs"] = ecs_loss(out["spot"].float(), cfg.ecs_threshold)
-    if batch.full_genes is not None:
-        with torch.no_grad():
-            net = getattr(model, "module", model)  # unwrap DDP: a no-grad pass needs no gradient sync
-            ref = net.spot_embedding(batch.full_genes, batch.full_values, batch.full_pad).float()
-        losses["depth_consistency"] = (1 - torch.nn.functional.cosine_similarity(out["spot"].float(), ref, dim=1)).mean()
-    else:
-        losses["depth_consistency"] = out["spot"].new_zeros(())
     losses["moe_balance"] = out["moe_balance"].float()
     losses["total"] = (cfg.w_gep * losses["gep"] + cfg.w_geps_intra * losses["geps_intra"]
                        + cfg.w_geps_inter * losses["geps_inter"] + cfg.w_ecs * losses["ecs"]
-                       + cfg.w_moe_balance * losses["moe_balance"]
-                       + cfg.w_depth_consistency * losses["depth_consistency"])
+                       + cfg.w_moe_balance * losses["moe_balance"])
     return losses
 
 
