@@ -81,6 +81,15 @@ def test_broken_model_directory_via_cli(tmp_path, slide, capsys):
     assert "missing vocab.json" in capsys.readouterr().err
 
 
+@pytest.mark.parametrize("command", ["cluster", "domains", "integrate", "impute"])
+def test_cluster_counts_are_checked_before_any_work(slide, capsys, command):
+    extra = {"integrate": [str(slide)], "impute": ["--reference", str(slide), "--genes", "GAD1"]}.get(command, [])
+    with pytest.raises(SystemExit) as e:
+        main(["-q", command, str(slide), *extra, "--n-clusters", "0", "--out", "o.h5ad"])
+    assert e.value.code == 2
+    assert "argument --n-clusters: must be >= 1 (got 0)" in capsys.readouterr().err
+
+
 def test_every_subcommand_has_help(capsys):
     parser = build_parser()
     sub = next(a for a in parser._actions if a.dest == "command")
@@ -127,7 +136,7 @@ def test_embed_reads_a_spatialdata_store_in_a_chosen_coordinate_system(tmp_path,
     assert err.count("error:") == 1 and "nope" in err and "global" in err
 
 
-def test_domains_fine_tunes_on_variable_genes_and_writes_the_whole_slide(tmp_path):
+def test_domains_fine_tunes_on_variable_genes_and_writes_the_whole_slide(tmp_path, capsys):
     from spgpt_core import metrics as M
     from spgpt_core.datasets import make_sample_slide
 
@@ -148,7 +157,9 @@ def test_domains_fine_tunes_on_variable_genes_and_writes_the_whole_slide(tmp_pat
     assert hashlib.sha256(src.read_bytes()).hexdigest() == before
     # the default is zero-shot (as the napari widget): no fine-tuning epoch, same domains found
     zs = tmp_path / "zero_shot.h5ad"
-    assert main(["-q", "domains", str(src), "--n-clusters", "5", "--n-top-genes", "200", "--out", str(zs)]) == 0
+    assert main(["-q", "domains", str(src), "--n-clusters", "5", "--n-top-genes", "200", "--out", str(zs),
+                 "--plot"]) == 0
+    assert f"figure: {zs.with_suffix('.png')}" in capsys.readouterr().out and zs.with_suffix(".png").stat().st_size
     res = ad.read_h5ad(zs)
     assert res.uns["spgpt_domain"]["params"]["finetune_epochs"] == 0
     assert M.ari(res.obs["domain"].astype(str).to_numpy(), res.obs["spgpt_domain"].astype(str).to_numpy()) > 0.7

@@ -10,7 +10,8 @@ import json
 import time
 from pathlib import Path
 
-from ._common import add_counts_arg, add_hvg_arg, add_input_args, add_model_args, add_output_args, n_top_genes, read_input
+from ._common import (add_counts_arg, add_hvg_arg, add_input_args, add_model_args, add_output_args, n_top_genes,
+                      positive_int, read_input)
 
 
 def _csv(text: str | None) -> list[str] | None:
@@ -295,7 +296,7 @@ def register(sub) -> None:
     p.add_argument("--key-added", default="X_spgpt", help="obsm key of the embedding (default: %(default)s)")
     add_hvg_arg(p)
     g = p.add_mutually_exclusive_group()
-    g.add_argument("--n-clusters", type=int, help="also cluster the joint embedding into K clusters (Leiden)")
+    g.add_argument("--n-clusters", type=positive_int, help="also cluster the joint embedding into K clusters (Leiden)")
     g.add_argument("--resolution", type=float, help="also cluster at this Leiden resolution")
     p.add_argument("--label-key", help="obs column to colour the UMAP by as well (with --plot)")
     p.add_argument("--batch-size", type=int, default=64)
@@ -333,7 +334,7 @@ def register(sub) -> None:
     g = p.add_mutually_exclusive_group()
     g.add_argument("--genes", help="comma-separated genes to impute")
     g.add_argument("--all-missing", action="store_true", help="impute every reference gene the slide does not measure")
-    p.add_argument("--n-clusters", type=int, help="number of reference centroids K (default: reference cells / 10)")
+    p.add_argument("--n-clusters", type=positive_int, help="number of reference centroids K (default: reference cells / 10)")
     p.add_argument("--cluster-ratio", type=int, default=10, help="reference cells per centroid when K is not given")
     p.add_argument("--no-centroids", action="store_true", help="map every reference cell instead of centroids")
     _density_prior_arg(p, "uniform", "slide's cells")

@@ -5,7 +5,8 @@ from __future__ import annotations
 import time
 from pathlib import Path
 
-from ._common import add_hvg_arg, add_input_args, add_model_args, add_output_args, n_top_genes, read_input
+from ._common import (add_hvg_arg, add_input_args, add_model_args, add_output_args, n_top_genes, positive_int,
+                      read_input)
 
 
 def cmd_embed(args) -> None:
@@ -92,7 +93,7 @@ def register(sub) -> None:
     add_output_args(p)
     p.add_argument("--use-rep", default="X_spgpt", help="obsm key of the embedding (default: %(default)s)")
     g = p.add_mutually_exclusive_group(required=True)
-    g.add_argument("--n-clusters", type=int, help="number of clusters K")
+    g.add_argument("--n-clusters", type=positive_int, help="number of clusters K")
     g.add_argument("--resolution", type=float, help="Leiden resolution")
     p.add_argument("--method", default="leiden", choices=["leiden", "louvain", "kmeans"])
     p.add_argument("--smooth-k", type=int, default=0, help="majority vote over K spatial neighbours (0 = off)")

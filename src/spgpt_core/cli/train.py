@@ -6,7 +6,7 @@ import time
 from pathlib import Path
 
 from ._common import (add_counts_arg, add_hvg_arg, add_model_args, add_output_args, add_store_args, n_top_genes,
-                      read_input)
+                      positive_int, read_input)
 
 
 def cmd_corpus_build(args) -> None:
@@ -82,11 +82,13 @@ def cmd_domains(args) -> None:
                   obs={"spgpt_domain": work.obs["spgpt_domain"]},
                   uns={k: work.uns[k] for k in ("X_spgpt", "spgpt_domain", "spgpt_domain_colors")},
                   overwrite=args.overwrite)
+    print(f"{args.n_clusters} domains in {time.time() - t0:.0f}s -> {args.out} obs['spgpt_domain']")
     if args.plot:
         from ..plotting import save_spatial_panels
 
-        save_spatial_panels(work, ["spgpt_domain"], Path(args.out).with_suffix(".png"))
-    print(f"{args.n_clusters} domains in {time.time() - t0:.0f}s -> {args.out} obs['spgpt_domain']")
+        png = Path(args.out).with_suffix(".png")
+        save_spatial_panels(work, ["spgpt_domain"], png)
+        print(f"figure: {png}")
 
 
 def _hvg_subset(adata, vocab, args):
@@ -147,7 +149,7 @@ def register(sub) -> None:
     p = sub.add_parser("domains", help="embed (optionally after fine-tuning) and cluster a slide into spatial domains")
     p.add_argument("input", help="slide (.h5ad or SpatialData .zarr)")
     add_store_args(p)
-    p.add_argument("--n-clusters", type=int, required=True, help="number of domains K")
+    p.add_argument("--n-clusters", type=positive_int, required=True, help="number of domains K")
     add_model_args(p)
     add_output_args(p)
     # zero-shot by default, as the plugin: with the shipped model it scored higher on average than one
