@@ -15,15 +15,12 @@ import json
 import sys
 from pathlib import Path
 
-import anndata as ad
 import numpy as np
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from quick_eval import DATA, INTEGRATION_SETS  # noqa: E402
+from quick_eval import DATA, INTEGRATION_SETS, joint_embedding, scores  # noqa: E402
 
-from spgpt_core import metrics  # noqa: E402
-from spgpt_core.integration import integrate  # noqa: E402
 from spgpt_core.pretrained import load_model  # noqa: E402
 
 
@@ -38,11 +35,7 @@ def main(argv=None) -> dict:
     model = load_model(args.model)
     res: dict = {"model": args.model, "pairs": {}}
     for name, rels, key in INTEGRATION_SETS:
-        joint = integrate([ad.read_h5ad(Path(args.data) / r) for r in rels], model, batch_names=["a", "b"], seed=0)
-        X = joint.obsm["X_spgpt"]
-        labels = joint.obs[key].astype(str).to_numpy()
-        batch = joint.obs["batch"].astype(str).to_numpy()
-        ok = np.isfinite(X).all(1) & metrics.valid_label_mask(labels)
+        joint, X, labels, batch, ok = joint_embedding(Path(args.data), rels, key, model)
         X, labels, batch = X[ok], labels[ok], batch[ok]
         n_genes = np.asarray((joint.X[ok] > 0).sum(1)).ravel()
         centred = X.copy()
@@ -56,8 +49,7 @@ def main(argv=None) -> dict:
                "r_offset_direction_vs_log_expressed_genes_within_slide_a":
                    round(float(np.corrcoef(X[batch == "a"] @ u, np.log(n_genes[batch == "a"]))[0, 1]), 3)}
         for tag, E in (("as_returned", X), ("slides_centred", centred)):
-            s = metrics.integration_scores(E, labels, batch, method="leiden")
-            row[tag] = {k: round(float(v), 3) for k, v in s.items() if isinstance(v, (int, float))}
+            row[tag] = scores(E, labels, batch)
         res["pairs"][name] = row
         print(name, json.dumps(row), flush=True)
     if args.json:

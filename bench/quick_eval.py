@@ -53,6 +53,21 @@ def domain_aris(emb: np.ndarray, adata, k: int, labels: np.ndarray) -> list[floa
     return out
 
 
+def joint_embedding(data: Path, rels: list[str], key: str, model, layer: int = -1):
+    """One integration pair, zero-shot: (joint AnnData, embedding, labels, batch, mask of scored cells)."""
+    joint = integrate([ad.read_h5ad(data / r) for r in rels], model, batch_names=["a", "b"], seed=0, layer=layer)
+    X = joint.obsm["X_spgpt"]
+    labels = joint.obs[key].astype(str).to_numpy()
+    ok = np.isfinite(X).all(1) & metrics.valid_label_mask(labels)
+    return joint, X, labels, joint.obs["batch"].astype(str).to_numpy(), ok
+
+
+def scores(X, labels, batch) -> dict:
+    """Methods 4.5.2 metrics (Leiden), rounded."""
+    s = metrics.integration_scores(X, labels, batch, method="leiden")
+    return {k: round(float(v), 3) for k, v in s.items() if isinstance(v, (int, float))}
+
+
 def main(argv=None) -> dict:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("model", help="model directory (or 'default')")
@@ -74,12 +89,8 @@ def main(argv=None) -> dict:
         res["domains"][name] = aris
         print(f"{name:14s} ARI {aris}  best {max(aris):.3f}", flush=True)
     for name, rels, key in INTEGRATION_SETS:
-        joint = integrate([ad.read_h5ad(data / r) for r in rels], model, batch_names=["a", "b"], seed=0, layer=args.layer)
-        X = joint.obsm["X_spgpt"]
-        lab = joint.obs[key].astype(str).to_numpy()
-        ok = np.isfinite(X).all(1) & metrics.valid_label_mask(lab)
-        s = metrics.integration_scores(X[ok], lab[ok], joint.obs["batch"].astype(str).to_numpy()[ok], method="leiden")
-        res["integration"][name] = {k: round(float(v), 3) for k, v in s.items() if isinstance(v, (int, float))}
+        _, X, lab, batch, ok = joint_embedding(data, rels, key, model, args.layer)
+        res["integration"][name] = scores(X[ok], lab[ok], batch[ok])
         print(f"{name:14s} integration AvgBIO {res['integration'][name]['avg_bio']:.3f}  "
               f"AvgBATCH {res['integration'][name]['avg_batch']:.3f}", flush=True)
     res["seconds"] = round(time.perf_counter() - t0, 1)

@@ -144,9 +144,10 @@ def embed(adata, model: SpGPT, *, gene_col=None, modality=None, batch_size=64, c
     ``n_top_genes`` restricts the model's input to that many highly variable genes (None: all)."""
     if batch_size < 1 or chunk_size < 1:
         raise InputError(f"batch_size and chunk_size must be >= 1 (got {batch_size}, {chunk_size})")
-    n_layers = model.config.n_layers
-    if layer != -1 and not 1 <= layer <= n_layers:
-        raise InputError(f"layer must be -1 (the final layer) or 1..{n_layers} for this model (got {layer})")
+    try:  # checked before the slide is prepared, with the network's own rule
+        model.module.layers_to_run(layer)
+    except ValueError as e:
+        raise InputError(str(e)) from None
     if device is not None:
         model.to(resolve_device(device))
     prepared = prepare_slide(adata, model, gene_col=gene_col, modality=modality, chunk_size=chunk_size, empty=empty,

@@ -314,10 +314,14 @@ class SpGPTModel(nn.Module):
     def spot_embedding(self, genes, values, pad_mask, layer: int = -1) -> torch.Tensor:
         """``<cls>`` state (B, d), not normalised, after transformer layer ``layer`` (1-based;
         -1, the default and the paper's choice: the final layer)."""
+        return self.encode(genes, values, pad_mask, n_layers=self.layers_to_run(layer))[0][:, 0]
+
+    def layers_to_run(self, layer: int) -> int | None:
+        """``encode``'s ``n_layers`` for a 1-based ``layer`` (-1: all); ValueError when out of range."""
         n = len(self.layers)
         if layer != -1 and not 1 <= layer <= n:
-            raise ValueError(f"layer must be -1 or 1..{n} (got {layer})")
-        return self.encode(genes, values, pad_mask, n_layers=None if layer == -1 else layer)[0][:, 0]
+            raise ValueError(f"layer must be -1 (the final layer) or 1..{n} for this model (got {layer})")
+        return None if layer == -1 else layer
 
     def with_modality(self, h: torch.Tensor, modality: torch.Tensor) -> torch.Tensor:
         """Concatenate the modality embedding to (B, d) or (B, Q, d) states (Eq. 5, 6)."""
