@@ -1,0 +1,96 @@
+"""Two probes of the DLPFC gap (BENCHMARKS.md notes; neither is adopted).
+
+    python bench/embedding_probes.py layer-mean --from-layer 1 [--threads 2]
+    python bench/embedding_probes.py finetune-ablation [--threads 2]
+
+``layer-mean``: the spot embedding as the mean of the L2-normalised ``<cls>`` states after layers
+FROM..last instead of the final layer's alone (a common feature-extraction trick; not the paper's
+choice), scored with ``quick_eval`` (benchmark slides + integration) and ``validation_eval``.
+
+``finetune-ablation``: one epoch of fine-tuning (Methods 4.3) on each DLPFC slide with and without
+the ECS term and at two learning rates, then best-of-four ARI as in ``quick_eval``. A learning rate
+of 1e-9 is the pipeline check: it must reproduce the zero-shot scores.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import json
+import time
+from pathlib import Path
+
+import anndata as ad
+import torch
+import torch.nn.functional as F
+
+import quick_eval
+import validation_eval
+from spgpt_core.model import SpGPTModel
+
+RESULTS = Path(__file__).resolve().parent / "results"
+FINETUNE_VARIANTS = [(1e-9, 1.0), (1e-3, 1.0), (1e-3, 0.0), (3e-4, 0.0)]  # (lr, ECS weight); 1e-3 / 1.0 = default
+
+
+@contextlib.contextmanager
+def layer_mean_embedding(from_layer: int):
+    """Temporarily make ``SpGPTModel.spot_embedding`` return the mean of normalised <cls> states."""
+    original = SpGPTModel.spot_embedding
+
+    def spot_embedding(self, genes, values, pad_mask, layer: int = -1):
+        x = self.gene_encoder(genes) + self.value_encoder(values)
+        P = x.shape[1]
+        ctx_mask = (~pad_mask)[:, None, None, :] if bool(pad_mask.any()) else None
+        acc = torch.zeros_like(x[:, 0])
+        for i, block in enumerate(self.layers, 1):
+            x = block(x, P, ctx_mask)
+            if i >= from_layer:
+                acc = acc + F.normalize(x[:, 0], dim=-1)
+        return acc
+
+    SpGPTModel.spot_embedding = spot_embedding
+    try:
+        yield
+    finally:
+        SpGPTModel.spot_embedding = original
+
+
+def finetune_ablation(threads: int) -> dict:
+    from spgpt_core.embed import embed
+    from spgpt_core.train.finetune import finetune
+
+    torch.set_num_threads(threads)
+    out: dict = {}
+    for name, rel, k in quick_eval.DOMAIN_SETS[:2]:
+        a = ad.read_h5ad(quick_eval.DATA / rel)
+        labels = a.obs["layer"].astype(str).to_numpy()
+        for lr, w_ecs in FINETUNE_VARIANTS:
+            t0 = time.perf_counter()
+            tuned = finetune(a, "default", epochs=1, lr=lr, w_ecs=w_ecs, seed=0)
+            emb, _ = embed(a, tuned, empty="drop", seed=0, n_top_genes=3000)
+            aris = quick_eval.domain_aris(emb, a, k, labels)
+            out.setdefault(name, {})[f"lr {lr:g}, ECS weight {w_ecs:g}"] = aris
+            print(f"{name} lr {lr:g} ECS {w_ecs:g}: ARI {aris} best {max(aris):.3f} "
+                  f"({time.perf_counter() - t0:.0f} s)", flush=True)
+    return out
+
+
+def main(argv=None) -> None:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("probe", choices=["layer-mean", "finetune-ablation"])
+    p.add_argument("--from-layer", type=int, default=1)
+    p.add_argument("--threads", type=int, default=2)
+    p.add_argument("--json", help="write the scores here")
+    args = p.parse_args(argv)
+    if args.probe == "layer-mean":
+        with layer_mean_embedding(args.from_layer):
+            res = {"benchmark": quick_eval.main(["default", "--threads", str(args.threads)]),
+                   "validation": validation_eval.main(["default", "--threads", str(args.threads)])}
+    else:
+        res = finetune_ablation(args.threads)
+    if args.json:
+        Path(args.json).write_text(json.dumps(res, indent=1))
+
+
+if __name__ == "__main__":
+    main()
