@@ -9,8 +9,8 @@ choice), scored with ``quick_eval`` (benchmark slides + integration) and ``valid
 
 ``finetune-ablation``: one epoch of fine-tuning (Methods 4.3) on each DLPFC slide with and without
 the ECS term, at two learning rates and with the spatial objective (GEPS-inter) weighted up, then
-best-of-four ARI as in ``quick_eval``. A learning rate
-of 1e-9 is the pipeline check: it must reproduce the zero-shot scores.
+best-of-four ARI as in ``quick_eval``. A learning rate of 1e-9 is the pipeline check: it must
+reproduce the zero-shot scores.
 """
 
 from __future__ import annotations
@@ -29,7 +29,6 @@ import quick_eval
 import validation_eval
 from spgpt_core.model import SpGPTModel
 
-RESULTS = Path(__file__).resolve().parent / "results"
 # keyword arguments of spgpt_core.train.finetune; the first is the pipeline check, the second the default
 FINETUNE_VARIANTS = [
     dict(lr=1e-9), dict(lr=1e-3), dict(lr=1e-3, w_ecs=0.0), dict(lr=3e-4, w_ecs=0.0),
@@ -39,19 +38,20 @@ FINETUNE_VARIANTS = [
 
 @contextlib.contextmanager
 def layer_mean_embedding(from_layer: int):
-    """Temporarily make ``SpGPTModel.spot_embedding`` return the mean of normalised <cls> states."""
+    """Temporarily make ``SpGPTModel.spot_embedding`` return the sum of the normalised <cls> states
+    after layers ``from_layer``..last (embed() L2-normalises it, so sum and mean are the same)."""
     original = SpGPTModel.spot_embedding
 
     def spot_embedding(self, genes, values, pad_mask, layer: int = -1):
-        x = self.gene_encoder(genes) + self.value_encoder(values)
-        P = x.shape[1]
-        ctx_mask = (~pad_mask)[:, None, None, :] if bool(pad_mask.any()) else None
-        acc = torch.zeros_like(x[:, 0])
-        for i, block in enumerate(self.layers, 1):
-            x = block(x, P, ctx_mask)
-            if i >= from_layer:
-                acc = acc + F.normalize(x[:, 0], dim=-1)
-        return acc
+        states = []
+        hooks = [block.register_forward_hook(lambda _m, _i, out: states.append(out[:, 0]))
+                 for block in self.layers[from_layer - 1:]]
+        try:
+            original(self, genes, values, pad_mask)  # runs every layer through the real encoder
+        finally:
+            for hook in hooks:
+                hook.remove()
+        return sum(F.normalize(s, dim=-1) for s in states)
 
     SpGPTModel.spot_embedding = spot_embedding
     try:
