@@ -7,27 +7,18 @@ import pandas as pd
 
 
 def umap_2d(emb: np.ndarray, seed: int = 0, n_neighbors: int = 15) -> np.ndarray:
-    """2-D UMAP of the finite rows (NaN rows stay NaN); PCA when umap-learn is absent or too few cells."""
+    """2-D UMAP of the finite rows (NaN rows stay NaN), on spgpt's kNN graph; PCA for a handful of cells."""
     emb = np.asarray(emb, dtype=np.float32)
     ok = np.isfinite(emb).all(axis=1)
+    if ok.sum() > n_neighbors + 1:
+        from spgpt_core.plotting import umap_coordinates
+
+        return umap_coordinates(emb, n_neighbors=n_neighbors, seed=seed)
     out = np.full((len(emb), 2), np.nan, dtype=np.float32)
-    x = emb[ok]
-    if len(x) < 3:
-        return out
-    try:
-        if len(x) <= n_neighbors + 1:
-            raise ImportError
-        import warnings
-
-        import umap
-
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")
-            out[ok] = umap.UMAP(n_neighbors=n_neighbors, random_state=seed, n_components=2).fit_transform(x)
-    except ImportError:
+    if ok.sum() >= 3:
         from sklearn.decomposition import PCA
 
-        out[ok] = PCA(n_components=2, random_state=seed).fit_transform(x)
+        out[ok] = PCA(n_components=2, random_state=seed).fit_transform(emb[ok])
     return out
 
 

@@ -20,22 +20,37 @@ from contextlib import contextmanager
 import numpy as np
 
 from .errors import InputError
+from .neighbors import knn_indices, neighbors
 
 log = logging.getLogger(__name__)
 
 
-def _check_embedding(emb: np.ndarray, n_clusters: int | None) -> np.ndarray:
+GRAPH_METHODS = ("leiden", "louvain")
+
+
+def check_request(n_cells: int, *, n_clusters: int | None, resolution: float | None, method: str) -> None:
+    """Refuse a clustering request that cannot run; called before any long work (embedding) starts."""
+    if method not in (*GRAPH_METHODS, "kmeans"):
+        raise InputError(f"unknown clustering method {method!r}; use 'leiden', 'louvain' or 'kmeans'")
+    if method == "kmeans":
+        if n_clusters is None:
+            raise InputError("k-means needs --n-clusters K")
+    elif (n_clusters is None) == (resolution is None):
+        raise InputError("give exactly one of --n-clusters K (resolution searched) or --resolution R")
+    if n_clusters is not None and not 1 <= n_clusters <= n_cells:
+        raise InputError(f"--n-clusters {n_clusters} must be between 1 and the number of cells / spots "
+                         f"({n_cells:,}); choose a smaller K")
+    if resolution is not None and not resolution > 0:
+        raise InputError(f"--resolution {resolution} must be a positive number (1.0 is a usual start)")
+
+
+def _check_embedding(emb: np.ndarray) -> np.ndarray:
     emb = np.asarray(emb, dtype=np.float32)
     if emb.ndim != 2 or emb.shape[0] < 2:
         raise InputError(f"need an (n_cells, n_dims) embedding with at least 2 cells, got shape {emb.shape}")
     if not np.isfinite(emb).all():
         raise InputError("the embedding has NaN/inf rows (cells dropped as empty?); subset to finite rows first")
-    if n_clusters is not None and not 1 <= n_clusters <= emb.shape[0]:
-        raise InputError(f"n_clusters={n_clusters} must be between 1 and the number of cells ({emb.shape[0]})")
     return emb
-
-
-GRAPH_METHODS = ("leiden", "louvain")
 
 
 @contextmanager
@@ -80,13 +95,8 @@ def leiden_labels(emb: np.ndarray, resolution: float, n_neighbors: int = 15, see
 
 
 def _neighbors(emb, n_neighbors, seed):
-    import anndata as ad
-    import scanpy as sc
-
-    a = ad.AnnData(np.zeros((emb.shape[0], 0), dtype=np.float32))
-    a.obsm["X"] = emb
-    sc.pp.neighbors(a, use_rep="X", n_neighbors=min(n_neighbors, emb.shape[0] - 1), random_state=seed)
-    return a
+    # n_neighbors - 1 other cells (scanpy's count includes the cell), as before at every size
+    return neighbors(emb, min(n_neighbors, emb.shape[0] - 1), seed)
 
 
 def leiden_n_clusters(emb: np.ndarray, n_clusters: int, n_neighbors: int = 15, seed: int = 0,
@@ -122,12 +132,10 @@ def kmeans_labels(emb: np.ndarray, n_clusters: int, seed: int = 0) -> np.ndarray
 
 def smooth_labels(labels: np.ndarray, coords: np.ndarray, k: int = 6) -> np.ndarray:
     """Majority vote over each spot and its k nearest spatial neighbours (ties keep the own label)."""
-    from sklearn.neighbors import NearestNeighbors
-
     labels = np.asarray(labels)
     codes, inv = np.unique(labels, return_inverse=True)
     k = min(k, len(labels) - 1)
-    idx = NearestNeighbors(n_neighbors=k + 1).fit(coords).kneighbors(coords, return_distance=False)
+    idx = np.column_stack([np.arange(len(labels)), knn_indices(coords, k)])
     votes = np.zeros((len(labels), len(codes)), dtype=np.int32)
     np.add.at(votes, (np.repeat(np.arange(len(labels)), k + 1), inv[idx].ravel()), 1)
     best = votes.argmax(1)
@@ -139,25 +147,20 @@ def cluster_embedding(emb: np.ndarray, *, n_clusters: int | None = None, resolut
                       method: str = "leiden", coords: np.ndarray | None = None, smooth_k: int = 0,
                       n_neighbors: int = 15, seed: int = 0) -> tuple[np.ndarray, dict]:
     """Cluster an embedding; returns (integer labels, parameters actually used)."""
-    emb = _check_embedding(emb, n_clusters)
+    emb = _check_embedding(emb)
+    check_request(emb.shape[0], n_clusters=n_clusters, resolution=resolution, method=method)
+    if smooth_k and coords is None:
+        raise InputError("spatial smoothing needs coordinates (obsm['spatial']); set smooth_k=0 or add them")
     info: dict = {"method": method, "seed": seed, "smooth_k": smooth_k}
     if method == "kmeans":
-        if n_clusters is None:
-            raise InputError("k-means needs --n-clusters K")
         labels = kmeans_labels(emb, n_clusters, seed)
-    elif method in GRAPH_METHODS:
-        if (n_clusters is None) == (resolution is None):
-            raise InputError("give exactly one of --n-clusters K (resolution searched) or --resolution R")
+    else:
         if n_clusters is not None:
             labels, res = leiden_n_clusters(emb, n_clusters, n_neighbors, seed, method=method)
         else:
             labels, res = graph_labels(emb, resolution, method, n_neighbors, seed), resolution
         info.update(resolution=float(res), n_neighbors=n_neighbors)
-    else:
-        raise InputError(f"unknown clustering method {method!r}; use 'leiden', 'louvain' or 'kmeans'")
     if smooth_k:
-        if coords is None:
-            raise InputError("spatial smoothing needs coordinates (obsm['spatial']); set smooth_k=0 or add them")
         labels = smooth_labels(labels, coords, smooth_k)
     info["n_clusters"] = int(len(np.unique(labels)))
     return labels, info

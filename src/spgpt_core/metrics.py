@@ -28,10 +28,10 @@ from sklearn.metrics import (
     silhouette_samples,
     silhouette_score,
 )
-from sklearn.neighbors import NearestNeighbors
 
 from .cluster import louvain_on_graph
 from .errors import InputError
+from .neighbors import knn_indices, neighbors
 
 __all__ = [
     "MISSING_LABELS",
@@ -180,7 +180,7 @@ def asw_batch(emb, batch, labels) -> float:
 def _knn_graph(X: np.ndarray, k: int) -> sp.csr_matrix:
     """Symmetric kNN adjacency; k counts the cell itself, like scanpy's n_neighbors."""
     n_neighbors = min(k, X.shape[0])
-    _, idx = NearestNeighbors(n_neighbors=n_neighbors).fit(X).kneighbors(X)
+    idx = np.column_stack([np.arange(X.shape[0]), knn_indices(X, n_neighbors - 1)])
     rows = np.repeat(np.arange(X.shape[0]), n_neighbors)
     A = sp.csr_matrix((np.ones(rows.size), (rows, idx.ravel())), shape=(X.shape[0], X.shape[0]))
     return (A + A.T).tocsr()
@@ -232,7 +232,6 @@ def cluster_for_metrics(
     followed scib's Louvain; Leiden is the default because it is faster and guarantees connected
     clusters. Returns one cluster label (str) per cell; missing truth labels are ignored for NMI.
     """
-    import anndata
     import scanpy as sc
 
     if method not in ("leiden", "louvain"):
@@ -241,9 +240,7 @@ def cluster_for_metrics(
         raise InputError("resolutions must be a non-empty list of positive numbers, e.g. 0.1..2.0.")
     X = _embedding(emb)
     lab, keep = _labels_for_embedding(X, labels)
-    adata = anndata.AnnData(X=np.zeros((X.shape[0], 0), dtype=np.float32))
-    adata.obsm["X_emb"] = X
-    sc.pp.neighbors(adata, n_neighbors=min(n_neighbors, X.shape[0] - 1), use_rep="X_emb", random_state=seed)
+    adata = neighbors(X, min(n_neighbors, X.shape[0] - 1), seed)
 
     best, best_score = None, -np.inf
     for res in resolutions:
@@ -413,9 +410,9 @@ def morans_i(values, coords, k: int = 6):
     n = V.shape[0]
     if not 1 <= k < n:
         raise InputError(f"k={k}: need 1 <= k < number of spots ({n}).")
-    # kneighbors() without a query excludes each spot itself, even at duplicated coordinates.
+    # knn_indices excludes each spot itself, even at duplicated coordinates.
     # Row-standardised weights are 1/k, so the sum of all weights S0 equals n and I = z'Wz / z'z.
-    _, neighbours = NearestNeighbors(n_neighbors=k).fit(xy).kneighbors()
+    neighbours = knn_indices(xy, k)
     Z = V - V.mean(axis=0)
     lag = Z[neighbours].mean(axis=1)
     with np.errstate(invalid="ignore", divide="ignore"):

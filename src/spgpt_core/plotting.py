@@ -214,14 +214,13 @@ def save_imputation_panels(adata, imputed, path, measured=None, max_genes: int =
 
 def umap_coordinates(emb: np.ndarray, n_neighbors: int = 15, seed: int = 0) -> np.ndarray:
     """2-D UMAP (scanpy) of an embedding; rows with NaN get NaN."""
-    import anndata as ad
     import scanpy as sc
+
+    from .neighbors import neighbors
 
     emb = np.asarray(emb, dtype=np.float32)
     ok = np.isfinite(emb).all(axis=1)
-    a = ad.AnnData(np.zeros((int(ok.sum()), 0), dtype=np.float32))
-    a.obsm["X"] = emb[ok]
-    sc.pp.neighbors(a, use_rep="X", n_neighbors=min(n_neighbors, max(2, int(ok.sum()) - 1)), random_state=seed)
+    a = neighbors(emb[ok], min(n_neighbors, max(2, int(ok.sum()) - 1)), seed)
     sc.tl.umap(a, random_state=seed)
     out = np.full((emb.shape[0], 2), np.nan, dtype=np.float32)
     out[ok] = a.obsm["X_umap"]
