@@ -122,7 +122,9 @@ class EmbedWidget(SlideWidget):
 
         def work(progress):
             from spgpt_core import tl
+            from spgpt_core.tl._cluster import check_domains_request
 
+            check_domains_request(adata, n_clusters=p["n_clusters"], resolution=p["resolution"], method=p["method"])
             model, loaded = load_model_in_worker(state, progress)
             progress.check()
             if p["mode"] == FINETUNE:

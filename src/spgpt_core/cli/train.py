@@ -60,6 +60,7 @@ def cmd_finetune(args) -> None:
 
 def cmd_domains(args) -> None:
     from .. import tl
+    from ..tl._cluster import check_domains_request
     from ..counts import with_counts
     from ..output import _check_free, write_results
     from ..pretrained import load_model
@@ -67,6 +68,7 @@ def cmd_domains(args) -> None:
 
     _check_free(Path(args.out), args.overwrite)
     adata = read_input(args, backed=False)
+    check_domains_request(adata, n_clusters=args.n_clusters, method=args.method)  # seconds, not after the embedding
     t0 = time.time()
     # fine-tune and embed on the same highly variable genes of the counts; the input file is copied, not rewritten
     base = load_model(args.model, device="cpu")

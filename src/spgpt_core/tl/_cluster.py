@@ -7,6 +7,23 @@ import numpy as np
 from ..records import run_record
 
 
+def check_domains_request(adata, *, n_clusters: int | None, method: str, resolution: float | None = None) -> None:
+    """What spatial domains need, checked in seconds before the slide is embedded.
+
+    Coordinates present and finite, and a clustering request that can run on this many spots.
+    """
+    from ..cluster import check_request
+    from ..errors import InputError
+    from ..io import get_coordinates
+
+    try:
+        get_coordinates(adata, required=True)
+    except InputError as e:
+        raise InputError(f"{e} Spatial domains need them; for clusters without a spatial view run `spgpt embed` "
+                         "then `spgpt cluster --smooth-k 0`.") from None
+    check_request(adata.n_obs, n_clusters=n_clusters, resolution=resolution, method=method)
+
+
 def cluster(adata, *, use_rep: str = "X_spgpt", n_clusters: int | None = None, resolution: float | None = None,
             method: str = "leiden", smooth_k: int = 0, key_added: str = "spgpt_domain", seed: int = 0):
     """Cluster ``obsm[use_rep]`` into a categorical ``obs[key_added]`` (+ colours, parameters)."""
