@@ -38,8 +38,8 @@ def check_request(n_cells: int, *, n_clusters: int | None, resolution: float | N
     elif (n_clusters is None) == (resolution is None):
         raise InputError("give exactly one of --n-clusters K (resolution searched) or --resolution R")
     if n_clusters is not None and not 1 <= n_clusters <= n_cells:
-        raise InputError(f"--n-clusters {n_clusters} must be between 1 and the number of cells / spots "
-                         f"({n_cells:,}); choose a smaller K")
+        raise InputError(f"n_clusters={n_clusters} (--n-clusters) must be between 1 and the number of cells / "
+                         f"spots ({n_cells:,}); choose a smaller K")
     if resolution is not None and not resolution > 0:
         raise InputError(f"--resolution {resolution} must be a positive number (1.0 is a usual start)")
 
