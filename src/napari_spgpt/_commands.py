@@ -49,30 +49,20 @@ def slide_args(slide) -> list[str]:
     return (["--gene-col", slide.gene_col] if slide is not None and slide.gene_col else []) + counts_args(slide)
 
 
-def embed_and_cluster(slide, spec: str, device: str, *, batch_size: int, seed: int, drop_empty: bool,
-                      n_clusters: int | None, resolution: float | None, method: str, smooth_k: int,
-                      finetune_epochs: int | None = None, n_top_genes: int = DEFAULT_N_TOP_GENES) -> str:
-    base = stem(slide)
-    emb = f"{base}_spgpt.h5ad"
-    lines = []
-    if finetune_epochs:
-        ft_dir = f"{base}_finetuned_model"
-        lines.append(join(["spgpt", "finetune", *input_args(slide)[:1], *model_args(spec, device)[:2],
-                           *counts_args(slide),
-                           "--out", ft_dir, "--epochs", finetune_epochs]))
-        spec = ft_dir
-    embed = ["spgpt", "embed", *input_args(slide), *model_args(spec, device), *slide_args(slide),
-             "--batch-size", batch_size, "--seed", seed, "--out", emb]
-    if drop_empty:
-        embed.append("--drop-empty")
+def domains(slide, spec: str, device: str, *, batch_size: int, seed: int, drop_empty: bool,
+            n_clusters: int | None, resolution: float | None, method: str, smooth_k: int,
+            finetune_epochs: int | None = None, n_top_genes: int = DEFAULT_N_TOP_GENES) -> str:
+    """``spgpt domains ...``: the Embed & domains widget's run, as one command (tl.domains behind both)."""
+    args = ["spgpt", "domains", *input_args(slide), *model_args(spec, device), *slide_args(slide)]
+    args += ["--n-clusters", n_clusters] if n_clusters is not None else ["--resolution", resolution]
+    args += ["--method", method, "--smooth-k", smooth_k, "--batch-size", batch_size, "--seed", seed]
     if n_top_genes != DEFAULT_N_TOP_GENES:
-        embed += ["--n-top-genes", n_top_genes]
-    lines.append(join(embed))
-    cluster = ["spgpt", "cluster", emb, "--out", f"{base}_domains.h5ad"]
-    cluster += ["--n-clusters", n_clusters] if n_clusters is not None else ["--resolution", resolution]
-    cluster += ["--method", method, "--smooth-k", smooth_k, "--seed", seed]
-    lines.append(join(cluster))
-    return "\n".join(lines)
+        args += ["--n-top-genes", n_top_genes]
+    if finetune_epochs:
+        args += ["--finetune-epochs", finetune_epochs]
+    if drop_empty:
+        args.append("--drop-empty")
+    return join([*args, "--out", f"{stem(slide)}_domains.h5ad"])
 
 
 def _mapping_args(epochs: int, seed: int) -> list:

@@ -1,14 +1,12 @@
 """Embed & domains widget: spot embeddings (zero-shot, or fine-tune then embed), spatial domains by
 number or resolution, drawn as categorical colours over the tissue with a legend and a UMAP view.
 
-Runs ``spgpt_core.tl.embed`` then ``spgpt_core.tl.cluster`` (the same calls as ``spgpt embed`` and
-``spgpt cluster``); the UMAP is a display of the embedding only.
+Runs ``spgpt_core.tl.domains``, the function behind ``spgpt domains`` (its equivalent command);
+the UMAP is a display of the embedding only.
 """
 
 from __future__ import annotations
 
-import importlib
-import importlib.util
 from typing import TYPE_CHECKING
 
 import numpy as np
@@ -30,28 +28,15 @@ EMBED_KEY = "X_spgpt"
 DOMAIN_KEY = "spgpt_domain"
 
 
-def finetune_function():
-    """``spgpt_core.train.finetune`` once the training module has landed, else None."""
-    try:
-        if importlib.util.find_spec("spgpt_core.train") is None:
-            return None
-        return getattr(importlib.import_module("spgpt_core.train"), "finetune", None)
-    except Exception:  # noqa: BLE001
-        return None
-
-
 class EmbedWidget(SlideWidget):
     run_text = "Embed && find domains"
     job_name = "embed & domains"
 
     def __init__(self, viewer: napari.viewer.Viewer) -> None:
-        can_finetune = importlib.util.find_spec("spgpt_core.train") is not None
         self.mode = RadioButtons(label="Embedding", choices=[ZERO_SHOT, FINETUNE], value=ZERO_SHOT,
-                                 orientation="horizontal")
-        self.mode.enabled = can_finetune
-        self.mode.tooltip = ("Fine-tuning adapts the model to this slide first (slower)." if can_finetune else
-                             "Fine-tuning needs spgpt_core.train (not in this build yet): zero-shot only.")
-        self.epochs = SpinBox(label="Fine-tune epochs", value=2, min=1, max=200, visible=False)
+                                 orientation="horizontal",
+                                 tooltip="Fine-tuning adapts the model to this slide first (slower).")
+        self.epochs = SpinBox(label="Fine-tune epochs", value=1, min=1, max=200, visible=False)
         self.by = RadioButtons(label="Domains by", choices=[BY_NUMBER, BY_RESOLUTION], value=BY_NUMBER,
                                orientation="horizontal")
         self.n_domains = SpinBox(label="Number of domains", value=7, min=2, max=60)
@@ -103,10 +88,10 @@ class EmbedWidget(SlideWidget):
     def command_text(self) -> str:
         spec, device = self.model_spec()
         p = self.params()
-        return _commands.embed_and_cluster(self.slide, spec, device, batch_size=p["batch_size"], seed=p["seed"],
-                                           drop_empty=p["drop_empty"], n_clusters=p["n_clusters"],
-                                           resolution=p["resolution"], method=p["method"], smooth_k=p["smooth_k"],
-                                           finetune_epochs=p["finetune_epochs"], n_top_genes=p["n_top_genes"])
+        return _commands.domains(self.slide, spec, device, batch_size=p["batch_size"], seed=p["seed"],
+                                 drop_empty=p["drop_empty"], n_clusters=p["n_clusters"], resolution=p["resolution"],
+                                 method=p["method"], smooth_k=p["smooth_k"], finetune_epochs=p["finetune_epochs"],
+                                 n_top_genes=p["n_top_genes"])
 
     # -- run --------------------------------------------------------------------------------------
 
@@ -124,29 +109,15 @@ class EmbedWidget(SlideWidget):
             from spgpt_core import tl
             from spgpt_core.tl._cluster import check_domains_request
 
+            # checked before the model is loaded; tl.domains checks again, at no cost
             check_domains_request(adata, n_clusters=p["n_clusters"], resolution=p["resolution"], method=p["method"])
             model, loaded = load_model_in_worker(state, progress)
             progress.check()
-            if p["mode"] == FINETUNE:
-                finetune = finetune_function()
-                if finetune is None:
-                    from spgpt_core.errors import InputError
-
-                    raise InputError("Fine-tuning is not available in this spgpt build; use zero-shot.")
-                from ._tasks import call_supported
-
-                model = call_supported(finetune, adata, model, epochs=p["finetune_epochs"], gene_col=gene_col,
-                                       counts_layer=counts_layer, seed=p["seed"], device=state.device,
-                                       progress=progress)
-                loaded = False
-            tl.embed(adata, model, key_added=EMBED_KEY, gene_col=gene_col, n_top_genes=p["n_top_genes"] or None,
-                     batch_size=p["batch_size"],
-                     seed=p["seed"], device=state.device, empty="drop" if p["drop_empty"] else "error",
-                     counts_layer=counts_layer, progress=progress)
-            progress.check()
-            progress.start(0, "finding domains")
-            tl.cluster(adata, use_rep=EMBED_KEY, n_clusters=p["n_clusters"], resolution=p["resolution"],
-                       method=p["method"], smooth_k=p["smooth_k"], key_added=DOMAIN_KEY, seed=p["seed"])
+            tl.domains(adata, model, n_clusters=p["n_clusters"], resolution=p["resolution"], method=p["method"],
+                       smooth_k=p["smooth_k"], n_top_genes=p["n_top_genes"] or None,
+                       finetune_epochs=p["finetune_epochs"] or 0, gene_col=gene_col, counts_layer=counts_layer,
+                       batch_size=p["batch_size"], drop_empty=p["drop_empty"], seed=p["seed"], device=state.device,
+                       key_added=DOMAIN_KEY, embedding_key=EMBED_KEY, progress=progress)
             xy = None
             if want_umap:
                 progress.check()

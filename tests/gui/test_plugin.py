@@ -285,7 +285,7 @@ def test_embed_domains_layers_colours_legend_umap_screenshot(sample_viewer, qtbo
     assert "--n-top-genes 200" in w.command.value
     run = adata.uns["spgpt_napari"]["run_000"]
     assert run["params"]["n_clusters"] == 5
-    assert "spgpt embed" in run["command"] and "--n-clusters 5" in run["command"]
+    assert run["command"].startswith("spgpt domains ") and "--n-clusters 5" in run["command"]
     assert "--smooth-k 6" in w.command.value
 
     # screenshot: domains over the image, not blank, showing the domain colours
@@ -311,7 +311,7 @@ def test_finetune_then_embed(viewer, qtbot, tmp_path):
     w.method.value = "kmeans"
     w.n_domains.value = 3
     w.umap.value = False
-    assert "spgpt finetune" in w.command.value and "--epochs 1" in w.command.value
+    assert "spgpt domains" in w.command.value and "--finetune-epochs 1" in w.command.value
     w.run()
     wait_job(qtbot, w)
     assert w.controls.last_error is None, w.controls.last_error

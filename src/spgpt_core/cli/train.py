@@ -6,7 +6,7 @@ import time
 from pathlib import Path
 
 from ._common import (add_counts_arg, add_hvg_arg, add_model_args, add_output_args, add_store_args, n_top_genes,
-                      positive_int, read_input)
+                      positive_float, positive_int, read_input)
 
 
 def cmd_corpus_build(args) -> None:
@@ -60,50 +60,30 @@ def cmd_finetune(args) -> None:
 
 def cmd_domains(args) -> None:
     from .. import tl
-    from ..tl._cluster import check_domains_request
-    from ..counts import with_counts
     from ..output import _check_free, write_results
-    from ..pretrained import load_model
     from ..progress import TqdmProgress
 
     _check_free(Path(args.out), args.overwrite)
     adata = read_input(args, backed=False)
-    check_domains_request(adata, n_clusters=args.n_clusters, method=args.method)  # seconds, not after the embedding
     t0 = time.time()
-    # fine-tune and embed on the same highly variable genes of the counts; the input file is copied, not rewritten
-    base = load_model(args.model, device="cpu")
-    work = _hvg_subset(with_counts(adata, args.counts_layer), base.vocab, args)
-    model = _finetune(args, [work], model=base) if args.epochs > 0 else base.to(args.device)
-    tl.embed(work, model, gene_col=args.gene_col, modality=args.modality, n_top_genes=None, seed=args.seed,
-             progress=TqdmProgress(disable=args.quiet, unit="cell"))
-    work.uns["X_spgpt"]["params"].update(n_top_genes=n_top_genes(args), counts_layer=args.counts_layer)
-    tl.cluster(work, n_clusters=args.n_clusters, method=args.method, smooth_k=args.smooth_k,
-               key_added="spgpt_domain", seed=args.seed)
-    work.uns["spgpt_domain"]["params"]["finetune_epochs"] = args.epochs
-    write_results(adata, args.out, input_path=args.input, obsm={"X_spgpt": work.obsm["X_spgpt"]},
-                  obs={"spgpt_domain": work.obs["spgpt_domain"]},
-                  uns={k: work.uns[k] for k in ("X_spgpt", "spgpt_domain", "spgpt_domain_colors")},
+    # the input file is copied, not rewritten
+    tl.domains(adata, args.model, n_clusters=args.n_clusters, resolution=args.resolution, method=args.method,
+               smooth_k=args.smooth_k, n_top_genes=n_top_genes(args), finetune_epochs=args.epochs,
+               finetune_lr=args.lr, max_context=args.max_context, gene_col=args.gene_col, modality=args.modality,
+               counts_layer=args.counts_layer, batch_size=args.batch_size, drop_empty=args.drop_empty,
+               seed=args.seed, device=args.device, progress=TqdmProgress(disable=args.quiet, unit="cell"))
+    obs = {k: adata.obs[k] for k in ("spgpt_domain", "X_spgpt_empty") if k in adata.obs}
+    write_results(adata, args.out, input_path=args.input, obsm={"X_spgpt": adata.obsm["X_spgpt"]}, obs=obs,
+                  uns={k: adata.uns[k] for k in ("X_spgpt", "spgpt_domain", "spgpt_domain_colors")},
                   overwrite=args.overwrite)
-    print(f"{args.n_clusters} domains in {time.time() - t0:.0f}s -> {args.out} obs['spgpt_domain']")
+    found = adata.obs["spgpt_domain"].nunique()
+    print(f"{found} domains in {time.time() - t0:.0f}s -> {args.out} obs['spgpt_domain']")
     if args.plot:
         from ..plotting import save_spatial_panels
 
         png = Path(args.out).with_suffix(".png")
-        save_spatial_panels(work, ["spgpt_domain"], png)
+        save_spatial_panels(adata, ["spgpt_domain"], png)
         print(f"figure: {png}")
-
-
-def _hvg_subset(adata, vocab, args):
-    """The slide restricted to its --n-top-genes most variable vocabulary genes (or itself)."""
-    from ..hvg import highly_variable_mask
-    from ..vocab import resolve_genes
-
-    n = n_top_genes(args)
-    if not n:
-        return adata
-    matched = resolve_genes(adata, vocab, gene_col=args.gene_col).vocab_ids >= 0
-    hv = highly_variable_mask(adata, n, genes=matched)
-    return adata if hv is None else adata[:, hv].copy()
 
 
 def _add_finetune_args(p, epochs_flag: str, default_epochs: int, epochs_help: str | None = None) -> None:
@@ -151,7 +131,9 @@ def register(sub) -> None:
     p = sub.add_parser("domains", help="embed (optionally after fine-tuning) and cluster a slide into spatial domains")
     p.add_argument("input", help="slide (.h5ad or SpatialData .zarr)")
     add_store_args(p)
-    p.add_argument("--n-clusters", type=positive_int, required=True, help="number of domains K")
+    k = p.add_mutually_exclusive_group(required=True)
+    k.add_argument("--n-clusters", type=positive_int, help="number of domains K")
+    k.add_argument("--resolution", type=positive_float, help="Leiden / Louvain resolution instead of a K")
     add_model_args(p)
     add_output_args(p)
     # zero-shot by default, as the plugin: with the shipped model it scored higher on average than one
@@ -163,5 +145,8 @@ def register(sub) -> None:
                    help="clustering (default: leiden, resolution searched for K; louvain; kmeans)")
     p.add_argument("--smooth-k", type=int, default=6, help="spatial majority smoothing (0 = off; default 6)")
     add_hvg_arg(p)
+    p.add_argument("--batch-size", type=positive_int, default=64, help="cells per embedding batch (default: 64)")
+    p.add_argument("--drop-empty", action="store_true",
+                   help="leave out spots that express no model gene (no domain) instead of refusing the slide")
     p.add_argument("--plot", action="store_true")
     p.set_defaults(func=cmd_domains)

@@ -3,8 +3,9 @@ its parameters, the model and the versions in ``adata.uns[key_added]``."""
 
 from ._cluster import cluster
 from ._deconvolve import deconvolve
+from ._domains import domains
 from ._embed import embed
 from ._impute import impute
 from ._integrate import integrate
 
-__all__ = ["embed", "cluster", "deconvolve", "impute", "integrate"]
+__all__ = ["embed", "cluster", "domains", "deconvolve", "impute", "integrate"]
