@@ -10,7 +10,7 @@ import numpy as np
 import pandas as pd
 from magicgui.widgets import ComboBox, Container, FileEdit, RadioButtons, SpinBox
 
-from . import _commands, _tasks
+from . import _commands
 from ._base import Legend, ReferenceSlideWidget, add_native, load_model_in_worker
 from ._choices import dynamic, set_choices
 from ._layers import base_layer, categorical, categorical_colors, drawn, result_layers, robust_limits, upsert_result
@@ -90,9 +90,11 @@ class DeconvolveWidget(ReferenceSlideWidget):
             reference = read_reference(job.ref_path)
             progress.check()
             model, loaded = load_model_in_worker(job.state, progress)
-            _tasks.deconvolve(job.adata, reference, celltype_key=key, model=model, key_added=KEY,
-                              dominant_key=DOMINANT_KEY, gene_col=job.gene_col, num_epochs=job.epochs, seed=job.seed,
-                              device=job.state.device, progress=progress, counts_layer=job.counts_layer)
+            from spgpt_core import tl
+
+            tl.deconvolve(job.adata, reference, celltype_key=key, model=model, key_added=KEY,
+                          dominant_key=DOMINANT_KEY, gene_col=job.gene_col, num_epochs=job.epochs, seed=job.seed,
+                          device=job.state.device, progress=progress, counts_layer=job.counts_layer)
             return {"model": model if loaded else None}
 
         self.controls.start(work, on_done=lambda r: self._show(job.slide, r, job.params), slide=job.slide,

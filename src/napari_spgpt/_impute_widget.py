@@ -9,7 +9,7 @@ import numpy as np
 import pandas as pd
 from magicgui.widgets import CheckBox, ComboBox, Container, FileEdit, Label, LineEdit, Select, SpinBox
 
-from . import _commands, _tasks
+from . import _commands
 from ._base import MappingJob, ReferenceSlideWidget, load_model_in_worker
 from ._choices import dynamic, set_choices
 from ._layers import drawn, result_layers, robust_limits, upsert_result
@@ -163,7 +163,9 @@ def impute_in_worker(job: MappingJob, genes, progress, key: str = KEY) -> dict:
     reference = read_reference(job.ref_path)
     progress.check()
     model, loaded = load_model_in_worker(job.state, progress)
-    _tasks.impute(job.adata, reference, genes=genes, model=model, key_added=key, gene_col=job.gene_col,
-                  num_epochs=job.epochs, seed=job.seed, device=job.state.device, progress=progress,
-                  counts_layer=job.counts_layer)
+    from spgpt_core import tl
+
+    tl.impute(job.adata, reference, genes=genes, model=model, key_added=key, gene_col=job.gene_col,
+              num_epochs=job.epochs, seed=job.seed, device=job.state.device, progress=progress,
+              counts_layer=job.counts_layer)
     return {"model": model if loaded else None}

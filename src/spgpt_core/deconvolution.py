@@ -428,7 +428,7 @@ def deconvolve(spatial, reference, *, celltype_key: str, model="default", use_em
                spatial_rep: str | None = None, reference_rep: str | None = None, gene_col: str | None = None,
                reference_gene_col: str | None = None, max_cells_per_type: int | None = 1000, n_top_genes: int = 1000,
                embedding_weight: float | None = None, num_epochs: int = 1000, learning_rate: float = 0.1,
-               lambda_g2: float = 1.0, density_prior: str = "rna_count_based", seed: int = 0, device: str = "cpu",
+               lambda_g2: float = 1.0, density_prior: str = "rna_count_based", seed: int = 0, device: str | None = None,
                batch_size: int = 64, keep_mapping: bool = False,
                progress: Progress | None = None) -> DeconvolutionResult:
     """Cell-type proportions of every spot of ``spatial`` from a labelled single-cell ``reference``.
@@ -444,9 +444,9 @@ def deconvolve(spatial, reference, *, celltype_key: str, model="default", use_em
     check_mapping_args(embedding_weight, num_epochs, density_prior)
     if spatial.n_obs < 2:
         raise InputError(f"the slide has {spatial.n_obs} spot(s); deconvolution needs at least 2")
-    from .pretrained import resolve_device
+    from .device import choose_device
 
-    device = str(resolve_device(device))
+    device = str(choose_device(device, model if use_embeddings else None))
     timings: dict[str, float] = {}
     t_all = time.time()
 

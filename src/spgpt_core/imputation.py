@@ -134,7 +134,7 @@ def impute(spatial, reference, *, genes=None, all_missing: bool = False, model="
            spatial_rep: str | None = None, reference_rep: str | None = None, gene_col: str | None = None,
            reference_gene_col: str | None = None, embedding_weight: float | None = None, num_epochs: int = 1000,
            learning_rate: float = 0.1, lambda_g2: float = 1.0, density_prior: str = "uniform",
-           seed: int = 0, device: str = "cpu", batch_size: int = 64, keep_mapping: bool = False,
+           seed: int = 0, device: str | None = None, batch_size: int = 64, keep_mapping: bool = False,
            progress: Progress | None = None) -> ImputationResult:
     """Impute ``genes`` (or all reference genes the slide lacks) for every cell of ``spatial``.
 
@@ -149,9 +149,9 @@ def impute(spatial, reference, *, genes=None, all_missing: bool = False, model="
         raise InputError(f"the slide has {spatial.n_obs} cell(s); imputation needs at least 2")
     if reference.n_obs < 2:
         raise InputError(f"the reference has {reference.n_obs} cell(s); imputation needs at least 2")
-    from .pretrained import resolve_device
+    from .device import choose_device
 
-    device = str(resolve_device(device))
+    device = str(choose_device(device, model if use_embeddings else None))
     t_all = time.time()
     timings: dict[str, float] = {}
 

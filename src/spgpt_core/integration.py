@@ -66,7 +66,7 @@ def shared_vocab_genes(slides, vocab, gene_cols) -> tuple[np.ndarray, list]:
 
 def integrate(slides, model="default", *, batch_names=None, batch_key: str = "batch", modality_key: str = "modality",
               modalities=None, gene_cols=None, key_added: str = "X_spgpt", n_top_genes: int | None = DEFAULT_N_TOP_GENES,
-              batch_size: int = 64, seed: int = 0, device: str = "auto", empty: str = "drop",
+              batch_size: int = 64, seed: int = 0, device: str | None = None, empty: str = "drop",
               counts_layers=None, layer: int = -1, progress: Progress | None = None):
     """Embed ``slides`` (AnnData list) jointly on their shared genes; returns a new concatenated AnnData.
 
@@ -82,6 +82,7 @@ def integrate(slides, model="default", *, batch_names=None, batch_key: str = "ba
     from .embed import embed
     from .io import get_coordinates
     from .pretrained import load_model
+    from .device import choose_device
     from .records import run_record
 
     slides = list(slides)
@@ -92,7 +93,7 @@ def integrate(slides, model="default", *, batch_names=None, batch_key: str = "ba
     modalities = _per_slide(modalities, len(slides), "modality")
     counts_layers = _per_slide(counts_layers, len(slides), "counts layer")
     slides = [with_counts(a, layer, f"slide {name}") for a, layer, name in zip(slides, counts_layers, names)]
-    model = load_model(model, device=device)
+    model = load_model(model, device=choose_device(device, model))
     t0 = time.time()
     ids, matches = shared_vocab_genes(slides, model.vocab, gene_cols)
     if len(ids) < MIN_SHARED_GENES:

@@ -42,6 +42,10 @@ def main(argv: list[str] | None = None) -> int:
     for noisy in ("anndata", "numba", "h5py", "fsspec", "matplotlib", "PIL"):
         logging.getLogger(noisy).setLevel(logging.WARNING)
     try:
+        if getattr(args, "device", None) is not None:
+            from ..device import resolve_device
+
+            args.device = str(resolve_device(args.device))  # 'auto' resolved once, honoured by every step after
         args.func(args)
     except SpgptError as e:
         if os.environ.get("SPGPT_DEBUG"):

@@ -13,7 +13,7 @@ def deconvolve(adata, reference, celltype_key: str, model="default", *, key_adde
                reference_rep: str | None = None, gene_col: str | None = None, reference_gene_col: str | None = None,
                max_cells_per_type: int | None = 1000, n_top_genes: int = 1000, embedding_weight: float | None = None,
                num_epochs: int = 1000, learning_rate: float = 0.1, lambda_g2: float = 1.0,
-               density_prior: str = "rna_count_based", seed: int = 0, device: str = "cpu", batch_size: int = 64,
+               density_prior: str = "rna_count_based", seed: int = 0, device: str | None = None, batch_size: int = 64,
                counts_layer: str | None = None, reference_counts_layer: str | None = None,
                progress: Progress | None = None):
     """Deconvolve every spot of ``adata`` with ``reference`` (AnnData with ``obs[celltype_key]``).

@@ -9,7 +9,7 @@ from ..records import run_record
 
 def embed(adata, model="default", *, key_added: str = "X_spgpt", gene_col: str | None = None,
           modality: str | None = None, n_top_genes: int | None = DEFAULT_N_TOP_GENES, batch_size: int = 64,
-          chunk_size: int = 4096, seed: int = 0, device: str = "auto", empty: str = "error",
+          chunk_size: int = 4096, seed: int = 0, device: str | None = None, empty: str = "error",
           counts_layer: str | None = None, progress: Progress | None = None):
     """Zero-shot spot embeddings into ``adata.obsm[key_added]`` (L2-normalised ``<cls>`` states).
 
@@ -23,6 +23,7 @@ def embed(adata, model="default", *, key_added: str = "X_spgpt", gene_col: str |
     (``'raw'``: ``adata.raw``) when ``X`` holds normalised values. Returns ``adata`` (modified in place).
     """
     from ..counts import with_counts
+    from ..device import choose_device
     from ..embed import embed as _embed
     from ..pretrained import load_model
 
@@ -31,7 +32,7 @@ def embed(adata, model="default", *, key_added: str = "X_spgpt", gene_col: str |
 
         raise InputError("cannot store results in a view of a backed AnnData; embed the whole backed object, or "
                          "call .to_memory() on the subset first")
-    model = load_model(model, device=device)
+    model = load_model(model, device=choose_device(device, model))
     emb, prep = _embed(with_counts(adata, counts_layer), model, gene_col=gene_col, modality=modality, batch_size=batch_size,
                        chunk_size=chunk_size, seed=seed, empty=empty, n_top_genes=n_top_genes, progress=progress)
     adata.obsm[key_added] = emb

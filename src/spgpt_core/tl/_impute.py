@@ -14,7 +14,7 @@ def impute(adata, reference, genes=None, model="default", *, all_missing: bool =
            spatial_rep: str | None = None, reference_rep: str | None = None, gene_col: str | None = None,
            reference_gene_col: str | None = None, embedding_weight: float | None = None, num_epochs: int = 1000,
            learning_rate: float = 0.1, lambda_g2: float = 1.0, density_prior: str = "uniform", seed: int = 0,
-           device: str = "cpu", batch_size: int = 64, counts_layer: str | None = None,
+           device: str | None = None, batch_size: int = 64, counts_layer: str | None = None,
            reference_counts_layer: str | None = None, progress: Progress | None = None):
     """Impute ``genes`` (or every reference gene the slide lacks, ``all_missing=True``) for each cell.
 

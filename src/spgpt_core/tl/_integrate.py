@@ -8,7 +8,7 @@ from ..progress import Progress
 
 def integrate(slides, model="default", *, batch_names=None, batch_key: str = "batch", modality_key: str = "modality",
               modalities=None, gene_cols=None, key_added: str = "X_spgpt", n_top_genes: int | None = DEFAULT_N_TOP_GENES,
-              batch_size: int = 64, seed: int = 0, device: str = "auto", empty: str = "drop", n_clusters: int | None = None,
+              batch_size: int = 64, seed: int = 0, device: str | None = None, empty: str = "drop", n_clusters: int | None = None,
               resolution: float | None = None, cluster_key: str = "spgpt_cluster", counts_layers=None,
               progress: Progress | None = None):
     """Embed ``slides`` jointly; returns a **new** AnnData (the inputs are not modified).

@@ -19,7 +19,7 @@ from ..progress import Progress
 def finetune(adatas, model="default", *, epochs: int = 1, lr: float = 1e-3, patch_size: int = 16,
              k_neighbours: int = 6, max_context: int = 128, grad_accum: int = 1, w_gep: float = 1.0,
              w_geps_intra: float = 1.0, w_geps_inter: float = 1.0, w_ecs: float = 1.0, gene_col: str | None = None,
-             modality: str | None = None, counts_layer: str | None = None, seed: int = 0, device: str = "auto", run_dir: str | Path | None = None,
+             modality: str | None = None, counts_layer: str | None = None, seed: int = 0, device: str | None = None, run_dir: str | Path | None = None,
              progress: Progress | None = None):
     """Fine-tune ``model`` on slides (AnnData objects or paths); returns a new :class:`SpGPT`.
 
@@ -32,6 +32,9 @@ def finetune(adatas, model="default", *, epochs: int = 1, lr: float = 1e-3, patc
     from .config import TrainConfig
     from .loop import Trainer
 
+    from ..device import choose_device
+
+    device = str(choose_device(device, model))  # before the copy below moves it to the CPU
     base = load_model(model, device="cpu")
     tuned = copy.deepcopy(base)
     tuned.metadata = {**base.metadata, "finetuned_from": base.metadata.get("source", "in-memory")}
