@@ -49,7 +49,7 @@ def test_deconvolve_then_evaluate(tmp_path, files, capsys):
     before = _sha(files["spots"]), _sha(files["bz9"])
     out = tmp_path / "dec.h5ad"
     assert main(["-q", "deconvolve", str(files["spots"]), "--reference", str(files["bz9"]), "--celltype-key",
-                 "cell_type", "--model", "random:tiny", "--epochs", "60", "--out", str(out), "--plot"]) == 0
+                 "cell_type", "--model", "random:tiny", "--mapping-epochs", "60", "--out", str(out), "--plot"]) == 0
     assert (_sha(files["spots"]), _sha(files["bz9"])) == before
     a = ad.read_h5ad(out)
     P = a.obsm["spgpt_proportions"]
@@ -75,7 +75,7 @@ def test_impute_then_evaluate(tmp_path, files, capsys):
     out = tmp_path / "imp.h5ad"
     before = _sha(files["merfish_held"])
     assert main(["-q", "impute", str(files["merfish_held"]), "--reference", str(files["merfish_ref"]), "--genes",
-                 "Gad1,slc17a6,AQP4", "--no-embeddings", "--epochs", "100", "--out", str(out), "--plot"]) == 0
+                 "Gad1,slc17a6,AQP4", "--no-embeddings", "--mapping-epochs", "100", "--out", str(out), "--plot"]) == 0
     assert _sha(files["merfish_held"]) == before
     a = ad.read_h5ad(out)
     df = a.obsm["spgpt_imputed"]
@@ -89,7 +89,7 @@ def test_impute_then_evaluate(tmp_path, files, capsys):
 
     all_out = tmp_path / "all.h5ad"
     assert main(["-q", "impute", str(files["merfish_held"]), "--reference", str(files["merfish_ref"]),
-                 "--all-missing", "--model", "random:tiny", "--n-clusters", "40", "--epochs", "20",
+                 "--all-missing", "--model", "random:tiny", "--n-clusters", "40", "--mapping-epochs", "20",
                  "--out", str(all_out)]) == 0
     assert list(ad.read_h5ad(all_out).obsm["spgpt_imputed"].columns) == ["Gad1", "Aqp4", "Slc17a6"]  # reference order
 
@@ -154,3 +154,21 @@ def test_cluster_k_larger_than_spots(tmp_path, files, capsys):
     assert main(["-q", "cluster", str(tmp_path / "e.h5ad"), "--n-clusters", str(a.n_obs + 1), "--method", "kmeans",
                  "--out", str(tmp_path / "c.h5ad")]) == 2
     assert "must be between 1 and the number of cells" in capsys.readouterr().err
+
+
+def test_renamed_mapping_flags_still_work_with_a_warning(capsys):
+    """--epochs (Tangram) became --mapping-epochs and deconvolve's --n-genes became --n-top-genes."""
+    from spgpt_core.cli import build_parser
+
+    parser = build_parser()
+    for verb in ("deconvolve", "impute"):
+        base = [verb, "s.h5ad", "--reference", "r.h5ad", "--out", "o.h5ad"] + (
+            ["--celltype-key", "t"] if verb == "deconvolve" else ["--genes", "A"])
+        assert parser.parse_args(base).mapping_epochs == 1000
+        assert parser.parse_args([*base, "--mapping-epochs", "7"]).mapping_epochs == 7
+        capsys.readouterr()
+        assert parser.parse_args([*base, "--epochs", "9"]).mapping_epochs == 9
+        assert "--epochs is deprecated" in capsys.readouterr().err
+    args = parser.parse_args(["deconvolve", "s.h5ad", "--reference", "r.h5ad", "--out", "o.h5ad", "--celltype-key",
+                              "t", "--n-genes", "300"])
+    assert args.n_top_genes == 300 and "--n-genes is deprecated" in capsys.readouterr().err

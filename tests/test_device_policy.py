@@ -43,9 +43,9 @@ def _commands(files, device):
         "embed": ["embed", s, *model, "--out", str(d / f"e_{device}.h5ad"), "--overwrite"],
         "domains": ["domains", s, "--n-clusters", "3", *model, "--out", str(d / f"d_{device}.h5ad"), "--overwrite"],
         "integrate": ["integrate", s, o, *model, "--out", str(d / f"i_{device}.h5ad"), "--overwrite"],
-        "deconvolve": ["deconvolve", s, "--reference", r, "--celltype-key", "cell_type", *model, "--epochs", "5",
+        "deconvolve": ["deconvolve", s, "--reference", r, "--celltype-key", "cell_type", *model, "--mapping-epochs", "5",
                        "--out", str(d / f"dc_{device}.h5ad"), "--overwrite"],
-        "impute": ["impute", s, "--reference", r, "--genes", genes, *model, "--epochs", "5",
+        "impute": ["impute", s, "--reference", r, "--genes", genes, *model, "--mapping-epochs", "5",
                    "--out", str(d / f"im_{device}.h5ad"), "--overwrite"],
     }
 

@@ -66,7 +66,7 @@ def domains(slide, spec: str, device: str, *, batch_size: int, seed: int, drop_e
 
 
 def _mapping_args(epochs: int, seed: int) -> list:
-    return (["--epochs", epochs] if epochs != 1000 else []) + (["--seed", seed] if seed else [])
+    return (["--mapping-epochs", epochs] if epochs != 1000 else []) + (["--seed", seed] if seed else [])
 
 
 def deconvolve(slide, spec: str, device: str, *, reference: str | None, celltype_key: str | None,

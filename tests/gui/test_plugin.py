@@ -395,7 +395,7 @@ def test_deconvolve_proportion_and_dominant_layers(sample_viewer, qtbot):
     w.scale.value = w.scale.choices[1]
     assert viewer.layers[f"sample_slide proportion: {types[1]}"].face_contrast_limits == (0.0, 1.0)
     assert "spgpt deconvolve" in w.command.value and "--celltype-key cell_type --model random:tiny" in w.command.value
-    assert "--epochs 30" in w.command.value
+    assert "--mapping-epochs 30" in w.command.value
     assert slide.adata.uns["spgpt_proportions"]["params"]["num_epochs"] == 30
 
 

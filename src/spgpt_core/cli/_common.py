@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import sys
 
 
 def positive_int(text: str) -> int:
@@ -25,6 +26,20 @@ def positive_float(text: str) -> float:
     if not value > 0:
         raise argparse.ArgumentTypeError(f"must be > 0 (got {value})")
     return value
+
+
+def add_renamed(p: argparse.ArgumentParser, old: str, new: str) -> None:
+    """``old`` keeps working for one release as a hidden alias of the ``new`` flag (added before it), with a
+    warning; renamed so that one flag name means one thing across verbs."""
+    dest = new.lstrip("-").replace("-", "_")
+    kind = next(a.type for a in p._actions if dest == a.dest)
+
+    class _Renamed(argparse.Action):
+        def __call__(self, parser, namespace, values, option_string=None):
+            print(f"warning: {old} is deprecated and will be removed in the next release; use {new}", file=sys.stderr)
+            setattr(namespace, dest, values)
+
+    p.add_argument(old, dest=dest, type=kind, action=_Renamed, default=argparse.SUPPRESS, help=argparse.SUPPRESS)
 
 
 def add_model_args(p: argparse.ArgumentParser) -> None:

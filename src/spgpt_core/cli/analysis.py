@@ -10,8 +10,8 @@ import json
 import time
 from pathlib import Path
 
-from ._common import (add_counts_arg, add_hvg_arg, add_input_args, add_model_args, add_output_args, n_top_genes,
-                      positive_int, read_input)
+from ._common import (add_counts_arg, add_hvg_arg, add_input_args, add_model_args, add_output_args, add_renamed,
+                      n_top_genes, positive_int, read_input)
 
 
 def _csv(text: str | None) -> list[str] | None:
@@ -60,7 +60,9 @@ def _mapping_args(p, default_g2: float = 1.0) -> None:
     p.add_argument("--embedding-weight", type=float, default=None,
                    help="centre the embeddings and scale their block to this multiple of the expression block's "
                         "norm (default: stack them as the model returns them, as the paper does)")
-    p.add_argument("--epochs", type=int, default=1000, help="Tangram optimisation epochs (default: %(default)s)")
+    p.add_argument("--mapping-epochs", type=positive_int, default=1000,
+                   help="Tangram optimisation epochs (default: %(default)s)")
+    add_renamed(p, "--epochs", "--mapping-epochs")  # --epochs means fine-tuning epochs elsewhere
     p.add_argument("--learning-rate", type=float, default=0.1, help="Tangram learning rate (default: %(default)s)")
     p.add_argument("--lambda-g2", type=float, default=default_g2,
                    help="weight of the per-spot cosine term (paper Eq. 15: 1; Tangram default: 0)")
@@ -128,8 +130,8 @@ def cmd_deconvolve(args) -> None:
     tl.deconvolve(adata, reference, celltype_key=args.celltype_key, model=args.model, key_added=args.key_added,
                   dominant_key=args.dominant_key, use_embeddings=not args.no_embeddings, spatial_rep=args.spatial_rep,
                   reference_rep=args.reference_rep, gene_col=args.gene_col, reference_gene_col=args.reference_gene_col,
-                  max_cells_per_type=args.max_cells_per_type, n_top_genes=args.n_genes,
-                  embedding_weight=args.embedding_weight, num_epochs=args.epochs, learning_rate=args.learning_rate,
+                  max_cells_per_type=args.max_cells_per_type, n_top_genes=args.n_top_genes,
+                  embedding_weight=args.embedding_weight, num_epochs=args.mapping_epochs, learning_rate=args.learning_rate,
                   lambda_g2=args.lambda_g2, density_prior=args.density_prior, seed=args.seed, device=args.device,
                   batch_size=args.batch_size, counts_layer=args.counts_layer,
                   reference_counts_layer=args.reference_counts_layer, progress=_progress(args))
@@ -171,7 +173,7 @@ def cmd_impute(args) -> None:
               key_added=args.key_added, use_embeddings=not args.no_embeddings, use_centroids=not args.no_centroids,
               n_clusters=args.n_clusters, cluster_ratio=args.cluster_ratio, spatial_rep=args.spatial_rep,
               reference_rep=args.reference_rep, gene_col=args.gene_col, reference_gene_col=args.reference_gene_col,
-              embedding_weight=args.embedding_weight, num_epochs=args.epochs, learning_rate=args.learning_rate,
+              embedding_weight=args.embedding_weight, num_epochs=args.mapping_epochs, learning_rate=args.learning_rate,
               lambda_g2=args.lambda_g2, density_prior=args.density_prior, seed=args.seed, device=args.device,
               batch_size=args.batch_size, counts_layer=args.counts_layer,
               reference_counts_layer=args.reference_counts_layer, progress=_progress(args))
@@ -315,7 +317,9 @@ def register(sub) -> None:
     add_counts_arg(p, reference=True)
     p.add_argument("--celltype-key", required=True, help="obs column of the reference holding cell types")
     p.add_argument("--max-cells-per-type", type=int, default=1000, help="reference subsample per type (default: 1000)")
-    p.add_argument("--n-genes", type=int, default=1000, help="shared highly variable genes used (default: 1000)")
+    p.add_argument("--n-top-genes", type=positive_int, default=1000, metavar="N",
+                   help="the N most variable shared genes map the reference (default: %(default)s)")
+    add_renamed(p, "--n-genes", "--n-top-genes")
     _density_prior_arg(p, "rna_count_based", "spots")
     p.add_argument("--key-added", default="spgpt_proportions", help="obsm key of the proportions (default: %(default)s)")
     p.add_argument("--dominant-key", default="spgpt_dominant_type", help="obs column of the dominant type")
