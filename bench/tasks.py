@@ -202,7 +202,7 @@ def task_domains(ms: ModelSource, args) -> list[dict]:
                     rows.append({"task": "domains", "dataset": name, "K": k,
                                  "method": f"{rep_name} + {method}" + (" + smoothing" if smooth else ""),
                                  "ari": M.ari(labels, full), "nmi": M.nmi(labels, full),
-                                 "n_clusters": info["n_clusters"],
+                                 "n_clusters": info["n_clusters_found"],
                                  "embed_seconds": emb_sec if rep_name == "spgpt" else pca_sec})
                     log.info("%s", rows[-1])
         if pub_key in pub.index:

@@ -19,7 +19,7 @@ def _blobs(n_per=60, k=4, seed=0):
 def test_every_method_finds_k_planted_clusters(method):
     X, truth = _blobs()
     labels, info = cluster_embedding(X, n_clusters=4, method=method, seed=0)
-    assert info["n_clusters"] == 4 and info["method"] == method
+    assert info["n_clusters_found"] == 4 and info["method"] == method
     assert ari(truth, labels) == pytest.approx(1.0)
 
 
@@ -46,3 +46,17 @@ def test_unknown_method_is_an_input_error():
     X, _ = _blobs()
     with pytest.raises(InputError, match="louvain"):
         cluster_embedding(X, n_clusters=4, method="spectral")
+
+
+def test_record_keeps_the_k_asked_beside_the_k_found():
+    import anndata as ad
+
+    from spgpt_core import tl
+
+    X, _ = _blobs(n_per=30, k=3)
+    a = ad.AnnData(np.zeros((len(X), 1), dtype=np.float32))
+    a.obsm["X_spgpt"] = X
+    tl.cluster(a, n_clusters=5, method="leiden")  # 3 tight blobs: Leiden may not reach 5
+    params = a.uns["spgpt_domain"]["params"]
+    assert params["n_clusters"] == 5
+    assert params["n_clusters_found"] == a.obs["spgpt_domain"].nunique()

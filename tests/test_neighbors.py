@@ -42,7 +42,7 @@ def test_approximate_search_above_the_limit(monkeypatch):
     recall = np.mean([len(set(a) & set(e)) / 10 for a, e in zip(approx, exact)])
     assert recall > 0.85, recall  # 0.89 here: isotropic 32-d noise is a hard case; embeddings are easier
     labels, info = cluster_embedding(X, n_clusters=6)
-    assert info["n_clusters"] == 6
+    assert info["n_clusters_found"] == 6
     assert adjusted_rand_score(truth, labels) > 0.95
 
 

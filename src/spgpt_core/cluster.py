@@ -162,5 +162,5 @@ def cluster_embedding(emb: np.ndarray, *, n_clusters: int | None = None, resolut
         info.update(resolution=float(res), n_neighbors=n_neighbors)
     if smooth_k:
         labels = smooth_labels(labels, coords, smooth_k)
-    info["n_clusters"] = int(len(np.unique(labels)))
+    info["n_clusters_found"] = int(len(np.unique(labels)))
     return labels, info
