@@ -66,7 +66,10 @@ def test_device_auto_uses_the_gpu_when_present(fake_gpu, files, verb):
 
 def test_python_api_default_is_the_models_device(fake_gpu, files):
     """device=None: the model's device, the CPU for a model loaded from a spec; explicit devices honoured."""
+    from spgpt_core import load_model
+
     paths, _, _ = files
+    assert str(load_model("random:tiny").device) == "cpu"
     slide = ad.read_h5ad(paths["slide"])
     tl.embed(slide, "random:tiny")
     assert slide.uns["X_spgpt"]["params"]["device"] == "cpu"

@@ -21,10 +21,11 @@ from dataclasses import dataclass, field
 import numpy as np
 import torch
 
+from .device import resolve_device
 from .errors import InputError
 from .io import check_matrix, iter_row_chunks
 from .modality import Modality, resolve_modality
-from .pretrained import SpGPT, resolve_device
+from .pretrained import SpGPT
 from .preprocess import SlideStats, gene_divisors, length_buckets, pad_batch, tokenize_rows
 from .progress import Progress, ensure_progress
 from .vocab import GeneMatch, resolve_genes

@@ -19,16 +19,17 @@ import importlib.metadata
 import json
 import os
 import platform
-import shutil
-import tempfile
 import time
 from importlib import resources
 from pathlib import Path
 
 import torch
 
+from .device import resolve_device
+from .atomic import atomic_path
 from .errors import CheckpointError
 from .model import SpGPTConfig, SpGPTModel, count_parameters, preset_config
+from .model_spec import parse_random_spec
 from .preprocess import GeneStats
 from .vocab import GeneVocab
 
@@ -47,18 +48,6 @@ def versions() -> dict:
         except Exception:  # noqa: BLE001 - optional
             pass
     return out
-
-
-def resolve_device(device: str | torch.device | None = "auto") -> torch.device:
-    """'auto' -> CUDA when available, else CPU. Asking for CUDA without a GPU is an error."""
-    from .errors import InputError
-
-    if device is None or str(device) == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    dev = torch.device(device)
-    if dev.type == "cuda" and not torch.cuda.is_available():
-        raise InputError("--device cuda was requested but no CUDA GPU is available; use --device cpu or auto")
-    return dev
 
 
 class SpGPT:
@@ -109,9 +98,9 @@ class SpGPT:
         if not path.is_dir():
             raise CheckpointError(f"model directory {path} does not exist; pass --model DIR, 'default' or 'random:small'")
         if (path / "best_model.pt").exists() or (path / "args.json").exists():
-            from .scgpt_import import load_scgpt_dir
+            from .scgpt_import import read_scgpt_dir
 
-            return load_scgpt_dir(path).to(device)
+            return cls(*read_scgpt_dir(path)).to(device)
         missing = [f for f in REQUIRED_FILES if not (path / f).exists()]
         if missing:
             raise CheckpointError(
@@ -152,10 +141,10 @@ class SpGPT:
         if path.exists() and not overwrite:
             raise CheckpointError(f"{path} already exists; choose another directory or pass overwrite=True")
         path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.", dir=path.parent))
-        try:
+        with atomic_path(path) as tmp:
             from safetensors.torch import save_file
 
+            tmp.mkdir()
             state = {k: (v.to(store) if v.is_floating_point() else v).detach().cpu().contiguous()
                      for k, v in self.module.state_dict().items()}
             save_file(state, str(tmp / "model.safetensors"), metadata={"format": "pt", "spgpt_format": str(FORMAT_VERSION)})
@@ -169,16 +158,6 @@ class SpGPT:
             meta = {**self.metadata, **(extra_metadata or {}), "versions": versions(),
                     "saved": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "n_parameters": count_parameters(self.module)}
             (tmp / "metadata.json").write_text(json.dumps(meta, indent=2, default=str))
-            if path.exists():
-                old = path.with_name(f".{path.name}.old")
-                shutil.rmtree(old, ignore_errors=True)
-                path.rename(old)
-                tmp.rename(path)
-                shutil.rmtree(old, ignore_errors=True)
-            else:
-                tmp.rename(path)
-        finally:
-            shutil.rmtree(tmp, ignore_errors=True)
         return path
 
     def describe(self) -> dict:
@@ -249,8 +228,14 @@ def default_model_dir() -> Path | None:
     return d if (d / "config.json").exists() else None
 
 
-def load_model(spec: str | os.PathLike | SpGPT | None = "default", device="auto") -> SpGPT:
-    """Resolve ``--model``: an SpGPT, ``default``, ``random:SIZE[:SEED]`` or a directory."""
+def load_model(spec: str | os.PathLike | SpGPT | None = "default", device=None) -> SpGPT:
+    """Resolve ``--model``: an SpGPT, ``default``, ``random:SIZE[:SEED]`` or a directory.
+
+    ``device=None`` (spgpt's device policy, :mod:`spgpt_core.device`) keeps an SpGPT where it is and
+    loads anything else on the CPU; ``"auto"`` / ``"cpu"`` / ``"cuda"`` move it there.
+    """
+    if device is None:
+        device = spec.device if isinstance(spec, SpGPT) else "cpu"
     if isinstance(spec, SpGPT):
         return spec.to(device)
     spec = "default" if spec is None else str(spec)
@@ -264,12 +249,10 @@ def load_model(spec: str | os.PathLike | SpGPT | None = "default", device="auto"
         model = SpGPT.from_pretrained(d)
         model.metadata["source"] = "default"
         return model.to(device)
-    if spec.startswith("random:"):
-        parts = spec.split(":")
-        size = parts[1] if len(parts) > 1 and parts[1] else "small"
-        seed = int(parts[2]) if len(parts) > 2 else 0
+    random_spec = parse_random_spec(spec)
+    if random_spec is not None:
         try:
-            return SpGPT.random(size, seed=seed).to(device)
+            return SpGPT.random(random_spec.size, seed=random_spec.seed or 0).to(device)
         except ValueError as e:
             raise CheckpointError(str(e)) from e
     return SpGPT.from_pretrained(spec).to(device)
