@@ -2,8 +2,9 @@
 
 For each model size (the released scGPT-human shape and the small CPU size) the same random
 weights are written as a scGPT-format folder; spgpt imports it and the reference-path
-re-creation (bench/reference_embed.py: dense matrix, per-cell Python binning, batches padded to
-their longest cell, torch.nn.TransformerEncoder) loads it directly. Both embed the same cells.
+re-creation (tests/helpers/reference_embed.py: dense matrix, per-cell Python binning, batches
+padded to their longest cell, torch.nn.TransformerEncoder) loads it directly. Both embed the
+same cells.
 
 Reported: cells/s, tokens/s, achieved encoder FLOP/s and its fraction of this machine's measured
 fp32 matmul FLOP/s (same run), the speed-up over the reference path, and the peak resident memory
@@ -32,7 +33,7 @@ import torch
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "bench"))
-sys.path.insert(0, str(ROOT / "tests"))
+sys.path.insert(0, str(ROOT / "tests"))  # helpers/: checkpoint writer and reference path
 DATA = ROOT.parent / "shared" / "data"
 
 from _report import write_section  # noqa: E402
@@ -74,8 +75,8 @@ def encoder_flops(cfg, lengths: np.ndarray) -> float:
 
 
 def bench_size(name: str, adata, n_cells: int, n_ref: int, tmp: Path, peak: float, reps: int = 2) -> dict:
-    from reference_embed import reference_embed
-    from scgpt_checkpoint import write_scgpt_dir
+    from helpers.reference_embed import reference_embed
+    from helpers.scgpt_checkpoint import write_scgpt_dir
     from spgpt_core import SpGPT, tl
     from spgpt_core.vocab import resolve_genes
 

@@ -63,10 +63,12 @@ import scipy.sparse as sp
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "bench"))
+sys.path.insert(0, str(ROOT / "tests"))  # helpers/: the pseudo-spot ground truth the tests use too
 DATA = ROOT.parent / "shared" / "data"
 
+from _protocol import gene_folds, measure, split_cells  # noqa: E402
 from _report import write_section  # noqa: E402
-from pseudo_spots import gene_folds, make_pseudo_spots, measure, split_cells  # noqa: E402
+from helpers.pseudo_spots import make_pseudo_spots  # noqa: E402
 
 from spgpt_core import metrics as M  # noqa: E402
 from spgpt_core.errors import CheckpointError  # noqa: E402

@@ -2,15 +2,8 @@
 
 from __future__ import annotations
 
-import sys
-from pathlib import Path
-
 import pytest
-
-sys.path.insert(0, str(Path(__file__).resolve().parent))  # spgpt_testdata, scgpt_checkpoint
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "bench"))  # reference_embed.py
-
-from spgpt_testdata import data_file  # noqa: E402
+from helpers.data import data_file  # pytest puts tests/ (no __init__.py) on sys.path
 
 
 @pytest.fixture(scope="session")

@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 import torch
 
-from scgpt_checkpoint import scgpt_human_state, write_scgpt_dir
+from helpers.scgpt_checkpoint import scgpt_human_state, write_scgpt_dir
 from spgpt_core import SpGPT, load_model
 from spgpt_core.errors import CheckpointError
 from spgpt_core.preprocess import GeneStats

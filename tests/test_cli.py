@@ -6,7 +6,7 @@ import json
 import anndata as ad
 import pytest
 
-from spgpt_testdata import data_file
+from helpers.data import data_file
 from spgpt_core.cli import build_parser, main
 
 

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import sys
 from pathlib import Path
 
 import anndata as ad
@@ -12,10 +11,8 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from spgpt_testdata import data_file
+from helpers.data import data_file
 from spgpt_core.cli import main
-
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "bench"))
 
 
 def _sha(path):
@@ -25,7 +22,7 @@ def _sha(path):
 @pytest.fixture(scope="module")
 def files(tmp_path_factory):
     """Copies of real inputs (so a bug could never touch ../shared/data) + a pseudo-spot slide with truth."""
-    from pseudo_spots import make_pseudo_spots
+    from helpers.pseudo_spots import make_pseudo_spots
 
     d = tmp_path_factory.mktemp("cli_analysis")
     out = {}

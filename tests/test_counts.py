@@ -8,7 +8,7 @@ import anndata as ad
 import numpy as np
 import pytest
 import scanpy as sc
-from spgpt_testdata import DATA_DIR, data_file
+from helpers.data import DATA_DIR, data_file
 
 from spgpt_core import tl
 from spgpt_core.cli import main

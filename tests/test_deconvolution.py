@@ -2,23 +2,18 @@
 
 from __future__ import annotations
 
-import sys
-from pathlib import Path
-
 import anndata as ad
 import numpy as np
 import pandas as pd
 import pytest
 
-from spgpt_testdata import data_file
+from helpers.data import data_file
 from spgpt_core import metrics as M
 from spgpt_core import tl
 from spgpt_core.datasets import make_sample_reference, make_sample_slide
 from spgpt_core.deconvolution import deconvolve, match_genes, run_tangram, scale_embedding_block
 from spgpt_core.errors import Cancelled, InputError
 from spgpt_core.progress import Progress
-
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "bench"))
 
 
 @pytest.fixture(scope="module")
@@ -98,7 +93,7 @@ def test_cancel_stops_mapping(planted):
 
 
 def test_real_pseudo_spots_from_another_slice():
-    from pseudo_spots import make_pseudo_spots
+    from helpers.pseudo_spots import make_pseudo_spots
 
     cells = ad.read_h5ad(data_file("starmap_mpfc/STARmap_mPFC_20180417_BZ5_control.h5ad"))
     ref = ad.read_h5ad(data_file("starmap_mpfc/STARmap_mPFC_20180419_BZ9_control.h5ad"))

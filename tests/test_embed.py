@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 import scipy.sparse as sp
 
-from spgpt_testdata import DATA_DIR, data_file
+from helpers.data import DATA_DIR, data_file
 from spgpt_core import tl
 from spgpt_core.errors import InputError
 

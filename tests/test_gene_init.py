@@ -6,7 +6,7 @@ import pandas as pd
 import pytest
 import scipy.sparse as sp
 
-from spgpt_testdata import data_file
+from helpers.data import data_file
 from spgpt_core.corpus import Corpus, SlideSpec, build_corpus
 from spgpt_core.errors import ConfigError
 from spgpt_core.pretrained import SpGPT

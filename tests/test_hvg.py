@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 import scanpy as sc
 
-from spgpt_testdata import data_file
+from helpers.data import data_file
 from spgpt_core.hvg import highly_variable_mask
 
 

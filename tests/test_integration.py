@@ -7,7 +7,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from spgpt_testdata import data_file
+from helpers.data import data_file
 from spgpt_core import metrics as M
 from spgpt_core import tl
 from spgpt_core.errors import InputError

@@ -11,6 +11,7 @@ import numpy as np
 import pytest
 import scipy.sparse as sp
 
+from helpers.data import all_h5ad, data_file
 from spgpt_core.errors import InputError
 from spgpt_core.io import (
     check_matrix,
@@ -24,27 +25,13 @@ from spgpt_core.io import (
 
 pytestmark = pytest.mark.filterwarnings("ignore:zarr v3 autosharding:UserWarning")  # spatialdata's writer, not ours
 
-DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
 DLPFC = "dlpfc/DLPFC_151673.h5ad"
-
-
-def data_path(rel: str) -> Path:
-    """A file under the shared real-data folder; skips (not fails) only when that folder is absent."""
-    if not DATA.is_dir():
-        pytest.skip(f"real data folder {DATA} is absent (clone the repo beside shared/ to run this test)")
-    return DATA / rel
-
-
-def all_h5ad() -> list:
-    if not DATA.is_dir():
-        return [pytest.param(None, marks=pytest.mark.skip(reason=f"real data folder {DATA} is absent"))]
-    return sorted(str(p.relative_to(DATA)) for p in DATA.rglob("*.h5ad"))
 
 
 @pytest.fixture(scope="module")
 def dlpfc_300() -> ad.AnnData:
     """First 300 spots of a real Visium slide, in memory (tests copy it before changing it)."""
-    return read_slide(data_path(DLPFC))[:300].copy()
+    return read_slide(data_file(DLPFC))[:300].copy()
 
 
 def dense(X) -> np.ndarray:
@@ -60,10 +47,10 @@ def no_temp_files(folder: Path) -> bool:
 
 @pytest.mark.parametrize("rel", all_h5ad())
 def test_every_real_slide_reads_backed_and_passes_checks(rel):
-    adata = read_slide(data_path(rel), backed=True)
+    adata = read_slide(data_file(rel), backed=True)
     try:
         assert adata.isbacked and adata.n_obs > 0
-        source = {"path": str(data_path(rel).resolve()), "table": None, "coordinate_system": None}
+        source = {"path": str(data_file(rel).resolve()), "table": None, "coordinate_system": None}
         assert adata.uns["spgpt_source"] == source
         check_matrix(adata, chunk_size=1000)
         xy = get_coordinates(adata)
@@ -76,8 +63,8 @@ def test_every_real_slide_reads_backed_and_passes_checks(rel):
 
 
 def test_read_in_memory_matches_backed():
-    mem = read_slide(data_path(DLPFC))
-    backed = read_slide(data_path(DLPFC), backed=True)
+    mem = read_slide(data_file(DLPFC))
+    backed = read_slide(data_file(DLPFC), backed=True)
     assert not mem.isbacked and mem.shape == backed.shape == (3639, 8513)
     np.testing.assert_array_equal(get_coordinates(mem), get_coordinates(backed))
     backed.file.close()
@@ -97,14 +84,14 @@ def test_corrupt_h5ad(tmp_path):
 
 def test_truncated_h5ad(tmp_path):
     cut = tmp_path / "cut.h5ad"
-    cut.write_bytes(data_path(DLPFC).read_bytes()[:200_000])
+    cut.write_bytes(data_file(DLPFC).read_bytes()[:200_000])
     with pytest.raises(InputError, match=r"cut\.h5ad"):
         read_slide(cut)
 
 
 def test_table_options_rejected_for_h5ad():
     with pytest.raises(InputError, match=r"only apply to SpatialData"):
-        read_slide(data_path(DLPFC), table="table")
+        read_slide(data_file(DLPFC), table="table")
 
 
 def test_unknown_extension(tmp_path):
@@ -140,7 +127,7 @@ def test_spatialdata_not_installed(tmp_path, monkeypatch):
     ],
 )
 def test_coordinates_fall_back_to_obs_columns(rel, columns):
-    adata = read_slide(data_path(rel))
+    adata = read_slide(data_file(rel))
     expected = get_coordinates(adata)
     del adata.obsm["spatial"]
     np.testing.assert_allclose(get_coordinates(adata), expected)
@@ -148,7 +135,7 @@ def test_coordinates_fall_back_to_obs_columns(rel, columns):
 
 
 def test_coordinates_use_first_two_of_3d():
-    adata = read_slide(data_path("giotto_mini/giotto_mini_starmap3D_cortex.h5ad"))
+    adata = read_slide(data_file("giotto_mini/giotto_mini_starmap3D_cortex.h5ad"))
     assert adata.obsm["spatial"].shape[1] == 3
     np.testing.assert_array_equal(get_coordinates(adata), adata.obsm["spatial"][:, :2])
 
@@ -184,9 +171,9 @@ def test_iter_row_chunks_covers_matrix(dlpfc_300, layout):
 
 
 def test_iter_row_chunks_backed():
-    adata = read_slide(data_path(DLPFC), backed=True)
+    adata = read_slide(data_file(DLPFC), backed=True)
     total = sum(c.sum() for _, _, c in iter_row_chunks(adata, chunk_size=1000))
-    mem = read_slide(data_path(DLPFC))
+    mem = read_slide(data_file(DLPFC))
     assert total == pytest.approx(float(mem.X.sum()), rel=1e-6)
     adata.file.close()
 
@@ -265,8 +252,8 @@ def test_write_h5ad_rules(tmp_path, dlpfc_300):
 
 
 def test_write_h5ad_from_backed(tmp_path):
-    backed = read_slide(data_path(DLPFC), backed=True)
-    out = write_h5ad(backed, tmp_path / "copy.h5ad", input_path=data_path(DLPFC))
+    backed = read_slide(data_file(DLPFC), backed=True)
+    out = write_h5ad(backed, tmp_path / "copy.h5ad", input_path=data_file(DLPFC))
     assert ad.read_h5ad(out).shape == (3639, 8513)
     backed.file.close()
 

@@ -1,7 +1,7 @@
 """An imported scGPT-human directory reproduces the reference embedding path numerically.
 
-The reference path (bench/reference_embed.py) is an independent, deliberately naive re-creation of
-``scgpt.tasks.embed_data``: dense matrix, per-cell numpy binning, torch.nn.TransformerEncoder with
+The reference path (tests/helpers/reference_embed.py) is an independent, deliberately naive
+re-creation of ``scgpt.tasks.embed_data``: dense matrix, per-cell numpy binning, torch.nn.TransformerEncoder with
 the checkpoint's Wqkv loaded as in_proj. On inputs without binning ties and within the context
 length, both must give the same L2-normalised <cls> embeddings (cosine >= 0.999 per cell).
 """
@@ -9,9 +9,9 @@ length, both must give the same L2-normalised <cls> embeddings (cosine >= 0.999 
 import numpy as np
 import scipy.sparse as sp
 
-from spgpt_testdata import data_file
-from reference_embed import reference_embed
-from scgpt_checkpoint import write_scgpt_dir
+from helpers.data import data_file
+from helpers.reference_embed import reference_embed
+from helpers.scgpt_checkpoint import write_scgpt_dir
 from spgpt_core import SpGPT, tl
 from spgpt_core.vocab import resolve_genes
 

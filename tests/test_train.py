@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 import torch
 
-from spgpt_testdata import ROOT, data_file
+from helpers.data import ROOT, data_file
 from spgpt_core.corpus import Corpus, SlideSpec, build_corpus, read_slide_list
 from spgpt_core.errors import ConfigError, InputError
 from spgpt_core.sampler import PatchSampler
@@ -271,7 +271,7 @@ def test_continued_pretraining_keeps_the_earlier_stage_record(corpus_dir, tmp_pa
 
 
 def test_continual_pretraining_from_scgpt_human_directory(corpus_dir, tmp_path):
-    from scgpt_checkpoint import write_scgpt_dir
+    from helpers.scgpt_checkpoint import write_scgpt_dir
 
     d = write_scgpt_dir(tmp_path / "scGPT_human", d=32, nheads=4, d_hid=48, nlayers=2)
     m = pretrain(_cfg(corpus_dir, tmp_path / "cp", init=str(d), max_steps=3, eval_every=0))

@@ -3,17 +3,16 @@
 from __future__ import annotations
 
 import json
-from pathlib import Path
 
 import anndata as ad
 import numpy as np
 import pandas as pd
 import pytest
 
+from helpers.data import all_h5ad, data_file
 from spgpt_core.errors import CheckpointError, InputError
 from spgpt_core.vocab import CLS_TOKEN, EOC_TOKEN, PAD_TOKEN, GeneMatch, GeneVocab, resolve_genes
 
-DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
 HUMAN = (  # everything else under shared/data is mouse
     "cosmx_nsclc/",
     "dlpfc/",
@@ -22,19 +21,6 @@ HUMAN = (  # everything else under shared/data is mouse
     "paste_breast/",
     "giotto_mini/giotto_mini_visium_prostate",
 )
-
-
-def data_path(rel: str) -> Path:
-    """A file under the shared real-data folder; skips (not fails) only when that folder is absent."""
-    if not DATA.is_dir():
-        pytest.skip(f"real data folder {DATA} is absent (clone the repo beside shared/ to run this test)")
-    return DATA / rel
-
-
-def all_h5ad() -> list:
-    if not DATA.is_dir():
-        return [pytest.param(None, marks=pytest.mark.skip(reason=f"real data folder {DATA} is absent"))]
-    return sorted(str(p.relative_to(DATA)) for p in DATA.rglob("*.h5ad"))
 
 
 @pytest.fixture(scope="module")
@@ -65,9 +51,9 @@ def test_default_vocab_layout(vocab):
 
 
 def test_default_vocab_matches_shared_reference_file(vocab):
-    ref = json.loads(data_path("vocab/scgpt_human_census_vocab.json").read_text())
+    ref = json.loads(data_file("vocab/scgpt_human_census_vocab.json").read_text())
     assert all(vocab[t] == i for t, i in ref.items())
-    assert GeneVocab.from_file(data_path("vocab/scgpt_human_census_vocab.json")).fingerprint() == vocab.fingerprint()
+    assert GeneVocab.from_file(data_file("vocab/scgpt_human_census_vocab.json")).fingerprint() == vocab.fingerprint()
 
 
 def test_fingerprint_tracks_token_order():
@@ -130,7 +116,7 @@ def test_vocab_without_specials_says_how_to_fix():
 
 @pytest.mark.parametrize("rel", all_h5ad())
 def test_resolve_genes_on_every_real_slide(rel, vocab):
-    adata = ad.read_h5ad(data_path(rel), backed="r")
+    adata = ad.read_h5ad(data_file(rel), backed="r")
     try:
         match = resolve_genes(adata, vocab)
     finally:
@@ -153,7 +139,7 @@ def test_resolve_genes_on_every_real_slide(rel, vocab):
 
 
 def test_dlpfc_report_and_serialisation(tmp_path, vocab):
-    adata = ad.read_h5ad(data_path("dlpfc/DLPFC_151673.h5ad"), backed="r")
+    adata = ad.read_h5ad(data_file("dlpfc/DLPFC_151673.h5ad"), backed="r")
     match = resolve_genes(adata, vocab)
     adata.file.close()
     # measured: 7,389 of 8,513 (887 vars have no symbol, the rest are mostly LOC/LINC ids outside the vocab)
@@ -168,7 +154,7 @@ def test_dlpfc_report_and_serialisation(tmp_path, vocab):
 
 
 def test_mouse_symbols_match_case_insensitively(vocab):
-    adata = ad.read_h5ad(data_path("starmap_visp/STARmap_VISp_1207.h5ad"), backed="r")
+    adata = ad.read_h5ad(data_file("starmap_visp/STARmap_VISp_1207.h5ad"), backed="r")
     match = resolve_genes(adata, vocab)
     names = list(adata.var_names)
     adata.file.close()
@@ -178,7 +164,7 @@ def test_mouse_symbols_match_case_insensitively(vocab):
 
 
 def test_ensembl_without_symbols_explains_fix(vocab):
-    adata = ad.read_h5ad(data_path("dlpfc/DLPFC_151674.h5ad"), backed="r")
+    adata = ad.read_h5ad(data_file("dlpfc/DLPFC_151674.h5ad"), backed="r")
     var = adata.var.drop(columns=["gene_symbol"])
     adata.file.close()
     with pytest.raises(InputError, match=r"Ensembl IDs.*gene symbols.*--gene-col.*'gene_ids'"):
@@ -186,7 +172,7 @@ def test_ensembl_without_symbols_explains_fix(vocab):
 
 
 def test_explicit_gene_col(vocab):
-    adata = ad.read_h5ad(data_path("dlpfc/DLPFC_151673.h5ad"), backed="r")
+    adata = ad.read_h5ad(data_file("dlpfc/DLPFC_151673.h5ad"), backed="r")
     var = adata.var
     adata.file.close()
     slide = ad.AnnData(var=var)

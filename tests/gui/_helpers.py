@@ -2,9 +2,7 @@
 
 from __future__ import annotations
 
-
-
-from spgpt_testdata import DATA_DIR, data_file  # noqa: F401  (tests/ is on sys.path via tests/conftest.py)
+from helpers.data import DATA_DIR, data_file  # noqa: F401  (re-exported for the GUI tests)
 
 
 def add_widget(viewer, name: str):

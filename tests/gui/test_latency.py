@@ -1,4 +1,4 @@
-"""The GUI thread stays responsive while a slide is embedded (measurement in bench/gui_latency.py)."""
+"""The GUI thread stays responsive while a slide is embedded (measurement in tests/helpers/gui_latency.py)."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ pytestmark = [pytest.mark.gui, pytest.mark.filterwarnings("ignore:zarr v3 autosh
 
 
 def test_gui_thread_not_blocked_during_embedding(sample_viewer, qtbot, record_property):
-    from gui_latency import measure  # bench/ is on sys.path (tests/conftest.py)
+    from helpers.gui_latency import measure
 
     def wait(predicate, timeout_s):
         qtbot.waitUntil(predicate, timeout=int(timeout_s * 1000))
