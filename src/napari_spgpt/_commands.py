@@ -76,6 +76,15 @@ def deconvolve(slide, spec: str, device: str, *, reference: str | None, celltype
                  *_mapping_args(epochs, seed), "--out", f"{stem(slide)}_deconvolved.h5ad"])
 
 
+def imputation_qc(slide, spec: str, device: str, *, reference: str | None, genes: list[str], epochs: int,
+                  seed: int, key_added: str) -> str:
+    """Imputation QC: impute measured genes (each is left out of the mapping), then compare with spgpt evaluate."""
+    out = f"{stem(slide)}_qc.h5ad"
+    evaluate = ["spgpt", "evaluate", out, "--task", "imputation", "--pred", key_added, *slide_args(slide)]
+    return "\n".join([impute(slide, spec, device, reference=reference, genes=genes, epochs=epochs, seed=seed,
+                             out_suffix="qc", key_added=key_added), join(evaluate)])
+
+
 def impute(slide, spec: str, device: str, *, reference: str | None, genes: list[str], epochs: int = 1000,
            seed: int = 0, out_suffix: str = "imputed", key_added: str | None = None) -> str:
     return join(["spgpt", "impute", *input_args(slide), "--reference", reference or "REFERENCE.h5ad",

@@ -97,16 +97,11 @@ class QCWidget(ReferenceSlideWidget):
         self.update_command()
 
     def command_text(self) -> str:
-        from ._commands import impute
+        from ._commands import imputation_qc
 
         spec, device = self.model_spec()
-        genes = self.picker.value
-        lines = ["# impute measured genes (spgpt leaves requested genes out of the mapping), then compare:",
-                 impute(self.slide, spec, device, reference=self.reference_path(), genes=genes,
-                        epochs=int(self.epochs.value), seed=int(self.seed.value), out_suffix="qc", key_added=KEY),
-                 "# Python: r = spgpt_core.metrics.pearson_per_gene(spgpt_core.imputation.measured_expression(",
-                 f"#     adata, genes, adata.uns[{KEY!r}]['training_genes']), adata.obsm[{KEY!r}])"]
-        return "\n".join(lines)
+        return imputation_qc(self.slide, spec, device, reference=self.reference_path(), genes=self.picker.value,
+                             epochs=int(self.epochs.value), seed=int(self.seed.value), key_added=KEY)
 
     # -- run --------------------------------------------------------------------------------------
 
@@ -117,24 +112,11 @@ class QCWidget(ReferenceSlideWidget):
             return
 
         def work(progress):
-            from spgpt_core.counts import with_counts
-            from spgpt_core.imputation import measured_expression
-            from spgpt_core.metrics import pearson_per_gene
+            from spgpt_core.imputation import imputation_qc
 
-            adata = job.adata
             result = impute_in_worker(job, genes, progress, key=KEY)
-            imputed = adata.obsm[KEY]
-            if not isinstance(imputed, pd.DataFrame):
-                imputed = pd.DataFrame(np.asarray(imputed), index=adata.obs_names, columns=genes)
-            imputed = imputed.set_axis(adata.obs_names.astype(str))
-            cols = [str(c) for c in imputed.columns]
-            train = [str(g) for g in adata.uns[KEY]["training_genes"]]
-            measured = measured_expression(with_counts(adata, job.counts_layer), cols, list(train),
-                                           gene_col=job.gene_col)
-            r = pearson_per_gene(measured, imputed.set_axis(cols, axis=1))
-            expressing = pd.Series((measured.to_numpy() > 0).mean(axis=0) * 100, index=cols)
-            return {**result, "measured": measured, "imputed": imputed.set_axis(cols, axis=1),
-                    "pearson": r, "expressing": expressing}
+            qc = imputation_qc(job.adata, KEY, gene_col=job.gene_col, counts_layer=job.counts_layer)
+            return {**result, **qc}
 
         self.controls.start(work, on_done=lambda res: self._show(job.slide, res, job.params), slide=job.slide,
                             what=self.job_name)

@@ -129,6 +129,45 @@ def measured_expression(adata, genes, train_genes, gene_col: str | None = None) 
     return pd.DataFrame(vals, index=pd.Index(adata.obs_names.astype(str)), columns=pd.Index([str(g) for g in genes]))
 
 
+def imputation_qc(adata, key: str = "spgpt_imputed", *, truth=None, gene_col: str | None = None,
+                  counts_layer: str | None = None) -> dict:
+    """How far imputed genes can be trusted: ``obsm[key]`` (an imputation of genes the slide measured)
+    against the measured values, on the imputation's scale. The one check behind
+    ``spgpt evaluate --task imputation`` and the plugin's Imputation QC widget.
+
+    ``truth`` is the slide that measured the genes (default: ``adata``); ``counts_layer`` where its raw
+    counts are. Returns ``measured`` and ``imputed`` (cells x genes DataFrames), ``pearson`` (per gene),
+    ``expressing`` (% of cells with counts, per gene) and ``scores`` (median / mean Pearson r).
+    """
+    from .counts import with_counts
+    from .metrics import imputation_scores, pearson_per_gene
+
+    if key not in adata.obsm:
+        raise InputError(f"obsm['{key}'] not found (have: {', '.join(map(str, adata.obsm)) or 'none'}); "
+                         "impute measured genes first (spgpt impute --genes ... --key-added KEY)")
+    rec = adata.uns.get(key)
+    train = rec.get("training_genes") if isinstance(rec, dict) else None
+    if train is None:
+        raise InputError(f"uns['{key}'] has no training_genes; evaluate an output of `spgpt impute`")
+    imputed = adata.obsm[key]
+    if not isinstance(imputed, pd.DataFrame):
+        genes = list(rec.get("genes", []))
+        if len(genes) != np.shape(imputed)[1]:
+            raise InputError(f"obsm['{key}'] has no gene names; evaluate the .h5ad written by `spgpt impute`")
+        imputed = pd.DataFrame(np.asarray(imputed), columns=genes)
+    imputed = imputed.set_axis(adata.obs_names.astype(str)).set_axis([str(c) for c in imputed.columns], axis=1)
+    truth = adata if truth is None else truth
+    if truth.n_obs != len(imputed):
+        raise InputError(f"the measured slide has {truth.n_obs} cells but the imputed table has {len(imputed)}; "
+                         "pass the measured slide with the same cells")
+    cols = list(imputed.columns)
+    measured = measured_expression(with_counts(truth, counts_layer), cols, [str(g) for g in train], gene_col)
+    measured.index = imputed.index
+    return {"measured": measured, "imputed": imputed, "pearson": pearson_per_gene(measured, imputed),
+            "expressing": pd.Series((measured.to_numpy() > 0).mean(axis=0) * 100, index=cols),
+            "scores": imputation_scores(measured, imputed)}
+
+
 def impute(spatial, reference, *, genes=None, all_missing: bool = False, model="default", use_embeddings: bool = True,
            use_centroids: bool = True, n_clusters: int | None = None, cluster_ratio: int = DEFAULT_CLUSTER_RATIO,
            spatial_rep: str | None = None, reference_rep: str | None = None, gene_col: str | None = None,

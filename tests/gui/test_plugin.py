@@ -426,7 +426,7 @@ def test_impute_gene_search_and_overlays(sample_viewer, qtbot):
     assert f"--genes {held_out[0]},{held_out[1]}" in w.command.value
 
 
-def test_imputation_qc_table_and_layouts(sample_viewer, qtbot):
+def test_imputation_qc_table_and_layouts(sample_viewer, qtbot, tmp_path):
     from napari_spgpt._qc_widget import GRID
 
     viewer = sample_viewer
@@ -446,6 +446,21 @@ def test_imputation_qc_table_and_layouts(sample_viewer, qtbot):
     assert r.notna().all() and (r.abs() <= 1).all()
     assert "Median Pearson r" in w.summary.value
     assert slide.adata.uns["spgpt_imputed_qc"]["pearson"].keys() == set(genes)
+    # the equivalent commands (spgpt impute, then spgpt evaluate --task imputation) give the same r
+    import json
+    import shlex
+    import subprocess
+    import sys
+
+    impute_cmd, evaluate_cmd = w.command.value.splitlines()
+    assert impute_cmd.startswith("spgpt impute ") and evaluate_cmd.startswith("spgpt evaluate ")
+    for line in (impute_cmd, evaluate_cmd + " --json qc.json"):
+        res = subprocess.run([sys.executable, "-m", "spgpt_core.cli", "-q", *shlex.split(line)[1:]], cwd=tmp_path,
+                             capture_output=True, text=True, timeout=600)
+        assert res.returncode == 0, res.stderr
+    per_gene = json.loads((tmp_path / "qc.json").read_text())["per_gene"]
+    assert per_gene.keys() == set(genes)
+    np.testing.assert_allclose([per_gene[g] for g in r.index], r.to_numpy(), atol=1e-4)
     # side by side: measured at the origin, imputed one panel to the right
     g = w.gene.value
     meas = viewer.layers[f"sample_slide QC measured: {g}"]

@@ -255,21 +255,13 @@ def cmd_evaluate(args) -> None:
         if xy is not None and len(xy) > 7:
             res["morans_i_mean"] = float(np.nanmean(M.morans_i(pred, xy).to_numpy()))
     elif args.task == "imputation":
-        from ..imputation import measured_expression
+        from ..imputation import imputation_qc
 
-        pred = obsm_table(args.pred, "--pred KEY (obsm imputed genes)")
-        truth = read_slide(args.truth) if args.truth else adata
-        rec = adata.uns.get(args.pred, {})
-        train = rec.get("training_genes") if isinstance(rec, dict) else None
-        if train is None:
-            raise InputError(f"uns['{args.pred}'] has no training_genes; evaluate an output of `spgpt impute`")
-        if truth.n_obs != len(pred):
-            raise InputError(f"--truth has {truth.n_obs} cells but the imputed table has {len(pred)}; pass the "
-                             "measured slide with the same cells")
-        meas = measured_expression(truth, list(pred.columns), list(train), args.gene_col)
-        meas.index = pred.index
-        r = M.pearson_per_gene(meas, pred)
-        res.update(M.imputation_scores(meas, pred), per_gene={str(k): float(v) for k, v in r.items()})
+        if args.pred is None:
+            raise InputError("--task imputation needs --pred KEY (obsm imputed genes)")
+        qc = imputation_qc(adata, args.pred, truth=read_slide(args.truth) if args.truth else None,
+                           gene_col=args.gene_col, counts_layer=args.counts_layer)
+        res.update(qc["scores"], per_gene={str(k): float(v) for k, v in qc["pearson"].items()})
     text = json.dumps(res, indent=2, default=float)
     print(text)
     if args.json:
@@ -360,5 +352,7 @@ def register(sub) -> None:
     p.add_argument("--truth", help="deconvolution: obsm key of true proportions or obs column of true dominant types; "
                                    "imputation: .h5ad measuring the imputed genes (default: INPUT)")
     p.add_argument("--gene-col", help="var column with gene names of the measured slide (imputation)")
+    p.add_argument("--counts-layer", metavar="LAYER",
+                   help="layer of the measured slide holding raw counts when its X is normalised (imputation)")
     p.add_argument("--json", help="also write the scores to this JSON file")
     p.set_defaults(func=cmd_evaluate)
