@@ -10,19 +10,19 @@ source scripts/python.sh
 VENV="${SPGPT_VENV:-.venv}"
 LOCK=constraints.txt
 STAMP="$VENV/.spgpt-installed"
-WANT=$(cat pyproject.toml "$LOCK" 2>/dev/null | sha256sum | cut -c1-16)
+PY=$(pick_python)
+# before anything is touched: the lock exists, was not edited by hand and fits pyproject.toml
+"$PY" scripts/lock.py check
+WANT=$(cat pyproject.toml "$LOCK" | sha256sum | cut -c1-16)
 
 if [ -x "$VENV/bin/python" ] && [ "$(cat "$STAMP" 2>/dev/null)" != "$WANT" ]; then
   echo "[setup] pyproject.toml or $LOCK changed since $VENV was built (or its install was interrupted): rebuilding it"
   rm -rf "$VENV"
 fi
 if [ ! -x "$VENV/bin/python" ]; then
-  PY=$(pick_python)
   echo "[setup] creating $VENV with $($PY --version)"
   "$PY" -m venv "$VENV"
 fi
-# before anything is installed: the lock exists, was not edited by hand and fits pyproject.toml
-"$VENV/bin/python" scripts/lock.py check
 if [ "$(cat "$STAMP" 2>/dev/null)" = "$WANT" ] && "$VENV/bin/python" -c "import spgpt_core, napari_spgpt" 2>/dev/null; then
   echo "[setup] $VENV is up to date"
   exit 0
