@@ -1,17 +1,37 @@
-"""Writing benchmark results into BENCHMARKS.md, one marked section per benchmark."""
+"""Writing a benchmark's report: bench/results/NAME.md, the full tables of its last run.
+
+BENCHMARKS.md is written by people and quotes these reports; the benchmarks never edit it.
+"""
 
 from __future__ import annotations
 
+import re
+import textwrap
 from pathlib import Path
 
+RESULTS = Path(__file__).resolve().parent / "results"
+WIDTH = 100
 
-def write_section(path: Path, name: str, body: str) -> None:
-    """Replace the text between <!-- name:start --> and <!-- name:end --> (append the block if absent)."""
-    start, end = f"<!-- {name}:start -->", f"<!-- {name}:end -->"
-    text = path.read_text() if path.exists() else "# Benchmarks\n"
-    block = f"{start}\n{body}\n{end}"
-    if start in text and end in text:
-        text = text[: text.index(start)] + block + text[text.index(end) + len(end):]
-    else:
-        text = text.rstrip() + "\n\n" + block + "\n"
-    path.write_text(text)
+
+def wrap_markdown(text: str, width: int = WIDTH) -> str:
+    """Wrap long prose lines and list items at ``width``; tables, headings and code stay as they are."""
+    out, in_code = [], False
+    for line in text.splitlines():
+        if line.lstrip().startswith("```"):
+            in_code = not in_code
+        if in_code or len(line) <= width or line.lstrip().startswith(("|", "#", "<!--")):
+            out.append(line)
+            continue
+        bullet = re.match(r"^(\s*)([*-] |\d+\. )?", line)
+        indent = bullet.group(1) + " " * len(bullet.group(2) or "")
+        out.append(textwrap.fill(line.strip(), width, initial_indent=line[: len(line) - len(line.lstrip())],
+                                 subsequent_indent=indent, break_long_words=False, break_on_hyphens=False))
+    return "\n".join(out)
+
+
+def write_report(name: str, body: str) -> Path:
+    """Replace bench/results/NAME.md with ``body`` (Markdown), prose wrapped for reading."""
+    RESULTS.mkdir(exist_ok=True)
+    path = RESULTS / f"{name}.md"
+    path.write_text(wrap_markdown(body.strip()) + "\n")
+    return path

@@ -13,7 +13,7 @@ cells, to show that memory does not grow with the slide.
 
     .venv/bin/python bench/embed.py                 # full run (~10 min on 2 cores)
     .venv/bin/python bench/embed.py --quick         # fewer cells
-    .venv/bin/python bench/embed.py --write         # also update BENCHMARKS.md
+    .venv/bin/python bench/embed.py --write         # also write bench/results/embed.md
 """
 
 from __future__ import annotations
@@ -36,7 +36,7 @@ sys.path.insert(0, str(ROOT / "bench"))
 sys.path.insert(0, str(ROOT / "tests"))  # helpers/: checkpoint writer and reference path
 DATA = ROOT.parent / "shared" / "data"
 
-from _report import write_section  # noqa: E402
+from _report import write_report  # noqa: E402
 
 SIZES = {  # scGPT args.json fields for each size
     "small": dict(d=128, nheads=4, d_hid=256, nlayers=4, max_seq_len=600),
@@ -138,7 +138,7 @@ def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--slide", default=str(DATA / "dlpfc" / "DLPFC_151673.h5ad"))
     p.add_argument("--quick", action="store_true")
-    p.add_argument("--write", action="store_true", help="update the embedding section of BENCHMARKS.md")
+    p.add_argument("--write", action="store_true", help="write the report to bench/results/embed.md")
     args = p.parse_args()
     torch.manual_seed(0)
     adata = ad.read_h5ad(args.slide)
@@ -170,7 +170,7 @@ def main() -> None:
     table = "\n".join(lines)
     print(table)
     if args.write:
-        write_section(ROOT / "BENCHMARKS.md", "embed", "## Zero-shot embedding\n\n" + table)
+        write_report("embed", "## Zero-shot embedding\n\n" + table)
 
 
 if __name__ == "__main__":

@@ -43,7 +43,7 @@ def main(argv=None) -> int:
     p.add_argument("--model", default="random:small", help="model spec (default: %(default)s)")
     p.add_argument("--umap", action="store_true", help="also compute the UMAP (numba JIT holds the GIL)")
     p.add_argument("--repeats", type=int, default=1)
-    p.add_argument("--write", action="store_true", help="write the GUI latency section of BENCHMARKS.md")
+    p.add_argument("--write", action="store_true", help="write the report to bench/results/gui.md")
     args = p.parse_args(argv)
     os.environ.setdefault("SPGPT_CACHE_DIR", os.path.join(os.path.expanduser("~"), ".cache", "spgpt"))
     import napari
@@ -57,9 +57,9 @@ def main(argv=None) -> int:
     print(json.dumps(results, indent=1))
     if args.write:
         sys.path.insert(0, str(ROOT / "bench"))
-        from _report import write_section
+        from _report import write_report
 
-        write_section(ROOT / "BENCHMARKS.md", "gui", render(results, argv))
+        write_report("gui", render(results, argv))
     return 0
 
 

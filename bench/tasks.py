@@ -20,15 +20,14 @@ Tasks and protocols (every baseline is computed in the same run, on the same inp
   cells mode with its defaults, ``project_cell_annotations``), the spgpt pipeline on expression only
   (ablation: paper objective, no embeddings), spgpt (embedding-enriched: the embeddings stacked as
   the model returns them, the paper's Eq. 13 and the default) and spgpt with the centred embedding
-  block scaled to the expression block's norm (``embedding_weight=1``, the default until
-  2026-11-24). Metrics: macro F1 of
+  block scaled to the expression block's norm (``embedding_weight=1``). Metrics: macro F1 of
   dominant types (spots with a tied true dominant type left out), accuracy, mean JSD, runtime, peak
   memory.
 * **imputation** - 5-fold leave-genes-out cross-validation: RCTD MERFISH (750 cells) with its scRNA
   reference (1308 cells, 134 genes), and STARmap mPFC BZ5 imputed from BZ9 (slice to slice).
   Methods: ``tangram-sc`` (all reference cells, ``project_genes``), the spgpt pipeline on
   expression with k-means centroids (ablation), spgpt (enriched, centroids), spgpt (enriched,
-  every cell) and spgpt (enriched, centroids) with ``embedding_weight=1`` (the earlier default).
+  every cell) and spgpt (enriched, centroids) with ``embedding_weight=1``.
   Metric: per-gene Pearson r of held-out genes (median over all genes of all folds), runtime, peak
   memory.
 
@@ -39,7 +38,7 @@ the table. ``--finetune-epochs N`` fine-tunes the model first with ``spgpt_core.
 imputation so no held-out gene leaks in); integration stays zero-shot as in the paper.
 
     .venv/bin/python bench/tasks.py                      # all tasks, writes bench/results/tasks.json
-    .venv/bin/python bench/tasks.py --write              # ... and the Downstream tasks section of BENCHMARKS.md
+    .venv/bin/python bench/tasks.py --write              # ... and the tables in bench/results/tasks.md
     .venv/bin/python bench/tasks.py --quick --tasks deconvolution   # smoke run
 """
 
@@ -67,7 +66,7 @@ sys.path.insert(0, str(ROOT / "tests"))  # helpers/: the pseudo-spot ground trut
 DATA = ROOT.parent / "shared" / "data"
 
 from _protocol import gene_folds, measure, split_cells  # noqa: E402
-from _report import write_section  # noqa: E402
+from _report import write_report  # noqa: E402
 from helpers.pseudo_spots import make_pseudo_spots  # noqa: E402
 
 from spgpt_core import metrics as M  # noqa: E402
@@ -329,7 +328,7 @@ def task_deconvolution(ms: ModelSource, args) -> list[dict]:
         with timed(rec := {}):
             r = deconvolve(spots, ref, celltype_key=key, model=model, use_embeddings=True, embedding_weight=1.0,
                            num_epochs=args.epochs, seed=args.seed)
-        results.append(("spgpt, centred embedding block at weight 1 (earlier default)", r.proportions, rec, r.info))
+        results.append(("spgpt, centred embedding block at weight 1 (--embedding-weight 1)", r.proportions, rec, r.info))
         for method, P, rec, info in results:
             s = M.deconvolution_scores(truth, P)
             rows.append({**meta, "method": method, **s, **rec,
@@ -383,7 +382,7 @@ def task_imputation(ms: ModelSource, args) -> list[dict]:
                ("spgpt pipeline, expression, centroids (ablation)", dict(use_embeddings=False, use_centroids=True)),
                ("spgpt (enriched, centroids)", dict(use_embeddings=True, use_centroids=True)),
                ("spgpt (enriched, every cell)", dict(use_embeddings=True, use_centroids=False)),
-               ("spgpt (enriched, centroids), centred embedding block at weight 1 (earlier default)",
+               ("spgpt (enriched, centroids), centred embedding block at weight 1 (--embedding-weight 1)",
                 dict(use_embeddings=True, use_centroids=True, embedding_weight=1.0))]
     for name, target, ref in cases:
         sh = match_genes(target, ref)
@@ -636,8 +635,9 @@ def main(argv=None) -> None:
                    help="keep every row of the previous --out file (e.g. to add a fine-tuned run next to it)")
     p.add_argument("--out", default=str(ROOT / "bench" / "results" / "tasks.json"))
     p.add_argument("--notes", help="text file whose content goes under 'Reading these numbers'")
-    p.add_argument("--write", action="store_true", help="update the Downstream tasks section of BENCHMARKS.md")
-    p.add_argument("--render-only", action="store_true", help="re-render BENCHMARKS.md from --out without running")
+    p.add_argument("--write", action="store_true", help="write the tables to bench/results/tasks.md")
+    p.add_argument("--render-only", action="store_true",
+                   help="re-render bench/results/tasks.md from --out without running")
     args = p.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
     for noisy in ("anndata", "numba", "h5py", "root", "matplotlib", "PIL", "spgpt_core"):
@@ -649,7 +649,7 @@ def main(argv=None) -> None:
         if args.notes:
             result["meta"]["notes"] = Path(args.notes).read_text()
             out.write_text(json.dumps(result, indent=1, default=float))
-        write_section(ROOT / "BENCHMARKS.md", "tasks", render(result))
+        write_report("tasks", render(result))
         return
     if args.quick:
         args.epochs = min(args.epochs, 100)
@@ -696,7 +696,7 @@ def main(argv=None) -> None:
     out.write_text(json.dumps(result, indent=1, default=float))
     print(render(result))
     if args.write:
-        write_section(ROOT / "BENCHMARKS.md", "tasks", render(result))
+        write_report("tasks", render(result))
 
 
 if __name__ == "__main__":

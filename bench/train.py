@@ -42,7 +42,7 @@ def train_flops(cfg, batch) -> float:
 
 
 def main() -> None:
-    from _report import write_section
+    from _report import write_report
     from embed import matmul_flops
 
     from spgpt_core import SpGPT
@@ -54,7 +54,7 @@ def main() -> None:
 
     p = argparse.ArgumentParser()
     p.add_argument("--steps", type=int, default=4, help="optimizer steps per size (after one warm-up step)")
-    p.add_argument("--write", action="store_true")
+    p.add_argument("--write", action="store_true", help="write the report to bench/results/train.md")
     args = p.parse_args()
     tmp = Path(tempfile.mkdtemp())
     try:
@@ -117,7 +117,7 @@ def main() -> None:
     table = "\n".join(lines)
     print(table)
     if args.write:
-        write_section(ROOT / "BENCHMARKS.md", "train", "## Training throughput\n\n" + table)
+        write_report("train", "## Training throughput\n\n" + table)
 
 
 if __name__ == "__main__":

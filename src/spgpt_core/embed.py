@@ -102,7 +102,7 @@ def embed_arrays(adata, model: SpGPT, prepared: PreparedSlide, *, batch_size: in
     The spot embedding is the encoder's ``<cls>`` state and does not depend on the modality (Eq. 6
     concatenates the modality embedding only for the decoders). ``layer``: read it after that
     transformer layer (1-based) instead of the final one (-1, the paper's choice and the default;
-    the earlier layers were measured for BENCHMARKS.md and are not better)."""
+    the earlier layers were measured in docs/experiments/default-model.md and are not better)."""
     cfg = model.config
     device = model.device
     progress = ensure_progress(progress)

@@ -1,12 +1,12 @@
 """Quick zero-shot comparison of candidate models: the spgpt half of bench/tasks.py's domain and
 integration tasks, without the baselines (they do not depend on the model; see BENCHMARKS.md).
 
-    python bench/quick_eval.py MODEL_DIR [--threads 1] [--layer -1] [--json out.json]
+    python bench/experiments/quick_eval.py MODEL_DIR [--threads 1] [--layer -1] [--json out.json]
 
 Domains: DLPFC 151673 / 151674 (K = 7) and STARmap mPFC BZ5 / BZ9 (K = 4), embedding of the 3,000 most
 variable genes, then ARI of [k-means, k-means + 6-neighbour smoothing, Leiden, Leiden + smoothing]
 (seed 0). Integration: ``spgpt_core.integration.integrate`` of each pair, Leiden, Methods 4.5.2
-metrics. Every candidate model in BENCHMARKS.md's "what we tried" was scored with this protocol.
+metrics. Every candidate model in docs/experiments/ was scored with this protocol.
 """
 
 from __future__ import annotations
@@ -26,7 +26,7 @@ from spgpt_core.embed import embed
 from spgpt_core.integration import integrate
 from spgpt_core.pretrained import load_model
 
-DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data"
+DATA = Path(__file__).resolve().parents[2].parent / "shared" / "data"
 DOMAIN_SETS = [
     ("DLPFC_151673", "dlpfc/DLPFC_151673.h5ad", 7),
     ("DLPFC_151674", "dlpfc/DLPFC_151674.h5ad", 7),

@@ -1,7 +1,7 @@
-"""Two probes of the DLPFC gap (BENCHMARKS.md notes; neither is adopted).
+"""Two probes of the DLPFC gap (docs/experiments/; neither is adopted).
 
-    python bench/embedding_probes.py layer-mean --from-layer 1 [--threads 2]
-    python bench/embedding_probes.py finetune-ablation [--threads 2]
+    python bench/experiments/embedding_probes.py layer-mean --from-layer 1 [--threads 2]
+    python bench/experiments/embedding_probes.py finetune-ablation [--threads 2]
 
 ``layer-mean``: the spot embedding as the mean of the L2-normalised ``<cls>`` states after layers
 FROM..last instead of the final layer's alone (a common feature-extraction trick; not the paper's

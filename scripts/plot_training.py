@@ -1,6 +1,6 @@
 """Loss curves of a training run: ``metrics.jsonl`` (from ``spgpt pretrain``) -> PNG.
 
-    .venv/bin/python bench/plot_training.py runs/default-model/metrics.jsonl docs/default_model_loss.png \
+    .venv/bin/python scripts/plot_training.py runs/default-model/metrics.jsonl docs/default_model_loss.png \
         [docs/random_gene_init_metrics.jsonl]
 
 The optional third file is another run whose validation losses are drawn dashed for comparison

@@ -1,11 +1,12 @@
 """Zero-shot domain clustering on the labelled slides that bench/tasks.py does *not* score: a
 validation set for choosing recipes and defaults without tuning on the benchmark rows.
 
-    python bench/validation_eval.py MODEL_DIR|default|pca [--threads 1] [--layer -1] [--json out.json]
+    python bench/experiments/validation_eval.py MODEL_DIR|default|pca [--threads 1] [--layer -1] \
+        [--json out.json]
 
 Slides: STARmap VISp (``domain``, K = 7), Allen MERFISH VISp (``layer``, 'unannotated' dropped),
 osmFISH somatosensory cortex (``Region``), the six labelled HER2ST sections A1-F1 (``label``,
-'undetermined' dropped). K = the number of labelled classes. Protocol as bench/quick_eval.py: the
+'undetermined' dropped). K = the number of labelled classes. Protocol as quick_eval.py: the
 embedding of the 3,000 most variable genes (small panels whole), ARI of k-means / k-means +
 smoothing / Leiden / Leiden + smoothing, seed 0; ``pca`` scores the PCA baseline of bench/tasks.py.
 """
@@ -23,6 +24,7 @@ import numpy as np
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # bench/: the PCA baseline of tasks.py
 from quick_eval import DATA, domain_aris  # noqa: E402
 from tasks import pca_embedding  # noqa: E402
 

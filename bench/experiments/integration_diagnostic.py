@@ -2,9 +2,9 @@
 zero-shot joint embedding as returned and after centring each slide's embeddings on their own mean
 (removing any constant per-slide offset), and reports how the offset relates to sequencing depth.
 
-    python bench/integration_diagnostic.py [MODEL_DIR|default] [--threads 2] [--json out.json]
+    python bench/experiments/integration_diagnostic.py [MODEL_DIR|default] [--threads 2] [--json out.json]
 
-Protocol as bench/quick_eval.py (``spgpt_core.integration.integrate``, Leiden, Methods 4.5.2 metrics).
+Protocol as quick_eval.py (``spgpt_core.integration.integrate``, Leiden, Methods 4.5.2 metrics).
 Centring is a diagnostic, not a method spgpt uses.
 """
 

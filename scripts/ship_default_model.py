@@ -1,6 +1,6 @@
 """Copy a trained model directory into the package as the shipped default model.
 
-    .venv/bin/python bench/ship_default_model.py runs/default-model/model [--storage float16]
+    .venv/bin/python scripts/ship_default_model.py runs/default-model/model [--storage float16]
 
 Checks the size budget (<= 25 MB of weights) and that the copy loads; the package then serves it as
 ``--model default`` (spgpt_core/data/default_model). ``--storage float16`` re-saves the weights at half
