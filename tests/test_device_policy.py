@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import anndata as ad
 import pytest
-from _device_guard import WentToCuda, install
+from helpers.device_guard import WentToCuda, install
 
 from spgpt_core import tl
 from spgpt_core.cli import main

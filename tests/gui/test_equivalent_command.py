@@ -11,7 +11,7 @@ import sys
 import anndata as ad
 import numpy as np
 import pytest
-from _device_guard import install
+from helpers.device_guard import install
 from _helpers import add_widget, wait_job
 
 pytestmark = [pytest.mark.gui, pytest.mark.filterwarnings("ignore:zarr v3 autosharding")]

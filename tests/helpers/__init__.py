@@ -5,6 +5,7 @@
 * ``reference_embed``: an independent, naive re-creation of the reference embedding path;
 * ``pseudo_spots``: pseudo-spots with known cell-type proportions from labelled single cells;
 * ``gui_latency``: measures how long napari's GUI thread stalls while a slide is embedded.
+* ``device_guard``: a simulated GPU that records (and stops) every move of a module or tensor to CUDA.
 
 pytest puts tests/ on ``sys.path`` (tests/ has no ``__init__.py``), so tests import
 ``from helpers.data import data_file``. The benchmarks put tests/ on ``sys.path`` themselves:
