@@ -22,9 +22,9 @@ Pipeline (every choice below is fixed and documented; none is tuned on benchmark
    spot-wise term stays dominated by expression, whose rows have the larger norm.
    A number instead centres each dimension within its dataset and scales the block to
    ``embedding_weight`` times the expression block's Frobenius norm, which gives the embeddings
-   a fixed share of the spot-wise term. Until 2026-11-24 that was the default (weight 1), an
-   addition of ours, not the paper's; with this repository's small CPU-trained model it lowered
-   macro-F1 below plain Tangram, so the default now follows the paper (both are in bench/results/tasks.md).
+   a fixed share of the spot-wise term (an addition of ours, not the paper's: with the small
+   CPU-trained model it scores lower macro-F1 than plain Tangram, so the default follows the paper;
+   both are in bench/results/tasks.md).
 5. **Mapping**: ``tangram.mapping_optimizer.Mapper`` in cells mode with the objective of the
    paper's Eq. 15: gene-wise (column) cosine ``lambda_g1=1`` *and* spot-wise (row) cosine
    ``lambda_g2=1`` (Tangram's own default leaves the latter out, ``lambda_g2=0``), plus Tangram's
