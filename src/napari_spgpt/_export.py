@@ -1,6 +1,6 @@
 """Writing a slide's results (no Qt): ``.h5ad``, a per-spot ``.csv`` and SpatialData ``.zarr``.
 
-All three go through spgpt_core's atomic writers (temp file + rename) or the same pattern, refuse to
+All three go through spgpt_core's atomic writers (``spgpt_core.atomic``: temp file + rename), refuse to
 replace an existing path unless ``overwrite=True`` (the widget asks the user first), and never
 write over the ``.h5ad`` the slide was read from. For a slide read from a SpatialData store, the
 ``.zarr`` export is that store (images, shapes, other tables) with the updated table; exporting to
@@ -9,8 +9,6 @@ the store itself rewrites only that table.
 
 from __future__ import annotations
 
-import os
-import uuid
 from pathlib import Path
 
 import numpy as np
@@ -50,6 +48,7 @@ def results_table(slide, *, include_embedding: bool = False) -> pd.DataFrame:
 
 
 def export_csv(slide, path: str | Path, *, overwrite: bool = False, include_embedding: bool = False) -> Path:
+    from spgpt_core.atomic import atomic_path
     from spgpt_core.errors import InputError
 
     path = Path(path).expanduser()
@@ -58,12 +57,10 @@ def export_csv(slide, path: str | Path, *, overwrite: bool = False, include_embe
     if path.exists() and not overwrite:
         raise InputError(f"Output {path} already exists; choose another name or confirm overwriting.")
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex[:8]}.tmp")
     try:
-        results_table(slide, include_embedding=include_embedding).to_csv(tmp)
-        os.replace(tmp, path)
+        with atomic_path(path) as tmp:
+            results_table(slide, include_embedding=include_embedding).to_csv(tmp)
     except Exception as e:
-        tmp.unlink(missing_ok=True)
         raise InputError(f"Could not write {path} ({type(e).__name__}: {e}); nothing was written.") from e
     return path
 

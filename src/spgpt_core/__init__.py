@@ -10,7 +10,7 @@ Quick start::
     sg.tl.embed(adata, model, key_added="X_spgpt")
 """
 
-__version__ = "0.1.0"
+from ._version import __version__
 
 from . import tl  # noqa: E402  (scanpy-style verbs)
 from .errors import CheckpointError, InputError, SpgptError  # noqa: E402

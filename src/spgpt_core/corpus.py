@@ -31,8 +31,6 @@ import functools
 import json
 import logging
 import re
-import shutil
-import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -40,6 +38,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from .atomic import atomic_path
 from .errors import InputError
 from .progress import Progress, ensure_progress
 
@@ -148,88 +147,85 @@ def build_corpus(slides: list[SlideSpec], out: str | Path, *, vocab=None, val_fr
         raise InputError(f"val_fraction={val_fraction} must be in [0, 0.5)")
     vocab = vocab or GeneVocab.default()
     progress = ensure_progress(progress)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent if out.parent.exists() else None))
     rng = np.random.default_rng(seed)
     gsum = np.zeros(len(vocab))
     gcnt = np.zeros(len(vocab), dtype=np.int64)
     entries, taken, skipped = [], set(), []
+    out.parent.mkdir(parents=True, exist_ok=True)
     progress.start(len(slides), "building corpus")
     try:
-        for spec in slides:
-            progress.check()
-            if spec.adata is not None:
-                adata = spec.adata
-            else:
-                adata = read_slide(spec.path, table=spec.table, backed=Path(spec.path).suffix == ".h5ad")
-            adata = with_counts(adata, spec.counts_layer, f"slide {spec.path}")  # YAML key: counts_layer
-            sid = _slide_id(spec, taken)
-            match = resolve_genes(adata, vocab, gene_col=spec.gene_col)
-            mod, reason = resolve_modality(adata, spec.modality)
-            used = match.vocab_ids >= 0
-            stats = SlideStats.from_chunks(iter_row_chunks(adata), adata.n_vars, used)
-            keep_cells, keep_genes = quality_masks(stats, match.vocab_ids, mod.min_genes_per_cell)
-            if keep_cells.sum() < 2 or keep_genes.sum() == 0:
-                skipped.append(f"{spec.path}: {int(keep_cells.sum())} cells pass QC (>= {mod.min_genes_per_cell} "
-                               f"expressed genes for {mod.name})")
+        with atomic_path(out) as tmp:  # an existing corpus (overwrite=True) is replaced only once this one is complete
+            tmp.mkdir()
+            for spec in slides:
+                progress.check()
+                if spec.adata is not None:
+                    adata = spec.adata
+                else:
+                    adata = read_slide(spec.path, table=spec.table, backed=Path(spec.path).suffix == ".h5ad")
+                adata = with_counts(adata, spec.counts_layer, f"slide {spec.path}")  # YAML key: counts_layer
+                sid = _slide_id(spec, taken)
+                match = resolve_genes(adata, vocab, gene_col=spec.gene_col)
+                mod, reason = resolve_modality(adata, spec.modality)
+                used = match.vocab_ids >= 0
+                stats = SlideStats.from_chunks(iter_row_chunks(adata), adata.n_vars, used)
+                keep_cells, keep_genes = quality_masks(stats, match.vocab_ids, mod.min_genes_per_cell)
+                if keep_cells.sum() < 2 or keep_genes.sum() == 0:
+                    skipped.append(f"{spec.path}: {int(keep_cells.sum())} cells pass QC (>= {mod.min_genes_per_cell} "
+                                   f"expressed genes for {mod.name})")
+                    progress.update()
+                    continue
+                ids = np.where(keep_genes, match.vocab_ids, -1)
+                indptr, genes, values = [np.zeros(1, dtype=np.int64)], [], []
+                for start, stop, X in iter_row_chunks(adata):
+                    X = X[keep_cells[start:stop]].tocsr()
+                    X.eliminate_zeros()
+                    rows = np.repeat(np.arange(X.shape[0]), np.diff(X.indptr))
+                    g = ids[X.indices]
+                    ok = g >= 0
+                    genes.append(g[ok].astype(np.int32))
+                    values.append((X.data[ok] / stats.nonzero_mean).astype(np.float32))
+                    indptr.append(indptr[-1][-1] + np.cumsum(np.bincount(rows[ok], minlength=X.shape[0])))
+                genes_a = np.concatenate(genes) if genes else np.zeros(0, np.int32)
+                values_a = np.concatenate(values) if values else np.zeros(0, np.float32)
+                np.add.at(gsum, genes_a, values_a.astype(np.float64))
+                np.add.at(gcnt, genes_a, 1)
+                coords = get_coordinates(adata)
+                coords = coords[keep_cells] if coords is not None else None
+                d = tmp / "slides" / sid
+                d.mkdir(parents=True)
+                np.save(d / "indptr.npy", np.concatenate(indptr).astype(np.int64))
+                np.save(d / "genes.npy", genes_a)
+                np.save(d / "values.npy", values_a)
+                np.save(d / "panel.npy", np.unique(ids[ids >= 0]).astype(np.int32))
+                if coords is not None:
+                    np.save(d / "coords.npy", coords.astype(np.float64))
+                n = int(keep_cells.sum())
+                split = _validation_mask(coords, n, patch_size, val_fraction, rng)
+                np.save(d / "split.npy", split)
+                source = "in-memory AnnData" if spec.adata is not None else str(Path(spec.path).resolve())
+                entries.append({"slide_id": sid, "source": source, "modality": mod.name,
+                                "modality_reason": reason, "n_cells": n, "n_cells_input": int(adata.n_obs),
+                                "n_genes": int((ids >= 0).sum()), "n_val": int(split.sum()),
+                                "has_coords": coords is not None, "gene_match": match.report(),
+                                "nnz": int(len(genes_a))})
+                log.info("%s: %d cells, %d genes (%s)", sid, n, entries[-1]["n_genes"], mod.name)
                 progress.update()
-                continue
-            ids = np.where(keep_genes, match.vocab_ids, -1)
-            indptr, genes, values = [np.zeros(1, dtype=np.int64)], [], []
-            for start, stop, X in iter_row_chunks(adata):
-                X = X[keep_cells[start:stop]].tocsr()
-                X.eliminate_zeros()
-                rows = np.repeat(np.arange(X.shape[0]), np.diff(X.indptr))
-                g = ids[X.indices]
-                ok = g >= 0
-                genes.append(g[ok].astype(np.int32))
-                values.append((X.data[ok] / stats.nonzero_mean).astype(np.float32))
-                indptr.append(indptr[-1][-1] + np.cumsum(np.bincount(rows[ok], minlength=X.shape[0])))
-            genes_a = np.concatenate(genes) if genes else np.zeros(0, np.int32)
-            values_a = np.concatenate(values) if values else np.zeros(0, np.float32)
-            np.add.at(gsum, genes_a, values_a.astype(np.float64))
-            np.add.at(gcnt, genes_a, 1)
-            coords = get_coordinates(adata)
-            coords = coords[keep_cells] if coords is not None else None
-            d = tmp / "slides" / sid
-            d.mkdir(parents=True)
-            np.save(d / "indptr.npy", np.concatenate(indptr).astype(np.int64))
-            np.save(d / "genes.npy", genes_a)
-            np.save(d / "values.npy", values_a)
-            np.save(d / "panel.npy", np.unique(ids[ids >= 0]).astype(np.int32))
-            if coords is not None:
-                np.save(d / "coords.npy", coords.astype(np.float64))
-            n = int(keep_cells.sum())
-            split = _validation_mask(coords, n, patch_size, val_fraction, rng)
-            np.save(d / "split.npy", split)
-            source = "in-memory AnnData" if spec.adata is not None else str(Path(spec.path).resolve())
-            entries.append({"slide_id": sid, "source": source, "modality": mod.name,
-                            "modality_reason": reason, "n_cells": n, "n_cells_input": int(adata.n_obs),
-                            "n_genes": int((ids >= 0).sum()), "n_val": int(split.sum()),
-                            "has_coords": coords is not None, "gene_match": match.report(),
-                            "nnz": int(len(genes_a))})
-            log.info("%s: %d cells, %d genes (%s)", sid, n, entries[-1]["n_genes"], mod.name)
-            progress.update()
-        if not entries:
-            raise InputError("the corpus would be empty: no slide kept any cell after quality control"
-                             + ("; " + "; ".join(skipped) if skipped else ""))
-        means = np.full(len(vocab), np.nan)
-        seen = gcnt > 0
-        means[seen] = gsum[seen] / gcnt[seen]
-        from .preprocess import GeneStats
+            if not entries:
+                raise InputError("the corpus would be empty: no slide kept any cell after quality control"
+                                 + ("; " + "; ".join(skipped) if skipped else ""))
+            means = np.full(len(vocab), np.nan)
+            seen = gcnt > 0
+            means[seen] = gsum[seen] / gcnt[seen]
+            from .preprocess import GeneStats
 
-        GeneStats(means).save(tmp / "gene_stats.csv", vocab.tokens)
-        vocab.save(tmp / "vocab.json")
-        meta = {"format": CORPUS_FORMAT, "slides": entries, "skipped": skipped, "val_fraction": val_fraction,
-                "patch_size_for_split": patch_size, "seed": seed, "vocab_fingerprint": vocab.fingerprint(),
-                "n_cells": sum(e["n_cells"] for e in entries), "n_genes_with_stats": int(seen.sum()),
-                "built": time.strftime("%Y-%m-%dT%H:%M:%S"), "versions": versions()}
-        (tmp / "corpus.json").write_text(json.dumps(meta, indent=2))
-        if out.exists():
-            shutil.rmtree(out)
-        out.parent.mkdir(parents=True, exist_ok=True)
-        tmp.rename(out)
+            GeneStats(means).save(tmp / "gene_stats.csv", vocab.tokens)
+            vocab.save(tmp / "vocab.json")
+            meta = {"format": CORPUS_FORMAT, "slides": entries, "skipped": skipped, "val_fraction": val_fraction,
+                    "patch_size_for_split": patch_size, "seed": seed, "vocab_fingerprint": vocab.fingerprint(),
+                    "n_cells": sum(e["n_cells"] for e in entries), "n_genes_with_stats": int(seen.sum()),
+                    "built": time.strftime("%Y-%m-%dT%H:%M:%S"), "versions": versions()}
+            (tmp / "corpus.json").write_text(json.dumps(meta, indent=2))
     finally:
-        shutil.rmtree(tmp, ignore_errors=True)
         progress.close()
     for s in skipped:
         log.warning("skipped %s", s)

@@ -11,9 +11,6 @@ loaded whole and sparse matrices stay sparse.
 
 from __future__ import annotations
 
-import os
-import shutil
-import uuid
 from pathlib import Path
 from typing import TYPE_CHECKING, Iterator
 
@@ -22,6 +19,7 @@ import numpy as np
 import pandas as pd
 import scipy.sparse as sp
 
+from .atomic import atomic_path
 from .errors import InputError
 
 if TYPE_CHECKING:
@@ -286,12 +284,10 @@ def write_h5ad(
         raise InputError(f"Refusing to write over the input file {out}; choose another output path.")
     _check_free(out, overwrite)
     out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out.with_name(f".{out.name}.{uuid.uuid4().hex[:8]}.tmp")
     try:
-        adata.write_h5ad(tmp)
-        os.replace(tmp, out)
+        with atomic_path(out) as tmp:
+            adata.write_h5ad(tmp)
     except Exception as e:
-        tmp.unlink(missing_ok=True)
         raise InputError(f"Could not write {out} ({type(e).__name__}: {e}); nothing was written.") from e
     return out
 
@@ -401,20 +397,9 @@ def write_spatialdata(sdata: spatialdata.SpatialData, out: str | Path, *, overwr
         raise InputError(f"Output {out} must end in .zarr (use write_h5ad for an .h5ad file).")
     _check_free(out, overwrite)
     out.parent.mkdir(parents=True, exist_ok=True)
-    tag = uuid.uuid4().hex[:8]
-    tmp, old = out.with_name(f".{out.name}.{tag}.tmp"), out.with_name(f".{out.name}.{tag}.old")
     try:
-        sdata.write(tmp, update_sdata_path=False)
-        if out.exists():
-            os.replace(out, old)
-        os.replace(tmp, out)
+        with atomic_path(out) as tmp:
+            sdata.write(tmp, update_sdata_path=False)
     except Exception as e:
-        shutil.rmtree(tmp, ignore_errors=True)
-        if old.exists() and not out.exists():
-            os.replace(old, out)
         raise InputError(f"Could not write {out} ({type(e).__name__}: {e}); nothing was changed.") from e
-    if old.is_dir():
-        shutil.rmtree(old, ignore_errors=True)
-    else:
-        old.unlink(missing_ok=True)
     return out

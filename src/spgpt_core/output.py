@@ -9,14 +9,13 @@ Both paths write a temporary file and rename it into place, so a crash never lea
 
 from __future__ import annotations
 
-import os
 import shutil
-import uuid
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 
+from .atomic import atomic_path
 from .errors import InputError
 from .io import _check_free, write_h5ad
 
@@ -47,25 +46,22 @@ def write_results(adata, out, *, input_path=None, obsm: dict | None = None, obs:
     import h5py
 
     out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out.with_name(f".{out.name}.{uuid.uuid4().hex[:8]}.tmp")
     try:
-        shutil.copyfile(src, tmp)
-        with h5py.File(tmp, "r+") as f:
-            for k, v in obsm.items():
-                _replace(f, f"obsm/{k}", np.asarray(v))
-            if obs:
-                df = ad.io.read_elem(f["obs"])
-                for k, v in obs.items():
-                    df[k] = v.values if isinstance(v, pd.Series) else v
-                _replace(f, "obs", df)
-            for k, v in uns.items():
-                _replace(f, f"uns/{k}", v)
-        os.replace(tmp, out)
+        with atomic_path(out) as tmp:
+            shutil.copyfile(src, tmp)
+            with h5py.File(tmp, "r+") as f:
+                for k, v in obsm.items():
+                    _replace(f, f"obsm/{k}", np.asarray(v))
+                if obs:
+                    df = ad.io.read_elem(f["obs"])
+                    for k, v in obs.items():
+                        df[k] = v.values if isinstance(v, pd.Series) else v
+                    _replace(f, "obs", df)
+                for k, v in uns.items():
+                    _replace(f, f"uns/{k}", v)
     except InputError:
-        tmp.unlink(missing_ok=True)
         raise
     except Exception as e:
-        tmp.unlink(missing_ok=True)
         raise InputError(f"could not write {out} ({type(e).__name__}: {e}); nothing was written") from e
     return out
 

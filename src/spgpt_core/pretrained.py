@@ -39,7 +39,7 @@ REQUIRED_FILES = ("config.json", "model.safetensors", "vocab.json")
 
 def versions() -> dict:
     """Versions recorded with every model and result."""
-    from . import __version__
+    from ._version import __version__
 
     out = {"spgpt": __version__, "torch": str(torch.__version__), "python": platform.python_version()}
     for mod in ("numpy", "scipy", "anndata", "scanpy"):

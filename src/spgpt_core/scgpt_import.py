@@ -154,10 +154,12 @@ def _abbrev(items, n=6):
     return ", ".join(items[:n]) + (f" (+{len(items) - n} more)" if len(items) > n else "")
 
 
-def load_scgpt_dir(path: Path):
-    """Load ``best_model.pt`` + ``args.json`` + ``vocab.json`` [+ ``all_dict_mean_std.csv``]."""
-    from .pretrained import SpGPT
+def read_scgpt_dir(path: Path) -> tuple[SpGPTModel, GeneVocab, GeneStats | None, dict]:
+    """Read ``best_model.pt`` + ``args.json`` + ``vocab.json`` [+ ``all_dict_mean_std.csv``].
 
+    Returns the parts of an :class:`~spgpt_core.pretrained.SpGPT` (network, vocabulary, gene
+    statistics, metadata); ``SpGPT.from_pretrained`` assembles them, so this module does not
+    depend on ``pretrained``."""
     path = Path(path)
     missing = [f for f in ("best_model.pt", "args.json", "vocab.json") if not (path / f).exists()]
     if missing:
@@ -190,4 +192,4 @@ def load_scgpt_dir(path: Path):
     stats_file = path / "all_dict_mean_std.csv"
     stats = GeneStats.load(stats_file, cfg.vocab_size) if stats_file.exists() else None
     meta = {"source": str(path), "imported_from": report["layout"], "import_report": report}
-    return SpGPT(module, vocab, stats, meta)
+    return module, vocab, stats, meta

@@ -6,7 +6,8 @@ import dataclasses
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from ..errors import ConfigError
+from ..errors import CheckpointError, ConfigError
+from ..model_spec import is_random_spec, parse_random_spec
 
 
 @dataclass
@@ -61,6 +62,10 @@ class TrainConfig:
             problems.append("patch_size must be >= 2")
         if not 1 <= self.k_neighbours < self.patch_size:
             problems.append(f"k_neighbours must be in 1..patch_size-1 (got {self.k_neighbours}, patch_size {self.patch_size})")
+        try:
+            parse_random_spec(self.init)
+        except CheckpointError as e:
+            problems.append(f"init: {e}")
         if self.gene_init not in ("random", "coexpression"):
             problems.append(f"gene_init must be 'random' or 'coexpression' (got {self.gene_init!r})")
         if self.max_context < 2:
@@ -88,11 +93,10 @@ class TrainConfig:
 
     @classmethod
     def from_dict(cls, d: dict) -> "TrainConfig":
-        known = {f.name for f in dataclasses.fields(cls)}
-        unknown = sorted(set(d) - known)
-        if unknown:
-            raise ConfigError(f"unknown config keys {unknown}; known keys: {', '.join(sorted(known))}")
         types = {f.name: f.type for f in dataclasses.fields(cls)}
+        unknown = sorted(set(d) - set(types))
+        if unknown:
+            raise ConfigError(f"unknown config keys {unknown}; known keys: {', '.join(sorted(types))}")
         clean = {}
         for k, v in d.items():
             want = types[k]  # annotations are strings (from __future__ import annotations)
@@ -139,7 +143,7 @@ def load_config(path: str | Path | None, overrides: list[str] = ()) -> TrainConf
             if isinstance(d.get(key), str) and d[key] and not Path(d[key]).is_absolute():
                 d[key] = str((p.parent / d[key]).resolve())
         init = d.get("init")
-        if isinstance(init, str) and not init.startswith("random:") and init != "default" and not Path(init).is_absolute():
+        if isinstance(init, str) and not is_random_spec(init) and init != "default" and not Path(init).is_absolute():
             d["init"] = str((p.parent / init).resolve())
     for item in overrides:
         if "=" not in item:

@@ -24,9 +24,11 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from ..atomic import atomic_path
 from ..corpus import Corpus
 from ..errors import ConfigError, InputError
 from ..model import ecs_loss, masked_mse
+from ..model_spec import parse_random_spec
 from ..progress import Progress, ensure_progress
 from ..sampler import PatchSampler
 from .batch import make_batch
@@ -99,11 +101,10 @@ class Trainer:
         self.accum = cfg.grad_accum // self.world
         self.corpus = corpus if corpus is not None else Corpus(cfg.corpus)
         if model is None:
-            if cfg.init.startswith("random:"):
-                parts = cfg.init.split(":")
-                size = parts[1] or "small"
-                model = SpGPT.random(size, seed=int(parts[2]) if len(parts) > 2 else cfg.seed,
-                                     vocab=self.corpus.vocab, **cfg.model_overrides)
+            random_spec = parse_random_spec(cfg.init)
+            if random_spec is not None:
+                seed = cfg.seed if random_spec.seed is None else random_spec.seed
+                model = SpGPT.random(random_spec.size, seed=seed, vocab=self.corpus.vocab, **cfg.model_overrides)
                 # an existing run is about to be resumed (its checkpoint replaces these weights)
                 if cfg.gene_init == "coexpression" and not (Path(cfg.run_dir).expanduser() / "checkpoints" / "latest").exists():
                     from .gene_init import init_gene_embeddings
@@ -172,15 +173,13 @@ class Trainer:
             return None
         self.ckpt_dir.mkdir(parents=True, exist_ok=True)
         path = self.ckpt_dir / f"step_{self.global_step:08d}.pt"
-        tmp = path.with_suffix(".pt.tmp")
-        torch.save({"model": self.model.module.state_dict(), "optimizer": self.optimizer.state_dict(),
-                    "epoch": self.epoch, "step_in_epoch": self.step_in_epoch, "global_step": self.global_step,
-                    "tokens_seen": self.tokens_seen, "elapsed": self.elapsed, "rng": rng,
-                    "config": self.cfg.to_dict(), "model_config": self.model.config.to_dict()}, tmp)
-        os.replace(tmp, path)
-        latest_tmp = self.ckpt_dir / "latest.tmp"
-        latest_tmp.write_text(path.name)
-        os.replace(latest_tmp, self.ckpt_dir / "latest")
+        with atomic_path(path) as tmp:
+            torch.save({"model": self.model.module.state_dict(), "optimizer": self.optimizer.state_dict(),
+                        "epoch": self.epoch, "step_in_epoch": self.step_in_epoch, "global_step": self.global_step,
+                        "tokens_seen": self.tokens_seen, "elapsed": self.elapsed, "rng": rng,
+                        "config": self.cfg.to_dict(), "model_config": self.model.config.to_dict()}, tmp)
+        with atomic_path(self.ckpt_dir / "latest") as tmp:
+            tmp.write_text(path.name)
         for old in sorted(self.ckpt_dir.glob("step_*.pt"))[: -self.cfg.keep_checkpoints]:
             old.unlink(missing_ok=True)
         return path
