@@ -48,7 +48,7 @@ def dist_info() -> tuple[int, int, int]:
 
 
 def _init_distributed(device_pref: str) -> tuple[int, int, torch.device]:
-    from ..pretrained import resolve_device
+    from ..device import resolve_device
 
     rank, world, local = dist_info()
     device = resolve_device(device_pref)
