@@ -55,9 +55,9 @@ def matmul_flops(n: int = 2048, reps: int = 10) -> float:
 
 def token_lengths(adata, model, seed=0) -> np.ndarray:
     """Tokens per cell (with <cls>) exactly as the embedding sees them."""
-    from spgpt_core.embed import prepare_slide
+    from spgpt_core.tl._embed import prepare_slide
     from spgpt_core.io import iter_row_chunks
-    from spgpt_core.preprocess import tokenize_rows
+    from spgpt_core.pp.tokenize import tokenize_rows
 
     prep = prepare_slide(adata, model)
     out = []
@@ -78,7 +78,7 @@ def bench_size(name: str, adata, n_cells: int, n_ref: int, tmp: Path, peak: floa
     from helpers.reference_embed import reference_embed
     from helpers.scgpt_checkpoint import write_scgpt_dir
     from spgpt_core import SpGPT, tl
-    from spgpt_core.vocab import resolve_genes
+    from spgpt_core.pp.vocab import resolve_genes
 
     d = write_scgpt_dir(tmp / name, **SIZES[name])
     model = SpGPT.from_pretrained(d)
@@ -112,14 +112,14 @@ def peak_rss_of_cli(slide: Path, n_cells: int | None, tmp: Path) -> tuple[float,
 import resource, time, anndata as ad, sys
 sys.path.insert(0, {str(ROOT / 'src')!r})
 from spgpt_core import load_model
-from spgpt_core.embed import embed
+from spgpt_core.tl._embed import compute_embedding
 from spgpt_core.io import read_slide
 a = read_slide({str(slide)!r}, backed=True)
 if {n_cells!r} is not None:
     a = a[:{n_cells!r}]
 m = load_model("random:small")
 t = time.perf_counter()
-embed(a, m, chunk_size=1024)
+compute_embedding(a, m, chunk_size=1024)
 sec = time.perf_counter() - t
 try:  # VmHWM: this process's own high-water mark (ru_maxrss survives exec, so it includes the parent's)
     peak = [int(x.split()[1]) for x in open("/proc/self/status") if x.startswith("VmHWM")][0] / 1024

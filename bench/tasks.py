@@ -71,7 +71,7 @@ from helpers.pseudo_spots import make_pseudo_spots  # noqa: E402
 
 from spgpt_core import metrics as M  # noqa: E402
 from spgpt_core.errors import CheckpointError  # noqa: E402
-from spgpt_core.hvg import DEFAULT_N_TOP_GENES  # noqa: E402
+from spgpt_core.pp.hvg import DEFAULT_N_TOP_GENES  # noqa: E402
 
 log = logging.getLogger("bench.tasks")
 _THREADS = 0  # --threads; re-applied before every timed block (scanpy's neighbours/Leiden reset torch's count)
@@ -120,7 +120,7 @@ class ModelSource:
     """Loads --model (falling back explicitly), optionally fine-tunes, caches by key."""
 
     def __init__(self, spec: str, fallback: str, finetune_epochs: int, device: str):
-        from spgpt_core.pretrained import load_model
+        from spgpt_core.checkpoint.pretrained import load_model
 
         self.note = ""
         try:
@@ -167,8 +167,8 @@ def published_aris() -> pd.DataFrame:
 
 
 def task_domains(ms: ModelSource, args) -> list[dict]:
-    from spgpt_core.cluster import cluster_embedding
-    from spgpt_core.embed import embed
+    from spgpt_core.tl._cluster import cluster_embedding
+    from spgpt_core.tl._embed import compute_embedding
 
     rows = []
     sets = [("DLPFC 151673", "dlpfc/DLPFC_151673.h5ad", 7, "DLPFC151673"),
@@ -189,7 +189,7 @@ def task_domains(ms: ModelSource, args) -> list[dict]:
         pca_sec = rec["seconds"]
         model = ms.get(f"domains:{name}", [a])
         with timed(rec := {}):
-            emb, _ = embed(a, model, empty="drop", seed=args.seed, n_top_genes=DEFAULT_N_TOP_GENES)
+            emb, _ = compute_embedding(a, model, empty="drop", seed=args.seed, n_top_genes=DEFAULT_N_TOP_GENES)
         reps["spgpt"] = emb
         emb_sec = rec["seconds"]
         for rep_name, X in reps.items():
@@ -218,7 +218,7 @@ def task_domains(ms: ModelSource, args) -> list[dict]:
 
 
 def task_integration(ms: ModelSource, args) -> list[dict]:
-    from spgpt_core.integration import integrate
+    from spgpt_core.tl._integrate import integrate
 
     rows = []
     sets = [("DLPFC 151673 + 151674", ["dlpfc/DLPFC_151673.h5ad", "dlpfc/DLPFC_151674.h5ad"], "layer"),
@@ -297,7 +297,8 @@ def _selected(name: str, args) -> bool:
 
 
 def task_deconvolution(ms: ModelSource, args) -> list[dict]:
-    from spgpt_core.deconvolution import deconvolve, log_normalise, match_genes, select_hvg, counts_block
+    from spgpt_core.tl._deconvolve import compute_proportions
+    from spgpt_core.tl._mapping import counts_block, log_normalise, match_genes, select_hvg
 
     rows = []
     cases = deconvolution_cases(args.seed)
@@ -318,15 +319,15 @@ def task_deconvolution(ms: ModelSource, args) -> list[dict]:
             P = tangram_public_deconvolution(spots, ref, key, g_sp, g_ref, args.epochs, args.seed)
         results.append(("tangram-sc (expression)", P, rec, {}))
         with timed(rec := {}):
-            r = deconvolve(spots, ref, celltype_key=key, use_embeddings=False, num_epochs=args.epochs, seed=args.seed)
+            r = compute_proportions(spots, ref, celltype_key=key, use_embeddings=False, num_epochs=args.epochs, seed=args.seed)
         results.append(("spgpt pipeline, expression only (ablation)", r.proportions, rec, r.info))
         model = ms.get(f"deconv:{name}", [spots, ref])
         with timed(rec := {}):
-            r = deconvolve(spots, ref, celltype_key=key, model=model, use_embeddings=True, num_epochs=args.epochs,
+            r = compute_proportions(spots, ref, celltype_key=key, model=model, use_embeddings=True, num_epochs=args.epochs,
                            seed=args.seed)
         results.append(("spgpt (embedding-enriched)", r.proportions, rec, r.info))
         with timed(rec := {}):
-            r = deconvolve(spots, ref, celltype_key=key, model=model, use_embeddings=True, embedding_weight=1.0,
+            r = compute_proportions(spots, ref, celltype_key=key, model=model, use_embeddings=True, embedding_weight=1.0,
                            num_epochs=args.epochs, seed=args.seed)
         results.append(("spgpt, centred embedding block at weight 1 (--embedding-weight 1)", r.proportions, rec, r.info))
         for method, P, rec, info in results:
@@ -346,7 +347,7 @@ def tangram_public_imputation(target, ref, train_sp, train_ref, heldout_ref, epo
     Values: log1p(counts per 1e4 training-gene counts) in both datasets, the scale the metric uses."""
     import tangram as tg
 
-    from spgpt_core.deconvolution import counts_block, gene_positions, log_normalise
+    from spgpt_core.tl._mapping import counts_block, gene_positions, log_normalise
 
     ts = np.asarray(counts_block(target, gene_positions(target, train_sp)).sum(axis=1)).ravel()
     tr = np.asarray(counts_block(ref, gene_positions(ref, train_ref)).sum(axis=1)).ravel()
@@ -369,8 +370,8 @@ def tangram_public_imputation(target, ref, train_sp, train_ref, heldout_ref, epo
 
 
 def task_imputation(ms: ModelSource, args) -> list[dict]:
-    from spgpt_core.deconvolution import match_genes
-    from spgpt_core.imputation import impute, measured_expression
+    from spgpt_core.tl._mapping import match_genes
+    from spgpt_core.tl._impute import compute_imputation, measured_expression
 
     rows = []
     cases = imputation_cases()
@@ -403,7 +404,7 @@ def task_imputation(ms: ModelSource, args) -> list[dict]:
                                                          [to_ref[g] for g in held], args.epochs, args.seed)
                         info = {}
                     else:
-                        r = impute(sub, ref, genes=[to_ref[g] for g in held], model=model, num_epochs=args.epochs,
+                        r = compute_imputation(sub, ref, genes=[to_ref[g] for g in held], model=model, num_epochs=args.epochs,
                                    seed=args.seed, **kw)
                         pred, info = r.imputed, r.info
                 pred.columns = held
@@ -434,7 +435,7 @@ def task_imputation(ms: ModelSource, args) -> list[dict]:
 
 def _imputation_inputs(case: str, seed: int):
     """(target with held-out genes removed, reference, held-out genes in target and reference naming, full target)."""
-    from spgpt_core.deconvolution import match_genes
+    from spgpt_core.tl._mapping import match_genes
 
     if case == "synthetic":
         from spgpt_core.datasets import make_sample_reference, make_sample_slide
@@ -457,9 +458,11 @@ def _resource_child(conn, job: dict) -> None:
     logging.disable(logging.WARNING)
     import tangram  # noqa: F401  (import cost is not the method's)
 
-    from spgpt_core.deconvolution import counts_block, deconvolve, log_normalise, match_genes, select_hvg
-    from spgpt_core.imputation import impute
-    from spgpt_core.pretrained import load_model
+    from spgpt_core.tl._deconvolve import compute_proportions
+
+    from spgpt_core.tl._mapping import counts_block, log_normalise, match_genes, select_hvg
+    from spgpt_core.tl._impute import compute_imputation
+    from spgpt_core.checkpoint.pretrained import load_model
 
     global _THREADS
     _THREADS = job.get("threads") or 0
@@ -474,7 +477,7 @@ def _resource_child(conn, job: dict) -> None:
                                              ref.var_names[sh.b_idx[hv]], job["epochs"], job["seed"])
         else:
             with timed(rec):
-                deconvolve(spots, ref, celltype_key=key, model=load_model(job["model"], device="cpu"),
+                compute_proportions(spots, ref, celltype_key=key, model=load_model(job["model"], device="cpu"),
                            num_epochs=job["epochs"], seed=job["seed"])
     else:
         sub, ref, held, held_ref, train_t, to_ref, target = _imputation_inputs(job["case"], job["seed"])
@@ -486,7 +489,7 @@ def _resource_child(conn, job: dict) -> None:
             kw = {"spgpt (enriched, centroids)": dict(use_centroids=True),
                   "spgpt (enriched, every cell)": dict(use_centroids=False)}[job["method"]]
             with timed(rec):
-                impute(sub, ref, genes=held_ref, model=load_model(job["model"], device="cpu"), num_epochs=job["epochs"],
+                compute_imputation(sub, ref, genes=held_ref, model=load_model(job["model"], device="cpu"), num_epochs=job["epochs"],
                        seed=job["seed"], **kw)
         rec["n_reference_cells"], rec["n_cells"] = int(ref.n_obs), int(target.n_obs)
     conn.send(rec)

@@ -46,8 +46,8 @@ def main() -> None:
     from embed import matmul_flops
 
     from spgpt_core import SpGPT
-    from spgpt_core.corpus import Corpus, SlideSpec, build_corpus
-    from spgpt_core.sampler import PatchSampler
+    from spgpt_core.train.corpus import Corpus, SlideSpec, build_corpus
+    from spgpt_core.train.sampler import PatchSampler
     from spgpt_core.train import TrainConfig
     from spgpt_core.train.batch import make_batch
     from spgpt_core.train.loop import compute_losses

@@ -38,7 +38,7 @@ def main(src: str, storage: str) -> None:
 
 
 if __name__ == "__main__":
-    from spgpt_core.pretrained import STORAGE_DTYPES
+    from spgpt_core.checkpoint.pretrained import STORAGE_DTYPES
 
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("model_dir")

@@ -10,7 +10,7 @@ import torch
 from helpers.scgpt_checkpoint import scgpt_human_state, write_scgpt_dir
 from spgpt_core import SpGPT, load_model
 from spgpt_core.errors import CheckpointError
-from spgpt_core.preprocess import GeneStats
+from spgpt_core.pp.tokenize import GeneStats
 
 
 def _same_weights(a, b):

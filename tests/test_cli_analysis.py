@@ -161,10 +161,10 @@ def test_renamed_mapping_flags_still_work_with_a_warning(capsys):
     for verb in ("deconvolve", "impute"):
         base = [verb, "s.h5ad", "--reference", "r.h5ad", "--out", "o.h5ad"] + (
             ["--celltype-key", "t"] if verb == "deconvolve" else ["--genes", "A"])
-        assert parser.parse_args(base).mapping_epochs == 1000
-        assert parser.parse_args([*base, "--mapping-epochs", "7"]).mapping_epochs == 7
+        assert parser.parse_args(base).num_epochs == 1000
+        assert parser.parse_args([*base, "--mapping-epochs", "7"]).num_epochs == 7
         capsys.readouterr()
-        assert parser.parse_args([*base, "--epochs", "9"]).mapping_epochs == 9
+        assert parser.parse_args([*base, "--epochs", "9"]).num_epochs == 9
         assert "--epochs is deprecated" in capsys.readouterr().err
     args = parser.parse_args(["deconvolve", "s.h5ad", "--reference", "r.h5ad", "--out", "o.h5ad", "--celltype-key",
                               "t", "--n-genes", "300"])

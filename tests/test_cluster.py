@@ -3,7 +3,7 @@
 import numpy as np
 import pytest
 
-from spgpt_core.cluster import cluster_embedding, smooth_labels
+from spgpt_core.tl._cluster import cluster_embedding, smooth_labels
 from spgpt_core.errors import InputError
 from spgpt_core.metrics import ari
 

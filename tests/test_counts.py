@@ -12,7 +12,7 @@ from helpers.data import DATA_DIR, data_file
 
 from spgpt_core import tl
 from spgpt_core.cli import main
-from spgpt_core.counts import count_layers, log_scale_warning, with_counts
+from spgpt_core.pp.counts import count_layers, log_scale_warning, with_counts
 from spgpt_core.errors import InputError
 
 BZ5 = "starmap_mpfc/STARmap_mPFC_20180417_BZ5_control.h5ad"
@@ -61,7 +61,7 @@ def test_log_normalised_x_is_flagged_with_the_layer_to_use(bz5):
 
 def test_with_counts_swaps_in_the_layer_and_explains_bad_names(bz5, caplog):
     b = _log_normalised(bz5, raw=True)
-    with caplog.at_level(logging.WARNING, logger="spgpt_core.counts"):
+    with caplog.at_level(logging.WARNING, logger="spgpt_core.pp.counts"):
         assert with_counts(b, None) is b
     assert "looks log-normalised" in caplog.text
     for layer in ("counts", "raw"):
@@ -103,7 +103,7 @@ def test_cli_counts_layer_keeps_the_input_x_in_the_output(tmp_path, bz5, capsys)
 
 
 def test_integrate_and_corpus_take_counts_layers(tmp_path, bz5):
-    from spgpt_core.corpus import read_slide_list
+    from spgpt_core.train.corpus import read_slide_list
 
     a, b = bz5[:300].copy(), bz5[300:600].copy()
     ref = tl.integrate([a, b], "random:tiny", batch_names=["one", "two"])

@@ -11,7 +11,8 @@ from helpers.data import data_file
 from spgpt_core import metrics as M
 from spgpt_core import tl
 from spgpt_core.datasets import make_sample_reference, make_sample_slide
-from spgpt_core.deconvolution import deconvolve, match_genes, run_tangram, scale_embedding_block
+from spgpt_core.tl._deconvolve import compute_proportions
+from spgpt_core.tl._mapping import match_genes, run_tangram, scale_embedding_block
 from spgpt_core.errors import Cancelled, InputError
 from spgpt_core.progress import Progress
 
@@ -25,7 +26,7 @@ def planted():
 
 def test_planted_proportions_are_recovered(planted):
     slide, ref = planted
-    res = deconvolve(slide, ref, celltype_key="cell_type", use_embeddings=False, num_epochs=200)
+    res = compute_proportions(slide, ref, celltype_key="cell_type", use_embeddings=False, num_epochs=200)
     P = res.proportions
     assert list(P.columns) == sorted(ref.obs["cell_type"].cat.categories)
     assert P.index.equals(pd.Index(slide.obs_names))
@@ -41,7 +42,7 @@ def test_planted_proportions_are_recovered(planted):
 
 def test_embedding_block_is_stacked_and_recorded(planted, tiny_model):
     slide, ref = planted
-    res = deconvolve(slide, ref, celltype_key="cell_type", model=tiny_model, num_epochs=30, max_cells_per_type=20)
+    res = compute_proportions(slide, ref, celltype_key="cell_type", model=tiny_model, num_epochs=30, max_cells_per_type=20)
     assert res.info["n_embedding_dims"] == tiny_model.config.d_model
     assert res.info["n_reference_cells"] == 6 * 20
     assert res.info["model"]["d_model"] == tiny_model.config.d_model
@@ -49,7 +50,7 @@ def test_embedding_block_is_stacked_and_recorded(planted, tiny_model):
     s2, r2 = slide.copy(), ref.copy()
     rng = np.random.default_rng(0)
     s2.obsm["E"], r2.obsm["E"] = rng.normal(size=(s2.n_obs, 7)), rng.normal(size=(r2.n_obs, 7))
-    res = deconvolve(s2, r2, celltype_key="cell_type", model="default", spatial_rep="E", reference_rep="E",
+    res = compute_proportions(s2, r2, celltype_key="cell_type", model="default", spatial_rep="E", reference_rep="E",
                      num_epochs=10)
     assert res.info["n_embedding_dims"] == 7 and "model" not in res.info
     assert res.info["embedding_block"] == "as returned (paper)"
@@ -89,7 +90,7 @@ def test_cancel_stops_mapping(planted):
     p = Progress()
     p.cancel()
     with pytest.raises(Cancelled):
-        deconvolve(slide, ref, celltype_key="cell_type", use_embeddings=False, num_epochs=100, progress=p)
+        compute_proportions(slide, ref, celltype_key="cell_type", use_embeddings=False, num_epochs=100, progress=p)
 
 
 def test_real_pseudo_spots_from_another_slice():
@@ -101,7 +102,7 @@ def test_real_pseudo_spots_from_another_slice():
     assert spots.n_obs > 100 and spots.obs["n_cells"].min() >= 2
     np.testing.assert_allclose(spots.X.sum(), cells.X[:, :].sum() * spots.uns["pseudo_spots"]["n_cells_used"]
                                / cells.n_obs, rtol=0.2)
-    res = deconvolve(spots, ref, celltype_key="cell_type", use_embeddings=False, num_epochs=300)
+    res = compute_proportions(spots, ref, celltype_key="cell_type", use_embeddings=False, num_epochs=300)
     s = M.deconvolution_scores(spots.obsm["true_proportions"], res.proportions)
     # 15 types, many rare: chance macro-F1 is well under 0.1
     assert s["macro_f1"] > 0.3, s
@@ -132,18 +133,18 @@ def test_gene_matching_uses_the_best_name_columns(dlpfc_small):
 def test_reference_without_celltype_column(planted):
     slide, ref = planted
     with pytest.raises(InputError, match="no obs column 'celltype'.*--celltype-key"):
-        deconvolve(slide, ref, celltype_key="celltype", use_embeddings=False)
+        compute_proportions(slide, ref, celltype_key="celltype", use_embeddings=False)
 
 
 def test_reference_with_single_cell_type(planted):
     slide, ref = planted
     one = ref[ref.obs["cell_type"] == ref.obs["cell_type"].cat.categories[0]].copy()
     with pytest.raises(InputError, match="1 cell type.*at least 2"):
-        deconvolve(slide, one, celltype_key="cell_type", use_embeddings=False)
+        compute_proportions(slide, one, celltype_key="cell_type", use_embeddings=False)
     missing = ref.copy()
     missing.obs["cell_type"] = pd.Categorical(["NA"] * (ref.n_obs - 1) + ["Epithelial"])
     with pytest.raises(InputError, match="at least 2 types"):
-        deconvolve(slide, missing, celltype_key="cell_type", use_embeddings=False)
+        compute_proportions(slide, missing, celltype_key="cell_type", use_embeddings=False)
 
 
 def test_no_shared_genes(planted):
@@ -151,7 +152,7 @@ def test_no_shared_genes(planted):
     other = ref.copy()
     other.var_names = [f"gene{i}" for i in range(other.n_vars)]
     with pytest.raises(InputError, match="share fewer than 5 genes.*--reference-gene-col"):
-        deconvolve(slide, other, celltype_key="cell_type", use_embeddings=False)
+        compute_proportions(slide, other, celltype_key="cell_type", use_embeddings=False)
 
 
 @pytest.mark.parametrize("kw,msg", [({"max_cells_per_type": 0}, "max_cells_per_type"),
@@ -163,7 +164,7 @@ def test_no_shared_genes(planted):
 def test_bad_parameters(planted, kw, msg):
     slide, ref = planted
     with pytest.raises(InputError, match=msg):
-        deconvolve(slide, ref, celltype_key="cell_type", **kw)
+        compute_proportions(slide, ref, celltype_key="cell_type", **kw)
 
 
 def test_dominant_labels_and_deconvolution_scores():

@@ -25,16 +25,16 @@ def test_same_seed_same_embeddings_whatever_batch_or_chunk_size(dlpfc_small, tin
 
 
 def test_embedding_layer_option(dlpfc_small, tiny_model):
-    from spgpt_core.embed import embed
+    from spgpt_core.tl._embed import compute_embedding
 
     a = dlpfc_small[:200].copy()
-    final, _ = embed(a, tiny_model)
-    last, _ = embed(a, tiny_model, layer=tiny_model.config.n_layers)
-    first, _ = embed(a, tiny_model, layer=1)
+    final, _ = compute_embedding(a, tiny_model)
+    last, _ = compute_embedding(a, tiny_model, layer=tiny_model.config.n_layers)
+    first, _ = compute_embedding(a, tiny_model, layer=1)
     np.testing.assert_allclose(last, final, atol=1e-6)
     assert np.abs(first - final).max() > 1e-2
     with pytest.raises(InputError, match=r"layer must be -1 \(the final layer\) or 1\.\."):
-        embed(a, tiny_model, layer=0)
+        compute_embedding(a, tiny_model, layer=0)
 
 
 def test_other_seed_changes_tie_breaks(dlpfc_small, tiny_model):

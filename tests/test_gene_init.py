@@ -7,11 +7,11 @@ import pytest
 import scipy.sparse as sp
 
 from helpers.data import data_file
-from spgpt_core.corpus import Corpus, SlideSpec, build_corpus
+from spgpt_core.train.corpus import Corpus, SlideSpec, build_corpus
 from spgpt_core.errors import ConfigError
-from spgpt_core.pretrained import SpGPT
+from spgpt_core.checkpoint.pretrained import SpGPT
 from spgpt_core.train import TrainConfig, pretrain
-from spgpt_core.vocab import GeneVocab
+from spgpt_core.pp.vocab import GeneVocab
 from spgpt_core.train.gene_init import coexpression_embeddings, init_gene_embeddings
 
 MPFC = "starmap_mpfc/STARmap_mPFC_20180417_BZ5_control.h5ad"

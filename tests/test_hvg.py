@@ -6,7 +6,7 @@ import pytest
 import scanpy as sc
 
 from helpers.data import data_file
-from spgpt_core.hvg import highly_variable_mask
+from spgpt_core.pp.hvg import highly_variable_mask
 
 
 @pytest.fixture(scope="module")

@@ -12,7 +12,7 @@ from spgpt_core import metrics as M
 from spgpt_core import tl
 from spgpt_core.datasets import make_sample_reference
 from spgpt_core.errors import InputError
-from spgpt_core.imputation import impute, measured_expression
+from spgpt_core.tl._impute import compute_imputation, measured_expression
 
 
 @pytest.fixture(scope="module")
@@ -29,14 +29,14 @@ def planted():
 
 def test_planted_marker_genes_are_imputed(planted):
     target, ref, cells, held = planted
-    res = impute(target, ref, genes=held, use_embeddings=False, num_epochs=200)
+    res = compute_imputation(target, ref, genes=held, use_embeddings=False, num_epochs=200)
     assert list(res.imputed.columns) == held and res.imputed.index.equals(pd.Index(target.obs_names))
     assert res.info["n_clusters"] == ref.n_obs // 10 and res.mapping is None
     meas = measured_expression(cells, held, res.info["training_genes"])
     s = M.imputation_scores(meas, res.imputed)
     assert s["median_pearson"] > 0.6, s  # markers follow the cell type, which the other genes reveal
     # all reference cells instead of centroids: same quality, bigger mapping
-    full = impute(target, ref, genes=held, use_embeddings=False, use_centroids=False, num_epochs=200,
+    full = compute_imputation(target, ref, genes=held, use_embeddings=False, use_centroids=False, num_epochs=200,
                   keep_mapping=True)
     assert full.mapping.shape == (ref.n_obs, target.n_obs)
     assert M.imputation_scores(meas, full.imputed)["median_pearson"] > 0.6
@@ -44,13 +44,13 @@ def test_planted_marker_genes_are_imputed(planted):
 
 def test_requested_genes_never_train_the_mapping(planted):
     _, ref, cells, held = planted
-    res = impute(cells, ref, genes=held[:3], use_embeddings=False, num_epochs=5)
+    res = compute_imputation(cells, ref, genes=held[:3], use_embeddings=False, num_epochs=5)
     assert not set(held[:3]) & set(res.info["training_genes"])
 
 
 def test_embeddings_centroids_and_all_missing(planted, tiny_model):
     target, ref, _, held = planted
-    res = impute(target, ref, all_missing=True, model=tiny_model, num_epochs=20, n_clusters=12, keep_mapping=True)
+    res = compute_imputation(target, ref, all_missing=True, model=tiny_model, num_epochs=20, n_clusters=12, keep_mapping=True)
     assert sorted(res.imputed.columns) == sorted(held)
     assert res.mapping.shape == (12, target.n_obs) and len(np.unique(res.clusters)) == 12
     assert np.isfinite(res.imputed.to_numpy()).all()
@@ -62,7 +62,7 @@ def test_real_merfish_leave_genes_out():
     held = ["Gad1", "Slc17a6", "Mbp", "Aqp4", "Cd24a"]  # neuron, glia markers (case as in the data)
     held = [g for g in held if g in sp_.var_names]
     target = sp_[:, ~sp_.var_names.isin(held)].copy()
-    res = impute(target, ref, genes=[g.upper() for g in held], use_embeddings=False, num_epochs=200)
+    res = compute_imputation(target, ref, genes=[g.upper() for g in held], use_embeddings=False, num_epochs=200)
     assert list(res.imputed.columns) == held  # reference's spelling, whatever case was asked
     meas = measured_expression(sp_, held, res.info["training_genes"])
     assert M.imputation_scores(meas, res.imputed)["median_pearson"] > 0.2
@@ -85,15 +85,15 @@ def test_tl_impute_writes_results(planted):
 def test_requested_genes_absent_from_reference(planted):
     target, ref, _, held = planted
     with pytest.raises(InputError, match="2 requested gene\\(s\\) are not in the reference: NOTAGENE, XYZ1"):
-        impute(target, ref, genes=[held[0], "NOTAGENE", "XYZ1"], use_embeddings=False)
+        compute_imputation(target, ref, genes=[held[0], "NOTAGENE", "XYZ1"], use_embeddings=False)
 
 
 def test_k_larger_than_reference(planted):
     target, ref, _, held = planted
     with pytest.raises(InputError, match="n_clusters=5000 is larger than the number of reference cells"):
-        impute(target, ref, genes=held[:1], n_clusters=5000, use_embeddings=False)
-    with pytest.raises(InputError, match="at least 2 centroids"):
-        impute(target, ref, genes=held[:1], n_clusters=1, use_embeddings=False)
+        compute_imputation(target, ref, genes=held[:1], n_clusters=5000, use_embeddings=False)
+    with pytest.raises(InputError, match=r"n_clusters=1 must be >= 2 \(or use_centroids=False"):
+        compute_imputation(target, ref, genes=held[:1], n_clusters=1, use_embeddings=False)
 
 
 def test_no_shared_genes_and_nothing_to_impute(planted):
@@ -101,13 +101,13 @@ def test_no_shared_genes_and_nothing_to_impute(planted):
     other = target.copy()
     other.var_names = [f"g{i}" for i in range(other.n_vars)]
     with pytest.raises(InputError, match="share fewer than 5 genes"):
-        impute(other, ref, genes=held[:1], use_embeddings=False)
+        compute_imputation(other, ref, genes=held[:1], use_embeddings=False)
     with pytest.raises(InputError, match="nothing missing to impute"):
-        impute(ref, ref, all_missing=True, use_embeddings=False)
+        compute_imputation(ref, ref, all_missing=True, use_embeddings=False)
     with pytest.raises(InputError, match="no genes to impute"):
-        impute(target, ref, use_embeddings=False)
+        compute_imputation(target, ref, use_embeddings=False)
     with pytest.raises(InputError, match="either genes or all_missing"):
-        impute(target, ref, genes=held[:1], all_missing=True, use_embeddings=False)
+        compute_imputation(target, ref, genes=held[:1], all_missing=True, use_embeddings=False)
 
 
 def test_imputation_scores():

@@ -11,7 +11,7 @@ from helpers.data import data_file
 from spgpt_core import metrics as M
 from spgpt_core import tl
 from spgpt_core.errors import InputError
-from spgpt_core.integration import integrate
+from spgpt_core.tl._integrate import integrate
 
 
 @pytest.fixture(scope="module")

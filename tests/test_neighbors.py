@@ -9,7 +9,7 @@ import scanpy as sc
 from sklearn.metrics import adjusted_rand_score
 
 from spgpt_core import neighbors as nb
-from spgpt_core.cluster import cluster_embedding
+from spgpt_core.tl._cluster import cluster_embedding
 
 
 def _mixture(n: int, n_groups: int = 6, dim: int = 32, seed: int = 0):

@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 import scipy.sparse as sp
 
-from spgpt_core.preprocess import (GeneStats, SlideStats, gene_divisors, hash_uniform, length_buckets, pad_batch,
+from spgpt_core.pp.tokenize import (GeneStats, SlideStats, gene_divisors, hash_uniform, length_buckets, pad_batch,
                                    quality_masks, tokenize_rows)
 
 

@@ -13,7 +13,7 @@ from helpers.data import data_file
 from helpers.reference_embed import reference_embed
 from helpers.scgpt_checkpoint import write_scgpt_dir
 from spgpt_core import SpGPT, tl
-from spgpt_core.vocab import resolve_genes
+from spgpt_core.pp.vocab import resolve_genes
 
 
 def test_imported_scgpt_human_matches_reference_embed_data(tmp_path):

@@ -12,9 +12,9 @@ import pytest
 import torch
 
 from helpers.data import ROOT, data_file
-from spgpt_core.corpus import Corpus, SlideSpec, build_corpus, read_slide_list
+from spgpt_core.train.corpus import Corpus, SlideSpec, build_corpus, read_slide_list
 from spgpt_core.errors import ConfigError, InputError
-from spgpt_core.sampler import PatchSampler
+from spgpt_core.train.sampler import PatchSampler
 from spgpt_core.train import TrainConfig, load_config, pretrain
 from spgpt_core.train.batch import make_batch
 

@@ -11,7 +11,7 @@ import pytest
 
 from helpers.data import all_h5ad, data_file
 from spgpt_core.errors import CheckpointError, InputError
-from spgpt_core.vocab import CLS_TOKEN, EOC_TOKEN, PAD_TOKEN, GeneMatch, GeneVocab, resolve_genes
+from spgpt_core.pp.vocab import CLS_TOKEN, EOC_TOKEN, PAD_TOKEN, GeneMatch, GeneVocab, resolve_genes
 
 HUMAN = (  # everything else under shared/data is mouse
     "cosmx_nsclc/",

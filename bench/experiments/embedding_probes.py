@@ -39,7 +39,7 @@ FINETUNE_VARIANTS = [
 @contextlib.contextmanager
 def layer_mean_embedding(from_layer: int):
     """Temporarily make ``SpGPTModel.spot_embedding`` return the sum of the normalised <cls> states
-    after layers ``from_layer``..last (embed() L2-normalises it, so sum and mean are the same)."""
+    after layers ``from_layer``..last (compute_embedding() L2-normalises it, so sum and mean are the same)."""
     original = SpGPTModel.spot_embedding
 
     def spot_embedding(self, genes, values, pad_mask, layer: int = -1):
@@ -61,7 +61,7 @@ def layer_mean_embedding(from_layer: int):
 
 
 def finetune_ablation(threads: int) -> dict:
-    from spgpt_core.embed import embed
+    from spgpt_core.tl._embed import compute_embedding
     from spgpt_core.train.finetune import finetune
 
     torch.set_num_threads(threads)
@@ -72,7 +72,7 @@ def finetune_ablation(threads: int) -> dict:
         for variant in FINETUNE_VARIANTS:
             t0 = time.perf_counter()
             tuned = finetune(a, "default", epochs=1, seed=0, **variant)
-            emb, _ = embed(a, tuned, empty="drop", seed=0, n_top_genes=3000)
+            emb, _ = compute_embedding(a, tuned, empty="drop", seed=0, n_top_genes=3000)
             aris = quick_eval.domain_aris(emb, a, k, labels)
             label = ", ".join(f"{key} {value:g}" for key, value in variant.items())
             out.setdefault(name, {})[label] = aris

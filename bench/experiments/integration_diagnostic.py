@@ -4,7 +4,7 @@ zero-shot joint embedding as returned and after centring each slide's embeddings
 
     python bench/experiments/integration_diagnostic.py [MODEL_DIR|default] [--threads 2] [--json out.json]
 
-Protocol as quick_eval.py (``spgpt_core.integration.integrate``, Leiden, Methods 4.5.2 metrics).
+Protocol as quick_eval.py (``spgpt_core.tl.integrate``, Leiden, Methods 4.5.2 metrics).
 Centring is a diagnostic, not a method spgpt uses.
 """
 
@@ -21,7 +21,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from quick_eval import DATA, INTEGRATION_SETS, joint_embedding, scores  # noqa: E402
 
-from spgpt_core.pretrained import load_model  # noqa: E402
+from spgpt_core.checkpoint.pretrained import load_model  # noqa: E402
 
 
 def main(argv=None) -> dict:

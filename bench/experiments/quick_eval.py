@@ -5,7 +5,7 @@ integration tasks, without the baselines (they do not depend on the model; see B
 
 Domains: DLPFC 151673 / 151674 (K = 7) and STARmap mPFC BZ5 / BZ9 (K = 4), embedding of the 3,000 most
 variable genes, then ARI of [k-means, k-means + 6-neighbour smoothing, Leiden, Leiden + smoothing]
-(seed 0). Integration: ``spgpt_core.integration.integrate`` of each pair, Leiden, Methods 4.5.2
+(seed 0). Integration: ``spgpt_core.tl.integrate`` of each pair, Leiden, Methods 4.5.2
 metrics. Every candidate model in docs/experiments/ was scored with this protocol.
 """
 
@@ -21,10 +21,10 @@ import numpy as np
 import torch
 
 from spgpt_core import metrics
-from spgpt_core.cluster import cluster_embedding
-from spgpt_core.embed import embed
-from spgpt_core.integration import integrate
-from spgpt_core.pretrained import load_model
+from spgpt_core.tl._cluster import cluster_embedding
+from spgpt_core.tl._embed import compute_embedding
+from spgpt_core.tl._integrate import integrate
+from spgpt_core.checkpoint.pretrained import load_model
 
 DATA = Path(__file__).resolve().parents[2].parent / "shared" / "data"
 DOMAIN_SETS = [
@@ -84,7 +84,7 @@ def main(argv=None) -> dict:
     res: dict = {"model": args.model, "layer": args.layer, "domains": {}, "integration": {}}
     for name, rel, k in DOMAIN_SETS:
         a = ad.read_h5ad(data / rel)
-        emb, _ = embed(a, model, empty="drop", seed=0, n_top_genes=3000, layer=args.layer)
+        emb, _ = compute_embedding(a, model, empty="drop", seed=0, n_top_genes=3000, layer=args.layer)
         aris = domain_aris(emb, a, k, a.obs["layer"].astype(str).to_numpy())
         res["domains"][name] = aris
         print(f"{name:14s} ARI {aris}  best {max(aris):.3f}", flush=True)

@@ -47,8 +47,8 @@ def main(argv=None) -> dict:
     torch.set_num_threads(args.threads)
     model = None
     if args.model != "pca":
-        from spgpt_core.embed import embed
-        from spgpt_core.pretrained import load_model
+        from spgpt_core.tl._embed import compute_embedding
+        from spgpt_core.checkpoint.pretrained import load_model
 
         model = load_model(args.model)
     t0 = time.perf_counter()
@@ -61,7 +61,7 @@ def main(argv=None) -> dict:
         if model is None:
             emb = pca_embedding(a).astype(np.float32)
         else:
-            emb, _ = embed(a, model, empty="drop", seed=0, n_top_genes=3000, layer=args.layer)
+            emb, _ = compute_embedding(a, model, empty="drop", seed=0, n_top_genes=3000, layer=args.layer)
         aris = domain_aris(emb, a, k, labels)
         res["domains"][name] = aris
         print(f"{name:14s} K={k:2d} ARI {aris}  best {max(aris):.3f}", flush=True)

@@ -1,5 +1,8 @@
 """Pieces every widget shares: the slide picker, Run/Cancel/progress, the equivalent command, a
-colour legend and the run record written next to the results."""
+colour legend and the run record written next to the results.
+
+torch and the analyses are imported inside the workers so napari starts fast.
+"""
 
 from __future__ import annotations
 
@@ -7,9 +10,13 @@ import time
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
+import pandas as pd
 from magicgui.widgets import CheckBox, ComboBox, Container, PushButton, TextEdit
+from napari.utils import notifications
 from qtpy.QtCore import Qt
-from qtpy.QtWidgets import QAbstractItemView, QGridLayout, QHeaderView, QLabel, QTableWidget, QTableWidgetItem, QWidget
+from qtpy.QtWidgets import (QAbstractItemView, QApplication, QGridLayout, QHeaderView, QLabel, QTableWidget,
+                            QTableWidgetItem, QWidget)
+from spgpt_core.records import h5ad_safe
 
 from ._layers import MISSING, slide_choices
 from ._state import get_state
@@ -44,8 +51,6 @@ class CommandBox(Container):
         self.copy_button.visible = on
 
     def _copy(self) -> None:
-        from qtpy.QtWidgets import QApplication
-
         QApplication.clipboard().setText(self.text.value)
 
     @property
@@ -115,8 +120,6 @@ class ResultTable(QTableWidget):
                 self.setItem(i, j, QTableWidgetItem(str(text)))
 
     def to_dataframe(self):
-        import pandas as pd
-
         return pd.DataFrame([[self.item(i, j).text() for j in range(self.columnCount())]
                              for i in range(self.rowCount())], columns=self.columns)
 
@@ -170,11 +173,9 @@ class SlideWidget(Container):
         self.update_command()
 
     def require_slide(self):
-        from napari.utils.notifications import show_warning
-
         slide = self.slide
         if slide is None:
-            show_warning("Open a slide first (File > Open a .zarr / .h5ad, or File > Open Sample > spgpt).")
+            notifications.show_warning("Open a slide first (File > Open a .zarr / .h5ad, or File > Open Sample > spgpt).")
         return slide
 
     # -- command / records -----------------------------------------------------------------------
@@ -201,8 +202,6 @@ class SlideWidget(Container):
 
         The results' own records (parameters, model, versions) are in ``uns[key]``, written by
         spgpt_core; this adds how they were produced from the GUI."""
-        from spgpt_core.records import h5ad_safe
-
         runs = slide.adata.uns.setdefault("spgpt_napari", {})
         run_id = f"run_{len(runs):03d}"
         runs[run_id] = h5ad_safe({"widget": type(self).__name__, "job": self.job_name,
@@ -235,18 +234,21 @@ class ReferenceSlideWidget(SlideWidget):
         """Everything a reference-mapping worker needs, captured on the GUI thread, or None after telling
         the user what is missing. ``choice``/``value``: the widget's own required input (cell-type column,
         genes); the widget has ``epochs`` and ``seed`` spin boxes."""
-        from napari.utils.notifications import show_warning
-
         slide = self.require_slide()
         if slide is None:
             return None
         ref_path = self.reference_path()
         if ref_path is None or not value:
-            show_warning(missing)
+            notifications.show_warning(missing)
             return None
-        params = {"reference": ref_path, choice: value, "num_epochs": int(self.epochs.value),
-                  "seed": int(self.seed.value), "model": self.state.spec, "device": self.state.device}
-        return MappingJob(self.state, slide, ref_path, params)
+        config = self.mapping_config()
+        params = {"reference": ref_path, choice: value, "num_epochs": config.num_epochs, "seed": config.seed,
+                  "model": self.state.spec, "device": self.state.device}
+        return MappingJob(self.state, slide, ref_path, params, config)
+
+    def mapping_config(self):
+        """The mapping options the widget's controls set, as the core declares them (``config_class``)."""
+        return self.config_class(num_epochs=int(self.epochs.value), seed=int(self.seed.value))
 
 
 @dataclass(frozen=True)
@@ -257,6 +259,7 @@ class MappingJob:
     slide: Any
     ref_path: str
     params: dict
+    config: Any  # spgpt_core.params.DeconvolveConfig / ImputeConfig
 
     @property
     def adata(self):
@@ -270,18 +273,12 @@ class MappingJob:
     def counts_layer(self):
         return self.slide.counts_layer
 
-    @property
-    def epochs(self) -> int:
-        return self.params["num_epochs"]
-
-    @property
-    def seed(self) -> int:
-        return self.params["seed"]
 
 
 def load_model_in_worker(state, progress):
     """The session's model, or the session's spec loaded now (called inside a worker)."""
-    from spgpt_core.pretrained import load_model
+    from spgpt_core.checkpoint.pretrained import load_model  # torch: only inside a worker, napari starts fast
+
 
     model = state.model_for()
     if model is not None:

@@ -6,9 +6,8 @@ from __future__ import annotations
 import shlex
 from pathlib import Path
 
-# = spgpt_core.hvg.DEFAULT_N_TOP_GENES, not imported from there: spgpt_core loads torch, and the plugin
-# imports heavy code only inside its workers (tests/gui keeps the two equal)
-DEFAULT_N_TOP_GENES = 3000
+# spgpt_core.params is light (no torch): the flags come from the same declarations as the CLI's
+from spgpt_core.params import DeconvolveConfig, DomainsConfig, ImputeConfig, to_flags
 
 
 def join(parts: list) -> str:
@@ -49,45 +48,32 @@ def slide_args(slide) -> list[str]:
     return (["--gene-col", slide.gene_col] if slide is not None and slide.gene_col else []) + counts_args(slide)
 
 
-def domains(slide, spec: str, device: str, *, batch_size: int, seed: int, drop_empty: bool,
-            n_clusters: int | None, resolution: float | None, method: str, smooth_k: int,
-            finetune_epochs: int | None = None, n_top_genes: int = DEFAULT_N_TOP_GENES) -> str:
+def domains(slide, spec: str, device: str, config: DomainsConfig) -> str:
     """``spgpt domains ...``: the Embed & domains widget's run, as one command (tl.domains behind both)."""
-    args = ["spgpt", "domains", *input_args(slide), *model_args(spec, device), *slide_args(slide)]
-    args += ["--n-clusters", n_clusters] if n_clusters is not None else ["--resolution", resolution]
-    args += ["--method", method, "--smooth-k", smooth_k, "--batch-size", batch_size, "--seed", seed]
-    if n_top_genes != DEFAULT_N_TOP_GENES:
-        args += ["--n-top-genes", n_top_genes]
-    if finetune_epochs:
-        args += ["--finetune-epochs", finetune_epochs]
-    if drop_empty:
-        args.append("--drop-empty")
-    return join([*args, "--out", f"{stem(slide)}_domains.h5ad"])
-
-
-def _mapping_args(epochs: int, seed: int) -> list:
-    return (["--mapping-epochs", epochs] if epochs != 1000 else []) + (["--seed", seed] if seed else [])
+    flags = to_flags(config, always=("n_clusters", "resolution", "method", "smooth_k", "batch_size", "seed"))
+    return join(["spgpt", "domains", *input_args(slide), *model_args(spec, device), *slide_args(slide), *flags,
+                 "--out", f"{stem(slide)}_domains.h5ad"])
 
 
 def deconvolve(slide, spec: str, device: str, *, reference: str | None, celltype_key: str | None,
-               epochs: int = 1000, seed: int = 0) -> str:
+               config: DeconvolveConfig) -> str:
     return join(["spgpt", "deconvolve", *input_args(slide), "--reference", reference or "REFERENCE.h5ad",
                  "--celltype-key", celltype_key or "KEY", *model_args(spec, device), *slide_args(slide),
-                 *_mapping_args(epochs, seed), "--out", f"{stem(slide)}_deconvolved.h5ad"])
+                 *to_flags(config), "--out", f"{stem(slide)}_deconvolved.h5ad"])
 
 
-def imputation_qc(slide, spec: str, device: str, *, reference: str | None, genes: list[str], epochs: int,
-                  seed: int, key_added: str) -> str:
+def imputation_qc(slide, spec: str, device: str, *, reference: str | None, genes: list[str], config: ImputeConfig,
+                  key_added: str) -> str:
     """Imputation QC: impute measured genes (each is left out of the mapping), then compare with spgpt evaluate."""
     out = f"{stem(slide)}_qc.h5ad"
     evaluate = ["spgpt", "evaluate", out, "--task", "imputation", "--pred", key_added, *slide_args(slide)]
-    return "\n".join([impute(slide, spec, device, reference=reference, genes=genes, epochs=epochs, seed=seed,
-                             out_suffix="qc", key_added=key_added), join(evaluate)])
+    return "\n".join([impute(slide, spec, device, reference=reference, genes=genes, config=config, out_suffix="qc",
+                             key_added=key_added), join(evaluate)])
 
 
-def impute(slide, spec: str, device: str, *, reference: str | None, genes: list[str], epochs: int = 1000,
-           seed: int = 0, out_suffix: str = "imputed", key_added: str | None = None) -> str:
+def impute(slide, spec: str, device: str, *, reference: str | None, genes: list[str], config: ImputeConfig,
+           out_suffix: str = "imputed", key_added: str | None = None) -> str:
     return join(["spgpt", "impute", *input_args(slide), "--reference", reference or "REFERENCE.h5ad",
-                 "--genes", ",".join(genes) if genes else "G1,G2", *model_args(spec, device),
-                 *slide_args(slide), *_mapping_args(epochs, seed),
-                 *(["--key-added", key_added] if key_added else []), "--out", f"{stem(slide)}_{out_suffix}.h5ad"])
+                 "--genes", ",".join(genes) if genes else "G1,G2", *model_args(spec, device), *slide_args(slide),
+                 *to_flags(config), *(["--key-added", key_added] if key_added else []),
+                 "--out", f"{stem(slide)}_{out_suffix}.h5ad"])

@@ -1,6 +1,10 @@
 """Deconvolve widget: cell-type proportions of every spot from a labelled reference ``.h5ad``
 (``spgpt_core.tl.deconvolve``, as ``spgpt deconvolve``), drawn as one continuous layer per cell
-type and a categorical layer of the dominant type with a legend."""
+type and a categorical layer of the dominant type with a legend.
+
+torch and the analyses are imported inside the workers so napari starts fast.
+"""
+
 
 from __future__ import annotations
 
@@ -9,6 +13,9 @@ from typing import TYPE_CHECKING
 import numpy as np
 import pandas as pd
 from magicgui.widgets import ComboBox, Container, FileEdit, RadioButtons, SpinBox
+from napari.utils import notifications
+from spgpt_core.errors import SpgptError
+from spgpt_core.params import DeconvolveConfig
 
 from . import _commands
 from ._base import Legend, ReferenceSlideWidget, add_native, load_model_in_worker
@@ -27,6 +34,7 @@ DOMINANT = "dominant type"
 
 
 class DeconvolveWidget(ReferenceSlideWidget):
+    config_class = DeconvolveConfig
     run_text = "Deconvolve"
     job_name = "deconvolve"
 
@@ -55,17 +63,13 @@ class DeconvolveWidget(ReferenceSlideWidget):
     # -- form -------------------------------------------------------------------------------------
 
     def _on_reference(self, *_) -> None:
-        from napari.utils.notifications import show_error
-
-        from spgpt_core.errors import SpgptError
-
         path = self.reference.value
         if path is None or str(path) in ("", "."):
             return
         try:
             obs, _ = obs_and_genes(path)
         except SpgptError as e:
-            show_error(str(e))
+            notifications.show_error(str(e))
             set_choices(self.celltype_key, [])
             return
         set_choices(self.celltype_key, label_columns(obs))
@@ -74,8 +78,7 @@ class DeconvolveWidget(ReferenceSlideWidget):
     def command_text(self) -> str:
         spec, device = self.model_spec()
         return _commands.deconvolve(self.slide, spec, device, reference=self.reference_path(),
-                                    celltype_key=self.celltype_key.value, epochs=int(self.epochs.value),
-                                    seed=int(self.seed.value))
+                                    celltype_key=self.celltype_key.value, config=self.mapping_config())
 
     # -- run --------------------------------------------------------------------------------------
 
@@ -90,11 +93,12 @@ class DeconvolveWidget(ReferenceSlideWidget):
             reference = read_reference(job.ref_path)
             progress.check()
             model, loaded = load_model_in_worker(job.state, progress)
-            from spgpt_core import tl
+            from spgpt_core import tl  # torch, scanpy: only inside the worker, napari starts fast
 
-            tl.deconvolve(job.adata, reference, celltype_key=key, model=model, key_added=KEY,
-                          dominant_key=DOMINANT_KEY, gene_col=job.gene_col, num_epochs=job.epochs, seed=job.seed,
-                          device=job.state.device, progress=progress, counts_layer=job.counts_layer)
+
+            tl.deconvolve(job.adata, reference, key, model, config=job.config, key_added=KEY,
+                          dominant_key=DOMINANT_KEY, gene_col=job.gene_col, counts_layer=job.counts_layer,
+                          device=job.state.device, progress=progress)
             return {"model": model if loaded else None}
 
         self.controls.start(work, on_done=lambda r: self._show(job.slide, r, job.params), slide=job.slide,

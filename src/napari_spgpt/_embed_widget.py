@@ -2,7 +2,8 @@
 number or resolution, drawn as categorical colours over the tissue with a legend and a UMAP view.
 
 Runs ``spgpt_core.tl.domains``, the function behind ``spgpt domains`` (its equivalent command);
-the UMAP is a display of the embedding only.
+the UMAP is a display of the embedding only. torch and the analyses are imported inside the workers
+so napari starts fast.
 """
 
 from __future__ import annotations
@@ -12,10 +13,12 @@ from typing import TYPE_CHECKING
 import numpy as np
 import pandas as pd
 from magicgui.widgets import CheckBox, ComboBox, Container, FloatSpinBox, RadioButtons, SpinBox
+from spgpt_core.params import DEFAULT_N_TOP_GENES, DomainsConfig
 
 from . import _commands
 from ._base import Legend, SlideWidget, add_native, load_model_in_worker
 from ._layers import base_layer, categorical, categorical_colors, drawn, upsert_result
+from ._umap import UmapCanvas, umap_2d
 
 if TYPE_CHECKING:
     import napari.viewer
@@ -45,7 +48,7 @@ class EmbedWidget(SlideWidget):
                                tooltip="Leiden searches the resolution giving that number; k-means gives it exactly")
         self.smooth_k = SpinBox(label="Spatial smoothing (k)", value=6, min=0, max=50,
                                 tooltip="Majority vote over each spot's k nearest spots (0 = off)")
-        self.n_top_genes = SpinBox(label="Most variable genes", value=_commands.DEFAULT_N_TOP_GENES, min=0, max=100_000, step=500,
+        self.n_top_genes = SpinBox(label="Most variable genes", value=DEFAULT_N_TOP_GENES, min=0, max=100_000, step=500,
                                    tooltip="The model sees this many highly variable genes (0 = every matched "
                                            "gene); smaller panels are used whole")
         self.batch_size = SpinBox(label="Batch size", value=64, min=1, max=4096)
@@ -78,20 +81,21 @@ class EmbedWidget(SlideWidget):
             return {"n_clusters": int(self.n_domains.value), "resolution": None}
         return {"n_clusters": None, "resolution": float(self.resolution.value)}
 
+    def config(self) -> DomainsConfig:
+        """The controls' settings, as the core declares them (tl.domains and spgpt domains take the same)."""
+        return DomainsConfig(**self.cluster_args(), method=self.method.value, smooth_k=int(self.smooth_k.value),
+                             n_top_genes=int(self.n_top_genes.value),
+                             finetune_epochs=int(self.epochs.value) if self.mode.value == FINETUNE else 0,
+                             batch_size=int(self.batch_size.value), drop_empty=bool(self.drop_empty.value),
+                             seed=int(self.seed.value))
+
     def params(self) -> dict:
-        return {"mode": self.mode.value, "finetune_epochs": self.epochs.value if self.mode.value == FINETUNE else None,
-                **self.cluster_args(), "method": self.method.value, "smooth_k": int(self.smooth_k.value),
-                "n_top_genes": int(self.n_top_genes.value),
-                "batch_size": int(self.batch_size.value), "seed": int(self.seed.value),
-                "drop_empty": bool(self.drop_empty.value), "model": self.state.spec, "device": self.state.device}
+        return {"mode": self.mode.value, **self.config().as_dict(), "model": self.state.spec,
+                "device": self.state.device}
 
     def command_text(self) -> str:
         spec, device = self.model_spec()
-        p = self.params()
-        return _commands.domains(self.slide, spec, device, batch_size=p["batch_size"], seed=p["seed"],
-                                 drop_empty=p["drop_empty"], n_clusters=p["n_clusters"], resolution=p["resolution"],
-                                 method=p["method"], smooth_k=p["smooth_k"], finetune_epochs=p["finetune_epochs"],
-                                 n_top_genes=p["n_top_genes"])
+        return _commands.domains(self.slide, spec, device, self.config())
 
     # -- run --------------------------------------------------------------------------------------
 
@@ -99,6 +103,7 @@ class EmbedWidget(SlideWidget):
         slide = self.require_slide()
         if slide is None:
             return
+        config = self.config()
         p = self.params()
         state = self.state
         want_umap = bool(self.umap.value)
@@ -106,25 +111,22 @@ class EmbedWidget(SlideWidget):
         gene_col, counts_layer = slide.gene_col, slide.counts_layer
 
         def work(progress):
+            # torch, scanpy: only inside the worker, napari starts fast
             from spgpt_core import tl
             from spgpt_core.tl._cluster import check_domains_request
 
             # checked before the model is loaded; tl.domains checks again, at no cost
-            check_domains_request(adata, n_clusters=p["n_clusters"], resolution=p["resolution"], method=p["method"])
+            check_domains_request(adata, n_clusters=config.n_clusters, resolution=config.resolution,
+                                  method=config.method)
             model, loaded = load_model_in_worker(state, progress)
             progress.check()
-            tl.domains(adata, model, n_clusters=p["n_clusters"], resolution=p["resolution"], method=p["method"],
-                       smooth_k=p["smooth_k"], n_top_genes=p["n_top_genes"] or None,
-                       finetune_epochs=p["finetune_epochs"] or 0, gene_col=gene_col, counts_layer=counts_layer,
-                       batch_size=p["batch_size"], drop_empty=p["drop_empty"], seed=p["seed"], device=state.device,
+            tl.domains(adata, model, config=config, gene_col=gene_col, counts_layer=counts_layer, device=state.device,
                        key_added=DOMAIN_KEY, embedding_key=EMBED_KEY, progress=progress)
             xy = None
             if want_umap:
                 progress.check()
                 progress.start(0, "UMAP")
-                from ._umap import umap_2d
-
-                xy = umap_2d(adata.obsm[EMBED_KEY], seed=p["seed"])
+                xy = umap_2d(adata.obsm[EMBED_KEY], seed=config.seed)
             return {"model": model if loaded else None, "umap": xy}
 
         self.controls.start(work, on_done=lambda r: self._show(slide, r, p), slide=slide, what=self.job_name)
@@ -151,8 +153,6 @@ class EmbedWidget(SlideWidget):
         self.update_command()
 
     def _show_umap(self, xy: np.ndarray, labels: pd.Categorical, mapping: dict[str, str]) -> None:
-        from ._umap import UmapCanvas
-
         if self.umap_canvas is None:
             self.umap_canvas = UmapCanvas()
             add_native(self._extras, self.umap_canvas)

@@ -7,8 +7,12 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from magicgui.widgets import CheckBox, FileEdit, LineEdit
+from napari.utils import notifications
+from qtpy.QtWidgets import QMessageBox
 
 from ._base import SlideWidget
+from ._commands import join
+from ._export import export_csv, export_h5ad, export_zarr
 
 if TYPE_CHECKING:
     import napari.viewer
@@ -16,8 +20,6 @@ if TYPE_CHECKING:
 
 def confirm(parent, title: str, text: str) -> bool:
     """Ask before replacing files (tests replace this function)."""
-    from qtpy.QtWidgets import QMessageBox
-
     answer = QMessageBox.question(parent, title, text, QMessageBox.StandardButton.Yes | QMessageBox.StandardButton.No,
                                   QMessageBox.StandardButton.No)
     return answer == QMessageBox.StandardButton.Yes
@@ -55,25 +57,26 @@ class ExportWidget(SlideWidget):
         return out
 
     def command_text(self) -> str:
-        lines = ["# in Python, with the slide as an AnnData `adata` (spgpt_core.io):"]
-        for fmt, path in self.targets():
+        """The same exports from the command line: the .h5ad holds every result, the others are written from it."""
+        targets = dict(self.targets())
+        source = targets.get("h5ad")
+        lines = [] if source is not None else ["# export the .h5ad first (it holds every result), then:"]
+        source = source or Path(f"{self.basename.value.strip() or 'spgpt_results'}.h5ad")
+        for fmt, path in targets.items():
             if fmt == "h5ad":
-                lines.append(f"spgpt_core.io.write_h5ad(adata, {str(path)!r})")
-            elif fmt == "zarr":
-                lines.append(f"spgpt_core.io.write_spatialdata(spgpt_core.io.to_spatialdata(adata), {str(path)!r})")
-            else:
-                lines.append(f"# .csv: napari_spgpt._export.results_table(slide).to_csv({str(path)!r})")
+                lines.append("# the .h5ad: the slide and every result, as the analyses left them")
+                continue
+            extra = ["--include-embedding"] if fmt == "csv" and self.embedding.value else []
+            lines.append(join(["spgpt", "export", str(source), "--out", str(path), *extra]))
         return "\n".join(lines)
 
     def run(self) -> None:
-        from napari.utils.notifications import show_warning
-
         slide = self.require_slide()
         if slide is None:
             return
         targets = self.targets()
         if not targets:
-            show_warning("Tick at least one format to export.")
+            notifications.show_warning("Tick at least one format to export.")
             return
         existing = [p for _, p in targets if p.exists()]
         into_source = [p for p in existing if slide.source and p.resolve() == Path(slide.source).resolve()]
@@ -87,13 +90,11 @@ class ExportWidget(SlideWidget):
                 return
         if slide.kind == "h5ad" and any(fmt == "h5ad" and p.resolve() == Path(slide.source).resolve()
                                         for fmt, p in targets if p.exists()):
-            show_warning("spgpt never writes over the .h5ad a slide was read from; choose another file name.")
+            notifications.show_warning("spgpt never writes over the .h5ad a slide was read from; choose another file name.")
             return
         with_embedding = bool(self.embedding.value)
 
         def work(progress):
-            from ._export import export_csv, export_h5ad, export_zarr
-
             written = []
             progress.start(len(targets), "exporting")
             for fmt, path in targets:
@@ -111,11 +112,9 @@ class ExportWidget(SlideWidget):
         self.controls.start(work, on_done=self._done, slide=slide, what=self.job_name)
 
     def _done(self, written: list[Path]) -> None:
-        from napari.utils.notifications import show_info
-
         self.written = written
         folders = {str(Path(p).parent) for p in written}
         where = f" to {folders.pop()}" if len(folders) == 1 else ""
         msg = "Wrote " + ", ".join(Path(p).name for p in written) + where
         self.controls.status.value = msg
-        show_info(msg)
+        notifications.show_info(msg)

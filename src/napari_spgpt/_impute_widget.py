@@ -1,5 +1,8 @@
 """Impute widget: expression of genes the slide did not measure, from a reference ``.h5ad``
-(``spgpt_core.tl.impute``, as ``spgpt impute``), one continuous overlay per gene."""
+(``spgpt_core.tl.impute``, as ``spgpt impute``), one continuous overlay per gene.
+
+torch and the analyses are imported inside the workers so napari starts fast.
+"""
 
 from __future__ import annotations
 
@@ -8,6 +11,9 @@ from typing import TYPE_CHECKING
 import numpy as np
 import pandas as pd
 from magicgui.widgets import CheckBox, ComboBox, Container, FileEdit, Label, LineEdit, Select, SpinBox
+from napari.utils import notifications
+from spgpt_core.errors import SpgptError
+from spgpt_core.params import ImputeConfig
 
 from . import _commands
 from ._base import MappingJob, ReferenceSlideWidget, load_model_in_worker
@@ -70,6 +76,7 @@ class GenePicker(Container):
 
 
 class ImputeWidget(ReferenceSlideWidget):
+    config_class = ImputeConfig
     run_text = "Impute"
     job_name = "impute"
 
@@ -93,17 +100,13 @@ class ImputeWidget(ReferenceSlideWidget):
         self._on_slide_changed()
 
     def _on_reference(self, *_) -> None:
-        from napari.utils.notifications import show_error
-
-        from spgpt_core.errors import SpgptError
-
         path = self.reference_path()
         if path is None:
             return
         try:
             _, genes = obs_and_genes(path)
         except SpgptError as e:
-            show_error(str(e))
+            notifications.show_error(str(e))
             self.picker.set_genes([])
             return
         slide = self.slide
@@ -117,7 +120,7 @@ class ImputeWidget(ReferenceSlideWidget):
     def command_text(self) -> str:
         spec, device = self.model_spec()
         return _commands.impute(self.slide, spec, device, reference=self.reference_path(), genes=self.picker.value,
-                                epochs=int(self.epochs.value), seed=int(self.seed.value))
+                                config=self.mapping_config())
 
     def run(self) -> None:
         genes = self.picker.value
@@ -163,9 +166,9 @@ def impute_in_worker(job: MappingJob, genes, progress, key: str = KEY) -> dict:
     reference = read_reference(job.ref_path)
     progress.check()
     model, loaded = load_model_in_worker(job.state, progress)
-    from spgpt_core import tl
+    from spgpt_core import tl  # torch, scanpy: only inside the worker, napari starts fast
 
-    tl.impute(job.adata, reference, genes=genes, model=model, key_added=key, gene_col=job.gene_col,
-              num_epochs=job.epochs, seed=job.seed, device=job.state.device, progress=progress,
-              counts_layer=job.counts_layer)
+    tl.impute(
+job.adata, reference, genes, model, config=job.config, key_added=key, gene_col=job.gene_col,
+              counts_layer=job.counts_layer, device=job.state.device, progress=progress)
     return {"model": model if loaded else None}

@@ -11,16 +11,20 @@ coordinates are the centroids of the annotated element in the chosen coordinate 
 transformation into that coordinate system is inverted to bring them into image pixels. For an
 ``.h5ad`` in the Visium layout (``uns['spatial'][library]``) the coordinates are full-resolution
 pixels and ``tissue_hires_scalef`` / ``tissue_lowres_scalef`` scale them onto the image.
+
+anndata, h5py, scipy and spatialdata are imported when a slide is read so napari starts fast.
 """
 
 from __future__ import annotations
 
 import logging
+import uuid
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import numpy as np
+from spgpt_core.errors import InputError
 
 log = logging.getLogger(__name__)
 
@@ -76,8 +80,6 @@ class StoreInfo:
 
 def inspect_store(path: str | Path) -> StoreInfo:
     """List what a slide file offers without loading any expression matrix."""
-    from spgpt_core.errors import InputError
-
     path = Path(str(path).rstrip("/\\")).expanduser()
     kind = kind_of(path)
     if kind is None:
@@ -85,7 +87,7 @@ def inspect_store(path: str | Path) -> StoreInfo:
             f"Cannot open {path}: expected an AnnData .h5ad file or a SpatialData .zarr directory with a table."
         )
     if kind == "h5ad":
-        import h5py
+        import h5py  # only when a slide is read: napari starts fast
 
         try:
             with h5py.File(path, "r") as f:
@@ -101,6 +103,7 @@ def inspect_store(path: str | Path) -> StoreInfo:
             raise InputError(f"Could not read {path} as an .h5ad file ({e}); the file may be corrupt.") from e
         return StoreInfo(path, kind, tables=[], table_systems={}, images={"": images})
 
+    # optional extra: spatialdata (and its zarr)
     import spatialdata as sd
     import zarr
     from spatialdata.transformations import get_transformation
@@ -133,7 +136,7 @@ def inspect_store(path: str | Path) -> StoreInfo:
 def _table_regions(root, table: str) -> list[str]:
     """Elements a table annotates, read from its uns without loading the table."""
     try:
-        import anndata as ad
+        import anndata as ad  # ~2 s on import: only when a slide is read
 
         attrs = ad.io.read_elem(root["tables"][table]["uns"]["spatialdata_attrs"])
     except Exception:  # noqa: BLE001 - a table without annotation metadata
@@ -182,7 +185,7 @@ class LoadedSlide:
     points_yx: np.ndarray  # (n_drawn, 2) napari (row, col) positions
     notes: list[str] = field(default_factory=list)
     reference: str | None = None  # a matching reference .h5ad (the sample data ships one)
-    uid: str = field(default_factory=lambda: __import__("uuid").uuid4().hex[:12])
+    uid: str = field(default_factory=lambda: uuid.uuid4().hex[:12])
     busy: str | None = None  # name of the job running on this slide, if any
     gene_col: str | None = None  # var column with gene symbols (None: chosen automatically by spgpt_core)
     counts_layer: str | None = None  # layer with the raw counts when X is normalised (None: X; 'raw': .raw)
@@ -207,8 +210,6 @@ def load_slide(
     name: str | None = None,
 ) -> LoadedSlide:
     """Read a slide file for display. ``image``: a name, ``AUTO`` (best guess) or ``NO_IMAGE``."""
-    from spgpt_core.errors import InputError
-
     path = Path(str(path).rstrip("/\\")).expanduser()
     kind = kind_of(path)
     if kind is None:
@@ -225,7 +226,7 @@ def load_slide(
 def choose_counts(slide: LoadedSlide) -> LoadedSlide:
     """Analyses read raw counts: when X looks log-normalised, use a count-like layer if there is one
     (the choice is shown in the notes and can be changed in the Model widget), else say so."""
-    from spgpt_core.counts import count_layers, log_normalised_reason
+    from spgpt_core.pp.counts import count_layers, log_normalised_reason  # anndata: only when a slide is read
 
     if log_normalised_reason(slide.adata) is None:
         return slide
@@ -249,7 +250,7 @@ def from_adata(adata, *, name: str = "slide", image: str | None = AUTO, max_poin
 
 
 def _load_h5ad(path: Path, *, image, max_points, name) -> LoadedSlide:
-    from spgpt_core.io import read_slide
+    from spgpt_core.io import read_slide  # anndata (~2 s on import): only when a slide is read
 
     adata = read_slide(path)
     return _from_visium_layout(adata, name=name, image=image, max_points=max_points, source=str(path), kind="h5ad",
@@ -257,8 +258,7 @@ def _load_h5ad(path: Path, *, image, max_points, name) -> LoadedSlide:
 
 
 def _from_visium_layout(adata, *, name, image, max_points, source, kind, notes) -> LoadedSlide:
-    from spgpt_core.errors import InputError
-    from spgpt_core.io import get_coordinates
+    from spgpt_core.io import get_coordinates  # anndata (~2 s on import): only when a slide is read
 
     xy = get_coordinates(adata, required=True)
     libraries = adata.uns.get("spatial") if isinstance(adata.uns.get("spatial"), dict) else {}
@@ -302,10 +302,9 @@ def _from_visium_layout(adata, *, name, image, max_points, source, kind, notes) 
 
 
 def _load_zarr(path: Path, *, table, coordinate_system, image, max_points, name) -> LoadedSlide:
+    # optional extra: spatialdata; spgpt_core.io imports anndata (~2 s): only when a slide is read
     import spatialdata as sd
     from spatialdata.transformations import get_transformation
-
-    from spgpt_core.errors import InputError
     from spgpt_core.io import read_slide
 
     info = inspect_store(path)
@@ -376,7 +375,7 @@ def _best_image(names: list[str]) -> str | None:
 
 def _image_data(name: str, element) -> ImageData:
     """napari arrays for a SpatialData image (DataArray or multiscale DataTree), lazily (dask)."""
-    import xarray as xr
+    import xarray as xr  # optional extra: spatialdata (xarray comes with it)
 
     if isinstance(element, xr.DataTree):  # multiscale: scale0, scale1, ...
         levels = []
@@ -405,7 +404,7 @@ def _image_data(name: str, element) -> ImageData:
 
 def _element_diameter(sdata, adata, coordinate_system) -> float | None:
     """Median spot/cell diameter of the annotated shapes, in the coordinate system's units."""
-    from spatialdata.transformations import get_transformation
+    from spatialdata.transformations import get_transformation  # optional extra: spatialdata
 
     attrs = adata.uns.get("spatialdata_attrs") or {}
     regions = attrs.get("region")
@@ -435,7 +434,8 @@ def _linear_scale(affine: np.ndarray) -> float:
 
 def _spacing(xy: np.ndarray) -> float:
     """Median nearest-neighbour distance: the spot size when none is recorded."""
-    from scipy.spatial import cKDTree
+    from scipy.spatial import cKDTree  # scipy: only when a slide is read, napari starts fast
+
 
     if len(xy) < 2:
         return 10.0

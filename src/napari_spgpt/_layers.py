@@ -17,6 +17,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import pandas as pd
+from spgpt_core.pl import category_colors
 
 from ._io import FAST_POINTS, LoadedSlide
 
@@ -149,8 +150,6 @@ def categorical(values, categories=None) -> pd.Categorical:
 
 def categorical_colors(categories, colors: list[str] | None) -> dict[str, str]:
     """{category: hex colour}, from the result's ``uns['<key>_colors']`` where present."""
-    from spgpt_core.plotting import category_colors
-
     cats = [str(c) for c in categories if str(c) != MISSING]
     colors = list(colors) if colors is not None and len(colors) >= len(cats) else category_colors(len(cats))
     mapping = {c: str(col) for c, col in zip(cats, colors[: len(cats)], strict=True)}

@@ -6,9 +6,14 @@ from __future__ import annotations
 from typing import TYPE_CHECKING
 
 from magicgui.widgets import ComboBox, Container, FileEdit, LineEdit, PushButton, SpinBox
+from napari.utils import notifications
+from qtpy.QtWidgets import QFileDialog
+from spgpt_core.errors import SpgptError
 
 from ._choices import dynamic, set_choices
-from ._io import AUTO, DEFAULT_MAX_POINTS, NO_IMAGE
+from ._io import AUTO, DEFAULT_MAX_POINTS, NO_IMAGE, _best_image, inspect_store, kind_of, load_slide
+from ._layers import slide_layer_tuples
+from ._reader import attach_sample_reference
 from ._worker import JobControls
 
 if TYPE_CHECKING:
@@ -41,19 +46,11 @@ class LoadWidget(Container):
         self.controls.run_button.clicked.connect(self.load)
 
     def _choose_folder(self) -> None:
-        from qtpy.QtWidgets import QFileDialog
-
         folder = QFileDialog.getExistingDirectory(self.native, "Choose a SpatialData .zarr folder")
         if folder:
             self.path.value = folder
 
     def _on_path(self, *_) -> None:
-        from napari.utils.notifications import show_error
-
-        from spgpt_core.errors import SpgptError
-
-        from ._io import inspect_store, kind_of
-
         path = self.path.value
         self.info = None
         if path is None or kind_of(path) is None:
@@ -64,7 +61,7 @@ class LoadWidget(Container):
         try:
             self.info = inspect_store(path)
         except SpgptError as e:
-            show_error(str(e))
+            notifications.show_error(str(e))
             return
         self.slide_name.value = self.info.path.stem
         set_choices(self.table, self.info.tables)
@@ -81,18 +78,12 @@ class LoadWidget(Container):
     def _on_system(self, *_) -> None:
         if self.info is None:
             return
-        from ._io import _best_image
-
         images = self.info.images_in(self.coordinate_system.value)
         set_choices(self.image, [*images, NONE], _best_image(images) or NONE)
 
     def load(self) -> None:
-        from napari.utils.notifications import show_warning
-
-        from ._io import load_slide
-
         if self.path.value is None or self.info is None:
-            show_warning("Choose an .h5ad file or a SpatialData .zarr folder first.")
+            notifications.show_warning("Choose an .h5ad file or a SpatialData .zarr folder first.")
             return
         path = self.info.path
         kwargs = {"table": self.table.value if self.info.kind == "zarr" else None,
@@ -107,15 +98,10 @@ class LoadWidget(Container):
         self.controls.start(work, on_done=self._show, what="load")
 
     def _show(self, slide) -> None:
-        from napari.utils.notifications import show_info
-
-        from ._layers import slide_layer_tuples
-        from ._reader import attach_sample_reference
-
         attach_sample_reference(slide)
         for data, kwargs, layer_type in slide_layer_tuples(slide):
             getattr(self.viewer, f"add_{layer_type}")(data, **kwargs)
         for note in slide.notes:
-            show_info(note)
+            notifications.show_info(note)
         shown = f"{slide.n_drawn:,} of {slide.adata.n_obs:,}" if slide.index is not None else f"{slide.adata.n_obs:,}"
         self.controls.status.value = f"Loaded {slide.name}: {shown} cells drawn. " + " ".join(slide.notes)

@@ -1,5 +1,8 @@
 """Model widget: choose the model (shipped default, a model directory, or an untrained network) and
-the device, load it, and see its configuration and how the slide's genes match its vocabulary."""
+the device, load it, and see its configuration and how the slide's genes match its vocabulary.
+
+torch is imported when the widget is created or a model loads, not when napari starts.
+"""
 
 from __future__ import annotations
 
@@ -7,9 +10,11 @@ import json
 from typing import TYPE_CHECKING
 
 from magicgui.widgets import ComboBox, Container, FileEdit, Label, SpinBox, TextEdit
+from spgpt_core.errors import SpgptError
 
 from ._base import CommandBox
 from ._choices import dynamic, set_choices
+from ._commands import join
 from ._layers import slide_choices
 from ._state import get_state
 from ._worker import JobControls
@@ -26,7 +31,8 @@ COUNTS_X = "X"
 
 class ModelWidget(Container):
     def __init__(self, viewer: napari.viewer.Viewer) -> None:
-        from spgpt_core.pretrained import default_model_dir
+        # torch: when the widget is created, not when napari starts
+        from spgpt_core.checkpoint.pretrained import default_model_dir
 
         self.viewer = viewer
         self.state = get_state(viewer)
@@ -91,8 +97,6 @@ class ModelWidget(Container):
         self._update_command()
 
     def _update_command(self, *_) -> None:
-        from ._commands import join
-
         slide = self.slide_combo.value
         parts = ["spgpt", "info", "--model", self.spec()]
         if slide is not None and slide.source and slide.kind == "h5ad":
@@ -141,7 +145,7 @@ class ModelWidget(Container):
         spec, device = self.spec(), self.device.value
 
         def work(progress):
-            from spgpt_core.pretrained import load_model
+            from spgpt_core.checkpoint.pretrained import load_model  # torch: only inside the worker
 
             progress.start(0, f"loading {spec}")
             return load_model(spec, device=device)
@@ -166,8 +170,8 @@ class ModelWidget(Container):
             lines.append(json.dumps(desc, indent=1, default=str).strip("{}\n"))
         slide = self.slide_combo.value
         if slide is not None and model is not None:
-            from spgpt_core.errors import SpgptError
-            from spgpt_core.vocab import resolve_genes
+            from spgpt_core.pp.vocab import resolve_genes  # spgpt_core.pp imports anndata: once a model is loaded
+
 
             try:
                 match = resolve_genes(slide.adata, model.vocab, gene_col=slide.gene_col)

@@ -6,8 +6,10 @@ from its own imputation) and compare with what was measured: per-gene Pearson r
 (``spgpt_core.metrics.pearson_per_gene``) in a table, and the measured and imputed maps next to
 each other (one gene side by side, or a grid of genes).
 
-Measured values are put on the imputation's scale by ``spgpt_core.imputation.measured_expression``
+Measured values are put on the imputation's scale by ``spgpt_core.tl._impute.measured_expression``
 (log1p counts per 10,000 training-gene counts, with the training genes the run used).
+
+torch and the analyses are imported inside the workers so napari starts fast.
 """
 
 from __future__ import annotations
@@ -17,7 +19,11 @@ from typing import TYPE_CHECKING
 import numpy as np
 import pandas as pd
 from magicgui.widgets import ComboBox, Container, FileEdit, Label, PushButton, RadioButtons, SpinBox
+from napari.utils import notifications
+from spgpt_core.errors import SpgptError
+from spgpt_core.params import ImputeConfig
 
+from . import _commands
 from ._base import ResultTable, ReferenceSlideWidget, add_native
 from ._choices import dynamic, set_choices
 from ._impute_widget import COLORMAP, GenePicker, impute_in_worker, slide_gene_names
@@ -35,6 +41,7 @@ QC_KINDS = ("qc_measured", "qc_imputed", "qc_image", "qc_labels")
 
 
 class QCWidget(ReferenceSlideWidget):
+    config_class = ImputeConfig
     run_text = "Hide, impute and compare"
     job_name = "imputation QC"
 
@@ -70,17 +77,13 @@ class QCWidget(ReferenceSlideWidget):
     # -- form -------------------------------------------------------------------------------------
 
     def _on_reference(self, *_) -> None:
-        from napari.utils.notifications import show_error
-
-        from spgpt_core.errors import SpgptError
-
         path, slide = self.reference_path(), self.slide
         if path is None or slide is None:
             return
         try:
             _, ref_genes = obs_and_genes(path)
         except SpgptError as e:
-            show_error(str(e))
+            notifications.show_error(str(e))
             return
         ref_upper = set(ref_genes.str.upper())
         shared = sorted({g for g in slide_gene_names(slide) if g.upper() in ref_upper})
@@ -97,11 +100,9 @@ class QCWidget(ReferenceSlideWidget):
         self.update_command()
 
     def command_text(self) -> str:
-        from ._commands import imputation_qc
-
         spec, device = self.model_spec()
-        return imputation_qc(self.slide, spec, device, reference=self.reference_path(), genes=self.picker.value,
-                             epochs=int(self.epochs.value), seed=int(self.seed.value), key_added=KEY)
+        return _commands.imputation_qc(self.slide, spec, device, reference=self.reference_path(), genes=self.picker.value,
+                             config=self.mapping_config(), key_added=KEY)
 
     # -- run --------------------------------------------------------------------------------------
 
@@ -112,7 +113,8 @@ class QCWidget(ReferenceSlideWidget):
             return
 
         def work(progress):
-            from spgpt_core.imputation import imputation_qc
+            from spgpt_core.tl._impute import imputation_qc  # torch, scanpy: only inside the worker
+
 
             result = impute_in_worker(job, genes, progress, key=KEY)
             qc = imputation_qc(job.adata, KEY, gene_col=job.gene_col, counts_layer=job.counts_layer)

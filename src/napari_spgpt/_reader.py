@@ -10,7 +10,11 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from ._io import kind_of
+from napari.utils import notifications
+from spgpt_core.errors import SpgptError
+
+from ._io import kind_of, load_slide
+from ._layers import slide_layer_tuples
 
 
 def get_reader(path):
@@ -26,23 +30,16 @@ def get_reader(path):
 
 
 def read_slide_layers(path) -> list[tuple]:
-    from napari.utils.notifications import show_error, show_info
-
-    from spgpt_core.errors import SpgptError
-
-    from ._io import load_slide
-    from ._layers import slide_layer_tuples
-
     if isinstance(path, (list, tuple)):
         path = path[0]
     try:
         slide = load_slide(path)
     except SpgptError as e:
-        show_error(str(e))
+        notifications.show_error(str(e))
         return [(None,)]
     attach_sample_reference(slide)
     for note in slide.notes:
-        show_info(note)
+        notifications.show_info(note)
     return slide_layer_tuples(slide)
 
 

@@ -7,12 +7,19 @@ few of the reference's genes (listed in ``uns['spgpt_sample']['held_out_genes']`
 Impute widget has genes to impute; the Deconvolve / Impute widgets preselect the reference.
 
 The cache folder is ``$SPGPT_CACHE_DIR`` or the user cache directory (``platformdirs``).
+spgpt_core's data generators and writers (anndata, spatialdata) are imported only when the sample
+is generated so napari starts fast.
 """
 
 from __future__ import annotations
 
 import os
 from pathlib import Path
+
+import numpy as np
+from platformdirs import user_cache_dir
+
+from ._reader import read_slide_layers
 
 SAMPLE_VERSION = "v1"
 SEED = 0
@@ -23,8 +30,6 @@ def cache_dir() -> Path:
     env = os.environ.get("SPGPT_CACHE_DIR")
     if env:
         return Path(env).expanduser()
-    from platformdirs import user_cache_dir
-
     return Path(user_cache_dir("spgpt"))
 
 
@@ -38,8 +43,7 @@ def ensure_sample_files(n_rows: int = 40, n_cols: int = 48) -> tuple[Path, Path]
     slide_path, ref_path = sample_paths(n_rows, n_cols)
     if slide_path.is_dir() and ref_path.is_file():
         return slide_path, ref_path
-    import numpy as np
-
+    # anndata (~2 s on import) and the optional spatialdata: only when the sample is generated
     from spgpt_core import datasets
     from spgpt_core.io import to_spatialdata, write_h5ad, write_spatialdata
 
@@ -62,7 +66,5 @@ def ensure_sample_files(n_rows: int = 40, n_cols: int = 48) -> tuple[Path, Path]
 
 def visium_sample() -> list[tuple]:
     """npe2 sample-data command: the generated Visium-like slide, opened through the reader."""
-    from ._reader import read_slide_layers
-
     slide_path, _ = ensure_sample_files()
     return read_slide_layers(str(slide_path))

@@ -3,6 +3,7 @@
 The Model widget loads a model and publishes it here; the analysis widgets use it, or load the
 current spec themselves (in their worker) when none is loaded yet. Keyed by the viewer (plugins
 receive a proxy of it; the proxy and the viewer map to the same state).
+torch is imported when a widget asks for the default model, not when napari starts.
 """
 
 from __future__ import annotations
@@ -18,7 +19,8 @@ RANDOM_FALLBACK = "random:small"
 def default_spec() -> str:
     """'default' when this build ships a model, else an untrained 'random:small' (issue 6 pending)."""
     try:
-        from spgpt_core.pretrained import default_model_dir
+        from spgpt_core.checkpoint.pretrained import default_model_dir  # torch: not when napari starts
+
 
         return "default" if default_model_dir() is not None else RANDOM_FALLBACK
     except Exception:  # noqa: BLE001 - never break widget creation on this

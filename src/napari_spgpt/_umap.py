@@ -1,9 +1,13 @@
-"""A UMAP view of the embedding (display only), drawn with matplotlib inside the widget."""
+"""A UMAP view of the embedding (display only), drawn with matplotlib inside the widget.
+
+scanpy, scikit-learn and matplotlib are imported when a UMAP is computed or drawn so napari starts fast.
+"""
 
 from __future__ import annotations
 
 import numpy as np
 import pandas as pd
+from spgpt_core.pl import umap_coordinates
 
 
 def umap_2d(emb: np.ndarray, seed: int = 0, n_neighbors: int = 15) -> np.ndarray:
@@ -11,12 +15,10 @@ def umap_2d(emb: np.ndarray, seed: int = 0, n_neighbors: int = 15) -> np.ndarray
     emb = np.asarray(emb, dtype=np.float32)
     ok = np.isfinite(emb).all(axis=1)
     if ok.sum() > n_neighbors + 1:
-        from spgpt_core.plotting import umap_coordinates
-
         return umap_coordinates(emb, n_neighbors=n_neighbors, seed=seed)
     out = np.full((len(emb), 2), np.nan, dtype=np.float32)
     if ok.sum() >= 3:
-        from sklearn.decomposition import PCA
+        from sklearn.decomposition import PCA  # scikit-learn (~1 s on import): only for a handful of cells
 
         out[ok] = PCA(n_components=2, random_state=seed).fit_transform(emb[ok])
     return out
@@ -26,8 +28,10 @@ class UmapCanvas:
     """Factory for the matplotlib canvas (imported lazily: matplotlib's Qt backend is heavy)."""
 
     def __new__(cls):
+        # matplotlib's Qt backend is heavy on import: only when the first UMAP is drawn
         from matplotlib.backends.backend_qtagg import FigureCanvasQTAgg
         from matplotlib.figure import Figure
+
 
         class _Canvas(FigureCanvasQTAgg):
             def __init__(self) -> None:

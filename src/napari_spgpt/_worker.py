@@ -20,7 +20,10 @@ from typing import Any, Callable
 
 from magicgui.widgets import Container, Label, ProgressBar, PushButton
 from napari.qt.threading import FunctionWorker, create_worker
+from napari.utils import notifications
 from qtpy.QtCore import QObject, Signal
+from spgpt_core.errors import Cancelled, SpgptError
+from spgpt_core.progress import Progress
 
 log = logging.getLogger(__name__)
 
@@ -96,14 +99,10 @@ class JobControls(Container):
 
     def start(self, work: Callable, *, on_done: Callable[[Any], None], slide=None, what: str = "job") -> bool:
         """Run ``work(progress)`` in a worker thread; ``on_done(result)`` on the GUI thread. False if busy."""
-        from napari.utils.notifications import show_warning
-
-        from spgpt_core.progress import Progress
-
         if self.busy:
             return False
         if slide is not None and slide.busy:
-            show_warning(f"'{slide.busy}' is still running on {slide.name}; wait for it or cancel it first.")
+            notifications.show_warning(f"'{slide.busy}' is still running on {slide.name}; wait for it or cancel it first.")
             return False
         emit = self._signal.progress.emit
         progress = Progress(callback=lambda done, total, desc: emit(int(done), int(total), str(desc)))
@@ -169,8 +168,6 @@ class JobControls(Container):
             self.status.value = f"{desc}..."
 
     def _on_returned(self, result) -> None:
-        from napari.utils.notifications import show_error
-
         _assert_main_thread()
         if isinstance(result, _Failure):
             self._on_errored(result.exc)
@@ -185,26 +182,23 @@ class JobControls(Container):
         except Exception as e:  # noqa: BLE001 - showing results must never take the viewer down
             log.exception("showing the results failed")
             self.last_error = e
-            show_error(f"spgpt could not show the results: {type(e).__name__}: {e}")
+            notifications.show_error(f"spgpt could not show the results: {type(e).__name__}: {e}")
             self.status.value = f"Could not show the results: {e}"
 
     def _on_errored(self, exc: BaseException) -> None:
-        from napari.utils.notifications import notification_manager, show_error, show_info
-
-        from spgpt_core.errors import Cancelled, SpgptError
 
         _assert_main_thread()
         self.last_error = exc
         self._release()
         if isinstance(exc, Cancelled):
-            show_info(f"Cancelled: {exc}")
+            notifications.show_info(f"Cancelled: {exc}")
             self.status.value = "Cancelled; nothing was changed."
         elif isinstance(exc, SpgptError):
-            show_error(str(exc))
+            notifications.show_error(str(exc))
             self.status.value = f"Error: {exc}"
         else:
             log.error("spgpt job failed", exc_info=exc)
-            notification_manager.receive_error(type(exc), exc, exc.__traceback__)
+            notifications.notification_manager.receive_error(type(exc), exc, exc.__traceback__)
             self.status.value = f"Unexpected error: {type(exc).__name__}: {exc}"
 
     def _on_finished(self) -> None:

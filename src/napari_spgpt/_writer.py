@@ -15,14 +15,13 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
+from spgpt_core.errors import InputError
+
+from ._export import export_csv, export_h5ad
+from ._layers import SLIDE_KEY
 
 
 def write_points(path: str, data, meta: dict) -> list[str]:
-    from spgpt_core.errors import InputError
-
-    from ._export import export_csv, export_h5ad
-    from ._layers import SLIDE_KEY
-
     out = Path(path)
     slide = (meta.get("metadata") or {}).get(SLIDE_KEY)
     suffix = out.suffix.lower()

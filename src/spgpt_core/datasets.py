@@ -420,7 +420,7 @@ def make_sample_slide(
             "metadata": {"source": "spgpt_core.datasets.make_sample_slide (generated, not real data)"},
         }
     }
-    adata.uns["modality"] = "visium"  # read by spgpt_core.modality.infer_modality
+    adata.uns["modality"] = "visium"  # read by spgpt_core.pp.modality.infer_modality
     adata.uns["sample_truth"] = {
         "generator": "spgpt_core.datasets.make_sample_slide",
         "seed": int(seed),

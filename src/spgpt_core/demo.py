@@ -20,7 +20,16 @@ import time
 from pathlib import Path
 
 import numpy as np
+import scanpy as sc
+from sklearn.cluster import KMeans
 
+from . import tl
+from .checkpoint.pretrained import default_model_dir, load_model
+from .datasets import make_sample_reference, make_sample_slide
+from .errors import InputError
+from .io import write_h5ad
+from .metrics import ari, jensen_shannon, macro_f1, nmi, pearson_per_gene
+from .pl import save_imputation_panels, save_spatial_panels
 from .progress import Progress
 
 log = logging.getLogger(__name__)
@@ -32,8 +41,6 @@ DEMO_MAPPING_EPOCHS = 300
 
 def pca_embedding(adata, seed: int = 0, n_pcs: int = 30) -> np.ndarray:
     """The usual expression baseline: normalise, log1p, PCA."""
-    import scanpy as sc
-
     a = adata.copy()
     sc.pp.normalize_total(a, target_sum=1e4)
     sc.pp.log1p(a)
@@ -47,14 +54,6 @@ def run_demo(out: str | Path, model="default", *, seed: int = 0, overwrite: bool
 
     ``mapping_epochs``: epochs of each deconvolution / imputation mapping (default
     ``DEMO_MAPPING_EPOCHS``); spgpt and its Tangram baseline always get the same number."""
-    from . import tl
-    from .datasets import make_sample_reference, make_sample_slide
-    from .errors import InputError
-    from .io import write_h5ad
-    from .metrics import ari, nmi
-    from .plotting import save_spatial_panels
-    from .pretrained import default_model_dir, load_model
-
     epochs = DEMO_MAPPING_EPOCHS if mapping_epochs is None else int(mapping_epochs)
     if epochs < 1:
         raise InputError(f"mapping_epochs must be >= 1 (got {mapping_epochs})")
@@ -94,8 +93,6 @@ def run_demo(out: str | Path, model="default", *, seed: int = 0, overwrite: bool
         "pca_domains_NMI": nmi(slide.obs["domain"], slide.obs["pca_domain"]),
     }
     # and the strongest simple baseline on this slide, k-means on the same PCs (no smoothing)
-    from sklearn.cluster import KMeans
-
     pca_km = KMeans(n_domains, n_init=10, random_state=seed).fit_predict(slide.obsm["X_pca"])
     scores["pca_kmeans_ARI"] = ari(slide.obs["domain"], pca_km)
     save_spatial_panels(slide, ["domain", "spgpt_domain", "pca_domain"], out / "domains.png",
@@ -117,10 +114,6 @@ def run_demo(out: str | Path, model="default", *, seed: int = 0, overwrite: bool
 
 def _deconvolution(slide, reference, model, out: Path, seed: int, epochs: int) -> dict:
     """spgpt deconvolution vs Tangram on expression alone, scored on the planted proportions."""
-    from . import tl
-    from .metrics import jensen_shannon, macro_f1
-    from .plotting import save_spatial_panels
-
     log.info("deconvolution against the generated reference")
     truth = slide.obsm["true_proportions"]
     res = {}
@@ -141,12 +134,6 @@ def _deconvolution(slide, reference, model, out: Path, seed: int, epochs: int) -
 
 def _imputation(slide, reference, model, out: Path, seed: int, epochs: int, n_genes: int = 12) -> dict:
     """Hide genes from the slide, impute them from the reference, compare with what was measured."""
-    import scanpy as sc
-
-    from . import tl
-    from .metrics import pearson_per_gene
-    from .plotting import save_imputation_panels
-
     rng = np.random.default_rng(seed)
     counts = np.asarray(slide.X.sum(axis=0)).ravel()
     candidates = np.flatnonzero(counts >= np.quantile(counts, 0.5))  # genes with signal to recover

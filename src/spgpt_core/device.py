@@ -10,11 +10,11 @@ from __future__ import annotations
 
 import torch
 
+from .errors import InputError
+
 
 def resolve_device(device: str | torch.device = "auto") -> torch.device:
     """'auto' -> CUDA when available, else CPU. Asking for CUDA without a GPU is an error."""
-    from .errors import InputError
-
     if str(device) == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     dev = torch.device(device)

@@ -18,6 +18,7 @@ import anndata
 import numpy as np
 import pandas as pd
 import scipy.sparse as sp
+from scipy.spatial import cKDTree
 
 from .atomic import atomic_path
 from .errors import InputError
@@ -93,7 +94,7 @@ def _read_spatialdata_table(
 ) -> tuple[anndata.AnnData, str, str | None]:
     """Return (table AnnData with obsm['spatial'], table name, coordinate system used)."""
     try:
-        import spatialdata as sd
+        import spatialdata as sd  # optional extra: spatialdata
     except ImportError:
         raise InputError(f"Cannot read {path}: {_SPATIALDATA_HINT}") from None
     try:
@@ -127,6 +128,7 @@ def _annotated_centroids(
     sdata: spatialdata.SpatialData, adata: anndata.AnnData, table: str, coordinate_system: str | None
 ) -> tuple[np.ndarray, str]:
     """Centroids (x, y, float64) of the shapes/points/labels each table row annotates, in one coordinate system."""
+    # optional extra: spatialdata (only reached once _read_spatialdata_table has imported it)
     import spatialdata as sd
     from spatialdata.transformations import get_transformation
 
@@ -307,7 +309,7 @@ def to_spatialdata(adata: anndata.AnnData, *, image_key: str | None = None) -> s
     ``uns['spatial']`` has several. The circle radius is ``spot_diameter_fullres / 2`` when known,
     else half the median nearest-neighbour distance.
     """
-    try:
+    try:  # optional extra: spatialdata
         import spatialdata as sd
         from spatialdata.models import Image2DModel, ShapesModel, TableModel
         from spatialdata.transformations import Identity, Scale
@@ -372,8 +374,6 @@ def _visium_library(adata: anndata.AnnData, image_key: str | None) -> tuple[str 
 
 def _default_radius(xy: np.ndarray) -> float:
     """Half the median distance to the nearest other spot: neighbouring circles just touch."""
-    from scipy.spatial import cKDTree
-
     if len(xy) < 2:
         return 1.0
     dist, _ = cKDTree(xy).query(xy, k=2)

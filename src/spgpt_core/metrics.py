@@ -17,8 +17,10 @@ from __future__ import annotations
 
 from typing import Sequence
 
+import anndata
 import numpy as np
 import pandas as pd
+import scanpy as sc
 import scipy.sparse as sp
 from scipy.sparse.csgraph import connected_components
 from sklearn.metrics import (
@@ -29,9 +31,8 @@ from sklearn.metrics import (
     silhouette_score,
 )
 
-from .cluster import louvain_on_graph
 from .errors import InputError
-from .neighbors import knn_indices, neighbors
+from .neighbors import knn_indices, louvain_on_graph, neighbors
 
 __all__ = [
     "MISSING_LABELS",
@@ -232,8 +233,6 @@ def cluster_for_metrics(
     followed scib's Louvain; Leiden is the default because it is faster and guarantees connected
     clusters. Returns one cluster label (str) per cell; missing truth labels are ignored for NMI.
     """
-    import scanpy as sc
-
     if method not in ("leiden", "louvain"):
         raise InputError(f"method={method!r}: choose 'leiden' or 'louvain'.")
     if len(resolutions) == 0 or min(resolutions) <= 0:
@@ -307,8 +306,6 @@ def macro_f1(true_dominant, pred_dominant) -> float:
 
 def _table(x, name: str) -> tuple[np.ndarray, pd.Index | None, pd.Index | None]:
     """(values, row names, column names) of a DataFrame, AnnData, sparse or dense 2-D array."""
-    import anndata
-
     if isinstance(x, anndata.AnnData):
         values, rows, cols = x.X, x.obs_names, x.var_names
     elif isinstance(x, pd.DataFrame):

@@ -33,7 +33,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .modality import MODALITIES
+from .pp.modality import MODALITIES
 
 
 @dataclass

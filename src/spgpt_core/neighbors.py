@@ -1,4 +1,4 @@
-"""Every nearest-neighbour search and kNN graph in spgpt, in one place.
+"""Every nearest-neighbour search and kNN graph in spgpt, and community detection on those graphs, in one place.
 
 Why not plain ``sc.pp.neighbors``: scanpy 1.11 picks its own backend (exact distances below 8,192
 cells, pynndescent above) and reads pynndescent's output through ``getnnz``, which the scipy
@@ -17,9 +17,17 @@ Below 8,192 cells the graphs are identical to what ``sc.pp.neighbors`` built bef
 
 from __future__ import annotations
 
+import random
+from collections.abc import Iterator
+from contextlib import contextmanager
+
+import anndata as ad
+import igraph
 import numpy as np
+import scanpy as sc
 import scipy.sparse as sp
 from sklearn.base import BaseEstimator, TransformerMixin
+from sklearn.neighbors import KNeighborsTransformer, NearestNeighbors
 
 # Brute force costs n^2 * d: ~8 s at 50,000 x 64 on 2 cores, so beyond that the approximate
 # search is faster and its recall on embeddings is high (tests/test_neighbors.py measures it).
@@ -53,12 +61,11 @@ class KnnTransformer(TransformerMixin, BaseEstimator):
         n, d = X.shape
         others = min(self.n_neighbors, n) - 1
         if uses_exact_search(n, d):
-            from sklearn.neighbors import KNeighborsTransformer
-
             # exactly what scanpy's own exact path runs (algorithm="brute"), so small graphs do not change
             algorithm = "brute" if n <= EXACT_MAX_CELLS else "kd_tree"
             out = KNeighborsTransformer(n_neighbors=others, algorithm=algorithm).fit_transform(X)
         else:
+            # pynndescent compiles numba kernels on import (~seconds): only for large inputs
             from pynndescent import PyNNDescentTransformer
 
             # UMAP's and scanpy's defaults for the forest size and iterations
@@ -79,9 +86,6 @@ def neighbors(X: np.ndarray, n_neighbors: int = 15, seed: int = 0):
     Ready for ``sc.tl.leiden`` / ``sc.tl.umap``; ``n_neighbors`` counts the cell itself and is
     capped at the number of cells.
     """
-    import anndata as ad
-    import scanpy as sc
-
     X = np.asarray(X, dtype=np.float32)
     a = ad.AnnData(np.zeros((X.shape[0], 0), dtype=np.float32))
     a.obsm["X"] = X
@@ -99,11 +103,10 @@ def knn_indices(X: np.ndarray, k: int, seed: int = 0) -> np.ndarray:
     if not 1 <= k < n:
         raise ValueError(f"k={k}: need 1 <= k < number of points ({n})")
     if uses_exact_search(n, d):
-        from sklearn.neighbors import NearestNeighbors
-
         # kneighbors() without a query excludes each point itself
         return NearestNeighbors(n_neighbors=k).fit(X).kneighbors(return_distance=False)
-    from pynndescent import NNDescent
+    from pynndescent import NNDescent  # compiles numba kernels on import (~seconds): only for large inputs
+
 
     idx, _ = NNDescent(X, n_neighbors=k + 1, random_state=seed, n_trees=min(64, 5 + round(n ** 0.5 / 20.0)),
                        n_iters=max(5, round(np.log2(n)))).neighbor_graph
@@ -111,3 +114,25 @@ def knn_indices(X: np.ndarray, k: int, seed: int = 0) -> np.ndarray:
     drop = own.copy()
     drop[~own.any(axis=1), -1] = True  # rows where self was not returned lose their farthest neighbour
     return idx[~drop].reshape(n, k)
+
+
+# ------------------------------------------------------------------- communities on a graph
+
+
+@contextmanager
+def _igraph_seed(seed: int) -> Iterator[None]:
+    """Make igraph's community detection reproducible without leaving global state changed."""
+    igraph.set_random_number_generator(random.Random(seed))
+    try:
+        yield
+    finally:
+        igraph.set_random_number_generator(random)
+
+
+def louvain_on_graph(connectivities, resolution: float, seed: int = 0) -> np.ndarray:
+    """Louvain (igraph multilevel) on a weighted, undirected kNN graph at a given resolution."""
+    upper = sp.triu(connectivities, k=1).tocoo()
+    graph = igraph.Graph(n=connectivities.shape[0], edges=list(zip(upper.row.tolist(), upper.col.tolist())))
+    with _igraph_seed(seed):
+        part = graph.community_multilevel(weights=upper.data.tolist(), resolution=resolution)
+    return np.asarray(part.membership)

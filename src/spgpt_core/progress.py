@@ -64,7 +64,7 @@ class TqdmProgress(Progress):
         self._unit = unit
 
     def start(self, total: int, desc: str = "") -> None:
-        from tqdm.auto import tqdm
+        from tqdm.auto import tqdm  # only the CLI draws a bar: the plugin and library callers never import tqdm
 
         self.close()
         super().start(total, desc)

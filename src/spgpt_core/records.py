@@ -25,7 +25,8 @@ def h5ad_safe(value):
 
 def run_record(params: dict, model=None, **extra) -> dict:
     """``{"params": ..., "model": ..., "versions": ..., **extra}`` in a form h5ad can store."""
-    from .pretrained import versions
+    # torch, via checkpoint.pretrained: the napari plugin uses h5ad_safe on its main thread without it
+    from .checkpoint.pretrained import versions
 
     rec = {"params": params, **extra, "versions": versions()}
     if model is not None:

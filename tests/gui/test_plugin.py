@@ -6,6 +6,8 @@ plugin's reader, and the resulting layers, features and colours are checked.
 
 from __future__ import annotations
 
+import shlex
+
 import numpy as np
 import pandas as pd
 import pytest
@@ -49,13 +51,6 @@ def test_import_is_light():
     code = ("import sys, napari_spgpt; bad = [m for m in ('torch', 'scanpy', 'spatialdata', 'napari', 'qtpy') "
             "if m in sys.modules]; print(bad); sys.exit(1 if bad else 0)")
     assert subprocess.run([sys.executable, "-c", code]).returncode == 0
-
-
-def test_plugin_gene_default_matches_core():
-    from napari_spgpt._commands import DEFAULT_N_TOP_GENES
-    from spgpt_core.hvg import DEFAULT_N_TOP_GENES as CORE
-
-    assert DEFAULT_N_TOP_GENES == CORE
 
 
 def test_manifest_contributions():
@@ -155,7 +150,7 @@ def test_load_widget_choices_and_subsampling(viewer, sample_files, qtbot):
 def test_model_widget_loads_and_reports_gene_match(sample_viewer, qtbot):
     from napari_spgpt._model_widget import DEFAULT, RANDOM
     from napari_spgpt._state import get_state
-    from spgpt_core.pretrained import default_model_dir
+    from spgpt_core.checkpoint.pretrained import default_model_dir
 
     w = add_widget(sample_viewer, "Model")
     shipped = default_model_dir() is not None
@@ -233,7 +228,7 @@ def test_model_widget_errors_are_notifications(sample_viewer, qtbot, notificatio
 
 def test_missing_default_model_is_a_notification(sample_viewer, qtbot, notifications, monkeypatch):
     """Builds without a shipped model: choosing 'default' explains the alternatives."""
-    import spgpt_core.pretrained as pretrained
+    import spgpt_core.checkpoint.pretrained as pretrained
     from napari_spgpt._model_widget import DEFAULT
 
     monkeypatch.setattr(pretrained, "default_model_dir", lambda: None)
@@ -510,6 +505,15 @@ def test_export_formats_and_overwrite_confirmation(sample_viewer, qtbot, tmp_pat
     back = sd.read_zarr(zarr)
     assert "image" in back.images and "spots" in back.shapes
     assert "spgpt_domain" in back.tables["table"].obs
+
+    # the widget's command (spgpt export, from the exported .h5ad) writes the same table
+    cli_csv = tmp_path / "cli.csv"
+    cmd = next(line for line in w.command_text().splitlines() if "--out" in line and line.endswith("out.csv"))
+    assert cmd.startswith("spgpt export ") and str(h5) in cmd
+    from spgpt_core.cli import main
+
+    assert main(shlex.split(cmd)[1:-1] + [str(cli_csv)]) == 0
+    pd.testing.assert_frame_equal(pd.read_csv(cli_csv, index_col=0), table)
 
     # existing files: nothing is written without a yes
     asked = []

@@ -57,7 +57,7 @@ def scgpt_human_state(ntoken: int, d: int, d_hid: int, nlayers: int, seed: int =
 def write_scgpt_dir(path: Path, *, d: int = 32, nheads: int = 4, d_hid: int = 48, nlayers: int = 2,
                     max_seq_len: int = 1200, seed: int = 0, spatial: bool = False, gene_means: dict | None = None) -> Path:
     """A released-style folder: best_model.pt (plain state dict), args.json, vocab.json [+ all_dict_mean_std.csv]."""
-    from spgpt_core.vocab import GeneVocab
+    from spgpt_core.pp.vocab import GeneVocab
 
     path = Path(path)
     path.mkdir(parents=True, exist_ok=True)

@@ -2,29 +2,30 @@
 
 Errors a user can fix print one ``error:`` line (exit code 2) instead of a traceback; Ctrl-C
 cancels cleanly (exit code 130). ``SPGPT_DEBUG=1`` shows full tracebacks.
+
+Heavy modules (torch, scanpy, the analyses) are imported inside each command so ``spgpt --help`` stays fast.
 """
+
 
 from __future__ import annotations
 
 import argparse
+import importlib
 import logging
 import os
 import sys
 
+from .._version import __version__
 from ..errors import SpgptError
 
 log = logging.getLogger("spgpt")
 
 
 # Each module adds its subcommands with register(subparsers); order = order in `spgpt --help`.
-COMMAND_MODULES = ["demo", "embed", "analysis", "train"]
+COMMAND_MODULES = ["demo", "embed", "analysis", "train", "export"]
 
 
 def build_parser() -> argparse.ArgumentParser:
-    import importlib
-
-    from .. import __version__
-
     parser = argparse.ArgumentParser(prog="spgpt", description="spgpt: scGPT-spatial foundation model for spatial "
                                      "transcriptomics. Run `spgpt COMMAND --help` for each command.")
     parser.add_argument("--version", action="version", version=f"spgpt {__version__}")
@@ -43,7 +44,7 @@ def main(argv: list[str] | None = None) -> int:
         logging.getLogger(noisy).setLevel(logging.WARNING)
     try:
         if getattr(args, "device", None) is not None:
-            from ..device import resolve_device
+            from ..device import resolve_device  # imports torch: not for --help or bad flags
 
             args.device = str(resolve_device(args.device))  # 'auto' resolved once, honoured by every step after
         args.func(args)

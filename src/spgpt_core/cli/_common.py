@@ -1,9 +1,14 @@
-"""Arguments shared by several subcommands."""
+"""Arguments shared by several subcommands.
+
+Heavy modules are imported inside the functions that run a command so ``spgpt --help`` stays fast.
+"""
+
 
 from __future__ import annotations
 
 import argparse
-import sys
+
+from ..params import DEFAULT_N_TOP_GENES
 
 
 def positive_int(text: str) -> int:
@@ -15,31 +20,6 @@ def positive_int(text: str) -> int:
     if value < 1:
         raise argparse.ArgumentTypeError(f"must be >= 1 (got {value})")
     return value
-
-
-def positive_float(text: str) -> float:
-    """argparse type for scales such as --resolution."""
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a positive number, got {text!r}") from None
-    if not value > 0:
-        raise argparse.ArgumentTypeError(f"must be > 0 (got {value})")
-    return value
-
-
-def add_renamed(p: argparse.ArgumentParser, old: str, new: str) -> None:
-    """``old`` keeps working for one release as a hidden alias of the ``new`` flag (added before it), with a
-    warning; renamed so that one flag name means one thing across verbs."""
-    dest = new.lstrip("-").replace("-", "_")
-    kind = next(a.type for a in p._actions if dest == a.dest)
-
-    class _Renamed(argparse.Action):
-        def __call__(self, parser, namespace, values, option_string=None):
-            print(f"warning: {old} is deprecated and will be removed in the next release; use {new}", file=sys.stderr)
-            setattr(namespace, dest, values)
-
-    p.add_argument(old, dest=dest, type=kind, action=_Renamed, default=argparse.SUPPRESS, help=argparse.SUPPRESS)
 
 
 def add_model_args(p: argparse.ArgumentParser) -> None:
@@ -90,8 +70,6 @@ def read_input(args, backed: bool):
 
 
 def add_hvg_arg(p: argparse.ArgumentParser) -> None:
-    from ..hvg import DEFAULT_N_TOP_GENES
-
     p.add_argument("--n-top-genes", type=int, default=DEFAULT_N_TOP_GENES, metavar="N",
                    help="give the model the N most variable matched genes (seurat flavour; default %(default)s, as "
                         "the PCA baseline); 0 = every matched gene. Panels with fewer genes are used whole")

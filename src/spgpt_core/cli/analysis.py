@@ -2,6 +2,8 @@
 
 Like every command: a new output file, the inputs are never modified, ``--overwrite`` to replace
 an existing output, ``--plot`` for PNG figures next to it, one-line errors for bad input.
+
+Heavy modules are imported inside each command so ``spgpt --help`` stays fast.
 """
 
 from __future__ import annotations
@@ -10,8 +12,11 @@ import json
 import time
 from pathlib import Path
 
-from ._common import (add_counts_arg, add_hvg_arg, add_input_args, add_model_args, add_output_args, add_renamed,
-                      n_top_genes, positive_int, read_input)
+from ..errors import InputError
+from ..params import DeconvolveConfig, ImputeConfig, add_options, from_args
+from ..progress import TqdmProgress
+from ._common import (add_counts_arg, add_hvg_arg, add_input_args, add_model_args, add_output_args, n_top_genes,
+                      positive_int, read_input)
 
 
 def _csv(text: str | None) -> list[str] | None:
@@ -27,8 +32,6 @@ def _one_or_per_slide(text: str | None):
 
 
 def _progress(args, unit="step"):
-    from ..progress import TqdmProgress
-
     return TqdmProgress(disable=args.quiet, unit=unit)
 
 
@@ -51,32 +54,11 @@ def _write_obsm_frames(out: Path, frames: dict) -> None:
             ad.io.write_elem(grp, key, df)
 
 
-def _mapping_args(p, default_g2: float = 1.0) -> None:
-    p.add_argument("--no-embeddings", action="store_true",
-                   help="map on expression alone (plain Tangram features; no model needed)")
-    p.add_argument("--spatial-rep", help="use this obsm embedding of the slide instead of embedding it")
-    p.add_argument("--reference-rep", help="use this obsm embedding of the reference instead of embedding it")
-    p.add_argument("--reference-gene-col", help="var column of the reference holding gene names (default: automatic)")
-    p.add_argument("--embedding-weight", type=float, default=None,
-                   help="centre the embeddings and scale their block to this multiple of the expression block's "
-                        "norm (default: stack them as the model returns them, as the paper does)")
-    p.add_argument("--mapping-epochs", type=positive_int, default=1000,
-                   help="Tangram optimisation epochs (default: %(default)s)")
-    add_renamed(p, "--epochs", "--mapping-epochs")  # --epochs means fine-tuning epochs elsewhere
-    p.add_argument("--learning-rate", type=float, default=0.1, help="Tangram learning rate (default: %(default)s)")
-    p.add_argument("--lambda-g2", type=float, default=default_g2,
-                   help="weight of the per-spot cosine term (paper Eq. 15: 1; Tangram default: 0)")
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--batch-size", type=int, default=64, help="embedding batch size (default: %(default)s)")
-    p.add_argument("--plot", action="store_true", help="also write OUT.png with the results in space")
-
-
 # ----------------------------------------------------------------------------- integrate
 
 
 def cmd_integrate(args) -> None:
     from .. import tl
-    from ..errors import InputError
     from ..io import _check_free, read_slide, write_h5ad
 
     out = Path(args.out)
@@ -101,7 +83,7 @@ def cmd_integrate(args) -> None:
     print(f"integrated {adata.n_obs:,} cells from {len(slides)} slides on {rec['n_shared_genes']:,} shared genes in "
           f"{time.time() - t0:.1f}s -> {out} obsm['{args.key_added}'], obs['{args.batch_key}'], obs['{args.modality_key}']")
     if args.plot:
-        from ..plotting import save_umap_panels
+        from ..pl import save_umap_panels
 
         colors = [args.batch_key, args.modality_key]
         if "spgpt_cluster" in adata.obs:
@@ -124,17 +106,13 @@ def cmd_deconvolve(args) -> None:
 
     out = Path(args.out)
     _check_free(out, args.overwrite)
+    config = from_args(DeconvolveConfig, args)
     adata = read_input(args, backed=True)
     reference = _read_reference(args.reference)
     t0 = time.time()
-    tl.deconvolve(adata, reference, celltype_key=args.celltype_key, model=args.model, key_added=args.key_added,
-                  dominant_key=args.dominant_key, use_embeddings=not args.no_embeddings, spatial_rep=args.spatial_rep,
-                  reference_rep=args.reference_rep, gene_col=args.gene_col, reference_gene_col=args.reference_gene_col,
-                  max_cells_per_type=args.max_cells_per_type, n_top_genes=args.n_top_genes,
-                  embedding_weight=args.embedding_weight, num_epochs=args.mapping_epochs, learning_rate=args.learning_rate,
-                  lambda_g2=args.lambda_g2, density_prior=args.density_prior, seed=args.seed, device=args.device,
-                  batch_size=args.batch_size, counts_layer=args.counts_layer,
-                  reference_counts_layer=args.reference_counts_layer, progress=_progress(args))
+    tl.deconvolve(adata, reference, args.celltype_key, args.model, config=config, key_added=args.key_added,
+                  dominant_key=args.dominant_key, gene_col=args.gene_col, counts_layer=args.counts_layer,
+                  reference_counts_layer=args.reference_counts_layer, device=args.device, progress=_progress(args))
     props = adata.obsm[args.key_added]
     colors_key = f"{args.dominant_key}_colors"
     write_results(adata, out, input_path=args.input, obsm={args.key_added: props.to_numpy()},
@@ -147,7 +125,7 @@ def cmd_deconvolve(args) -> None:
           f"obsm['{args.key_added}'], obs['{args.dominant_key}'] (most often dominant: "
           + ", ".join(f"{k}:{v}" for k, v in counts.head(5).items()) + ")")
     if args.plot:
-        from ..plotting import save_proportion_panels
+        from ..pl import save_proportion_panels
 
         mem = adata if not adata.isbacked else adata.to_memory()
         png = save_proportion_panels(mem, args.key_added, out.with_suffix(".png"), dominant_key=args.dominant_key)
@@ -159,24 +137,19 @@ def cmd_deconvolve(args) -> None:
 
 def cmd_impute(args) -> None:
     from .. import tl
-    from ..errors import InputError
     from ..output import _check_free, write_results
 
     out = Path(args.out)
     _check_free(out, args.overwrite)
     if (args.genes is None) == (not args.all_missing):
         raise InputError("pass exactly one of --genes G1,G2,... or --all-missing")
+    config = from_args(ImputeConfig, args)
     adata = read_input(args, backed=True)
     reference = _read_reference(args.reference)
     t0 = time.time()
-    tl.impute(adata, reference, genes=_csv(args.genes), all_missing=args.all_missing, model=args.model,
-              key_added=args.key_added, use_embeddings=not args.no_embeddings, use_centroids=not args.no_centroids,
-              n_clusters=args.n_clusters, cluster_ratio=args.cluster_ratio, spatial_rep=args.spatial_rep,
-              reference_rep=args.reference_rep, gene_col=args.gene_col, reference_gene_col=args.reference_gene_col,
-              embedding_weight=args.embedding_weight, num_epochs=args.mapping_epochs, learning_rate=args.learning_rate,
-              lambda_g2=args.lambda_g2, density_prior=args.density_prior, seed=args.seed, device=args.device,
-              batch_size=args.batch_size, counts_layer=args.counts_layer,
-              reference_counts_layer=args.reference_counts_layer, progress=_progress(args))
+    tl.impute(adata, reference, _csv(args.genes), args.model, all_missing=args.all_missing, config=config,
+              key_added=args.key_added, gene_col=args.gene_col, counts_layer=args.counts_layer,
+              reference_counts_layer=args.reference_counts_layer, device=args.device, progress=_progress(args))
     df = adata.obsm[args.key_added]
     write_results(adata, out, input_path=args.input, obsm={args.key_added: df.to_numpy()},
                   uns={args.key_added: adata.uns[args.key_added]}, overwrite=args.overwrite)
@@ -184,12 +157,10 @@ def cmd_impute(args) -> None:
     print(f"imputed {df.shape[1]:,} genes for {adata.n_obs:,} cells in {time.time() - t0:.1f}s -> {out} "
           f"obsm['{args.key_added}'] (columns = genes; log1p counts per 1e4 training-gene counts)")
     if args.plot:
-        from ..deconvolution import gene_positions
-        from ..errors import InputError as _IE
-        from ..imputation import measured_expression
-        from ..plotting import save_imputation_panels
-
-        from ..counts import with_counts
+        from ..pl import save_imputation_panels
+        from ..pp.counts import with_counts
+        from ..tl._impute import measured_expression
+        from ..tl._mapping import gene_positions
 
         mem = adata if not adata.isbacked else adata.to_memory()
         measured_from = with_counts(mem, args.counts_layer)
@@ -198,7 +169,7 @@ def cmd_impute(args) -> None:
             gene_positions(measured_from, list(df.columns[:8]), args.gene_col)
             measured = measured_expression(measured_from, list(df.columns[:8]), list(adata.uns[args.key_added]["training_genes"]),
                                            args.gene_col)
-        except _IE:
+        except InputError:
             measured = None  # genes not measured on the slide: imputed maps only
         png = save_imputation_panels(mem, df, out.with_suffix(".png"), measured=measured)
         print(f"figure: {png}")
@@ -212,8 +183,8 @@ def cmd_evaluate(args) -> None:
     import pandas as pd
 
     from .. import metrics as M
-    from ..errors import InputError
     from ..io import get_coordinates, read_slide
+
 
     adata = read_slide(args.input)
 
@@ -255,7 +226,7 @@ def cmd_evaluate(args) -> None:
         if xy is not None and len(xy) > 7:
             res["morans_i_mean"] = float(np.nanmean(M.morans_i(pred, xy).to_numpy()))
     elif args.task == "imputation":
-        from ..imputation import imputation_qc
+        from ..tl._impute import imputation_qc
 
         if args.pred is None:
             raise InputError("--task imputation needs --pred KEY (obsm imputed genes)")
@@ -266,12 +237,6 @@ def cmd_evaluate(args) -> None:
     print(text)
     if args.json:
         Path(args.json).write_text(text)
-
-
-def _density_prior_arg(p, default: str, what: str) -> None:
-    # literal choices (= deconvolution.DENSITY_PRIORS): building the parser must not import the analysis code
-    p.add_argument("--density-prior", default=default, choices=["rna_count_based", "uniform", "none"],
-                   help=f"Tangram density prior of the {what} (default: %(default)s)")
 
 
 def register(sub) -> None:
@@ -308,14 +273,10 @@ def register(sub) -> None:
     p.add_argument("--reference", required=True, help="labelled single-cell reference (.h5ad)")
     add_counts_arg(p, reference=True)
     p.add_argument("--celltype-key", required=True, help="obs column of the reference holding cell types")
-    p.add_argument("--max-cells-per-type", type=int, default=1000, help="reference subsample per type (default: 1000)")
-    p.add_argument("--n-top-genes", type=positive_int, default=1000, metavar="N",
-                   help="the N most variable shared genes map the reference (default: %(default)s)")
-    add_renamed(p, "--n-genes", "--n-top-genes")
-    _density_prior_arg(p, "rna_count_based", "spots")
     p.add_argument("--key-added", default="spgpt_proportions", help="obsm key of the proportions (default: %(default)s)")
     p.add_argument("--dominant-key", default="spgpt_dominant_type", help="obs column of the dominant type")
-    _mapping_args(p)
+    add_options(p, DeconvolveConfig)
+    p.add_argument("--plot", action="store_true", help="also write OUT.png with the proportions in space")
     p.set_defaults(func=cmd_deconvolve)
 
     p = sub.add_parser("impute", help="impute unmeasured genes from a reference",
@@ -330,12 +291,9 @@ def register(sub) -> None:
     g = p.add_mutually_exclusive_group()
     g.add_argument("--genes", help="comma-separated genes to impute")
     g.add_argument("--all-missing", action="store_true", help="impute every reference gene the slide does not measure")
-    p.add_argument("--n-clusters", type=positive_int, help="number of reference centroids K (default: reference cells / 10)")
-    p.add_argument("--cluster-ratio", type=int, default=10, help="reference cells per centroid when K is not given")
-    p.add_argument("--no-centroids", action="store_true", help="map every reference cell instead of centroids")
-    _density_prior_arg(p, "uniform", "slide's cells")
     p.add_argument("--key-added", default="spgpt_imputed", help="obsm key of the imputed genes (default: %(default)s)")
-    _mapping_args(p)
+    add_options(p, ImputeConfig)
+    p.add_argument("--plot", action="store_true", help="also write OUT.png with the imputed genes in space")
     p.set_defaults(func=cmd_impute)
 
     p = sub.add_parser("evaluate", help="score results against known labels / measured genes",

@@ -1,11 +1,16 @@
-"""``spgpt demo``: the main job on a generated sample slide."""
+"""``spgpt demo``: the main job on a generated sample slide.
+
+Heavy modules are imported inside each command so ``spgpt --help`` stays fast.
+"""
 
 from __future__ import annotations
+
+from ..progress import TqdmProgress
 
 
 def cmd_demo(args) -> None:
     from ..demo import run_demo
-    from ..progress import TqdmProgress
+
 
     run_demo(args.out, model=args.model, seed=args.seed, overwrite=args.overwrite,
              mapping_epochs=args.mapping_epochs, progress=TqdmProgress(disable=args.quiet, unit="cell"))

@@ -1,19 +1,24 @@
-"""``spgpt embed``, ``spgpt cluster``, ``spgpt info``."""
+"""``spgpt embed``, ``spgpt cluster``, ``spgpt info``.
+
+Heavy modules are imported inside each command so ``spgpt --help`` stays fast.
+"""
 
 from __future__ import annotations
 
+import json
 import time
 from pathlib import Path
 
+from ..progress import TqdmProgress
 from ._common import (add_hvg_arg, add_input_args, add_model_args, add_output_args, n_top_genes, positive_int,
                       read_input)
 
 
 def cmd_embed(args) -> None:
     from .. import tl
+    from ..checkpoint.pretrained import load_model
     from ..output import _check_free, write_results
-    from ..pretrained import load_model
-    from ..progress import TqdmProgress
+
 
     _check_free(Path(args.out), args.overwrite)  # fail before the long work, not after
     adata = read_input(args, backed=True)
@@ -47,7 +52,7 @@ def cmd_cluster(args) -> None:
                        f"{args.key_added}_colors": adata.uns[f"{args.key_added}_colors"]},
                   overwrite=args.overwrite)
     if args.plot:
-        from ..plotting import save_spatial_panels
+        from ..pl import save_spatial_panels
 
         png = Path(args.out).with_suffix(".png")
         save_spatial_panels(adata, [args.key_added], png)
@@ -57,16 +62,14 @@ def cmd_cluster(args) -> None:
 
 
 def cmd_info(args) -> None:
-    import json
-
-    from ..pretrained import load_model
+    from ..checkpoint.pretrained import load_model
 
     model = load_model(args.model, device="cpu")
     print(json.dumps({**model.describe(), "metadata": {k: v for k, v in model.metadata.items() if k != "import_report"}},
                      indent=2, default=str))
     if args.input:
         from ..io import read_slide
-        from ..vocab import resolve_genes
+        from ..pp.vocab import resolve_genes
 
         adata = read_slide(args.input, backed=True)
         print(resolve_genes(adata, model.vocab, gene_col=args.gene_col).report())

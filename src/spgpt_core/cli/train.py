@@ -1,17 +1,21 @@
-"""``spgpt corpus build``, ``spgpt pretrain``, ``spgpt finetune``, ``spgpt domains``."""
+"""``spgpt corpus build``, ``spgpt pretrain``, ``spgpt finetune``, ``spgpt domains``.
+
+Heavy modules are imported inside each command so ``spgpt --help`` stays fast.
+"""
 
 from __future__ import annotations
 
 import time
 from pathlib import Path
 
-from ._common import (add_counts_arg, add_hvg_arg, add_model_args, add_output_args, add_store_args, n_top_genes,
-                      positive_float, positive_int, read_input)
+from ..errors import InputError
+from ..params import DomainsConfig, add_options, from_args
+from ..progress import TqdmProgress
+from ._common import add_counts_arg, add_model_args, add_output_args, add_store_args, read_input
 
 
 def cmd_corpus_build(args) -> None:
-    from ..corpus import Corpus, build_corpus, read_slide_list
-    from ..progress import TqdmProgress
+    from ..train.corpus import Corpus, build_corpus, read_slide_list
 
     specs = read_slide_list(args.slides)
     out = build_corpus(specs, args.out, val_fraction=args.val_fraction, patch_size=args.patch_size, seed=args.seed,
@@ -23,7 +27,6 @@ def cmd_corpus_build(args) -> None:
 
 
 def cmd_pretrain(args) -> None:
-    from ..progress import TqdmProgress
     from ..train import load_config, pretrain
     from ..train.loop import dist_info
 
@@ -38,7 +41,6 @@ def cmd_pretrain(args) -> None:
 
 
 def _finetune(args, slides, model=None, counts_layer=None):
-    from ..progress import TqdmProgress
     from ..train import finetune
 
     return finetune(slides, args.model if model is None else model, epochs=args.epochs, lr=args.lr, max_context=args.max_context,
@@ -48,8 +50,6 @@ def _finetune(args, slides, model=None, counts_layer=None):
 
 
 def cmd_finetune(args) -> None:
-    from ..errors import InputError
-
     out = Path(args.out)
     if out.exists() and not args.overwrite:
         raise InputError(f"{out} already exists; pass --overwrite or choose another --out")
@@ -61,17 +61,16 @@ def cmd_finetune(args) -> None:
 def cmd_domains(args) -> None:
     from .. import tl
     from ..output import _check_free, write_results
-    from ..progress import TqdmProgress
+
+    config = from_args(DomainsConfig, args)
 
     _check_free(Path(args.out), args.overwrite)
     adata = read_input(args, backed=False)
     t0 = time.time()
     # the input file is copied, not rewritten
-    tl.domains(adata, args.model, n_clusters=args.n_clusters, resolution=args.resolution, method=args.method,
-               smooth_k=args.smooth_k, n_top_genes=n_top_genes(args), finetune_epochs=args.epochs,
-               finetune_lr=args.lr, max_context=args.max_context, gene_col=args.gene_col, modality=args.modality,
-               counts_layer=args.counts_layer, batch_size=args.batch_size, drop_empty=args.drop_empty,
-               seed=args.seed, device=args.device, progress=TqdmProgress(disable=args.quiet, unit="cell"))
+    tl.domains(adata, args.model, config=config, gene_col=args.gene_col, modality=args.modality,
+               counts_layer=args.counts_layer, device=args.device,
+               progress=TqdmProgress(disable=args.quiet, unit="cell"))
     obs = {k: adata.obs[k] for k in ("spgpt_domain", "X_spgpt_empty") if k in adata.obs}
     write_results(adata, args.out, input_path=args.input, obsm={"X_spgpt": adata.obsm["X_spgpt"]}, obs=obs,
                   uns={k: adata.uns[k] for k in ("X_spgpt", "spgpt_domain", "spgpt_domain_colors")},
@@ -79,7 +78,7 @@ def cmd_domains(args) -> None:
     found = adata.obs["spgpt_domain"].nunique()
     print(f"{found} domains in {time.time() - t0:.0f}s -> {args.out} obs['spgpt_domain']")
     if args.plot:
-        from ..plotting import save_spatial_panels
+        from ..pl import save_spatial_panels
 
         png = Path(args.out).with_suffix(".png")
         save_spatial_panels(adata, ["spgpt_domain"], png)
@@ -131,22 +130,11 @@ def register(sub) -> None:
     p = sub.add_parser("domains", help="embed (optionally after fine-tuning) and cluster a slide into spatial domains")
     p.add_argument("input", help="slide (.h5ad or SpatialData .zarr)")
     add_store_args(p)
-    k = p.add_mutually_exclusive_group(required=True)
-    k.add_argument("--n-clusters", type=positive_int, help="number of domains K")
-    k.add_argument("--resolution", type=positive_float, help="Leiden / Louvain resolution instead of a K")
     add_model_args(p)
     add_output_args(p)
-    # zero-shot by default, as the plugin: with the shipped model it scored higher on average than one
-    # epoch of the paper's fine-tuning over 7 labelled slides x 2 seeds, in 40% of the time (BENCHMARKS.md)
-    _add_finetune_args(p, "--finetune-epochs", 0,
-                       "fine-tune the model on the slide for this many epochs first, as the paper does "
-                       "(default: 0 = zero-shot)")
-    p.add_argument("--method", default="leiden", choices=["leiden", "louvain", "kmeans"],
-                   help="clustering (default: leiden, resolution searched for K; louvain; kmeans)")
-    p.add_argument("--smooth-k", type=int, default=6, help="spatial majority smoothing (0 = off; default 6)")
-    add_hvg_arg(p)
-    p.add_argument("--batch-size", type=positive_int, default=64, help="cells per embedding batch (default: 64)")
-    p.add_argument("--drop-empty", action="store_true",
-                   help="leave out spots that express no model gene (no domain) instead of refusing the slide")
-    p.add_argument("--plot", action="store_true")
+    p.add_argument("--gene-col", help="var column holding gene symbols (default: chosen automatically)")
+    p.add_argument("--modality", help="technology (default: inferred)")
+    add_counts_arg(p)
+    add_options(p, DomainsConfig)
+    p.add_argument("--plot", action="store_true", help="also write OUT.png with the domains in space")
     p.set_defaults(func=cmd_domains)

@@ -1,10 +1,147 @@
-"""``tl.cluster``: domains / clusters from an embedding into a categorical ``obs`` column."""
+"""``tl.cluster``: domains / cell states from an embedding, into a categorical ``obs`` column.
+
+* ``leiden`` (scanpy, igraph flavour) or ``louvain`` (igraph multilevel, the algorithm of the
+  paper's integration benchmark) on the embedding's kNN graph, at a given resolution or with a
+  bisection search for the resolution that yields exactly ``n_clusters`` (the usual protocol
+  when the number of domains is known, e.g. K=7 on DLPFC);
+* ``kmeans`` (scikit-learn, k-means++, 10 restarts);
+* optional spatial smoothing: each spot takes the majority label of itself and its ``smooth_k``
+  nearest spatial neighbours (the SpaGCN / scGPT-spatial ``refine`` idea, on a kNN graph so it
+  works for hexagonal, square and irregular layouts alike).
+"""
 
 from __future__ import annotations
 
-import numpy as np
+import logging
 
+import numpy as np
+import pandas as pd
+import scanpy as sc
+from sklearn.cluster import KMeans
+
+from ..errors import InputError
+from ..io import get_coordinates
+from ..neighbors import knn_indices, louvain_on_graph, neighbors
+from ..pl import category_colors
 from ..records import run_record
+
+log = logging.getLogger(__name__)
+
+
+GRAPH_METHODS = ("leiden", "louvain")
+
+
+def check_request(n_cells: int, *, n_clusters: int | None, resolution: float | None, method: str) -> None:
+    """Refuse a clustering request that cannot run; called before any long work (embedding) starts."""
+    if method not in (*GRAPH_METHODS, "kmeans"):
+        raise InputError(f"unknown clustering method {method!r}; use 'leiden', 'louvain' or 'kmeans'")
+    if method == "kmeans":
+        if n_clusters is None:
+            raise InputError("k-means needs --n-clusters K")
+    elif (n_clusters is None) == (resolution is None):
+        raise InputError("give exactly one of --n-clusters K (resolution searched) or --resolution R")
+    if n_clusters is not None and not 1 <= n_clusters <= n_cells:
+        raise InputError(f"n_clusters={n_clusters} (--n-clusters) must be between 1 and the number of cells / "
+                         f"spots ({n_cells:,}); choose a smaller K")
+    if resolution is not None and not resolution > 0:
+        raise InputError(f"--resolution {resolution} must be a positive number (1.0 is a usual start)")
+
+
+def _check_embedding(emb: np.ndarray) -> np.ndarray:
+    emb = np.asarray(emb, dtype=np.float32)
+    if emb.ndim != 2 or emb.shape[0] < 2:
+        raise InputError(f"need an (n_cells, n_dims) embedding with at least 2 cells, got shape {emb.shape}")
+    if not np.isfinite(emb).all():
+        raise InputError("the embedding has NaN/inf rows (cells dropped as empty?); subset to finite rows first")
+    return emb
+
+
+def graph_labels(emb: np.ndarray, resolution: float, method: str = "leiden", n_neighbors: int = 15, seed: int = 0,
+                 _graph=None) -> np.ndarray:
+    """Leiden or Louvain communities of the embedding's kNN graph (scanpy's neighbours)."""
+    a = _graph if _graph is not None else _neighbors(emb, n_neighbors, seed)
+    if method == "louvain":
+        return louvain_on_graph(a.obsp["connectivities"], resolution, seed)
+    sc.tl.leiden(a, resolution=resolution, flavor="igraph", n_iterations=2, directed=False, random_state=seed,
+                 key_added="_c")
+    return a.obs["_c"].astype(int).to_numpy()
+
+
+def leiden_labels(emb: np.ndarray, resolution: float, n_neighbors: int = 15, seed: int = 0, _graph=None) -> np.ndarray:
+    return graph_labels(emb, resolution, "leiden", n_neighbors, seed, _graph)
+
+
+def _neighbors(emb, n_neighbors, seed):
+    # n_neighbors - 1 other cells (scanpy's count includes the cell), as before at every size
+    return neighbors(emb, min(n_neighbors, emb.shape[0] - 1), seed)
+
+
+def leiden_n_clusters(emb: np.ndarray, n_clusters: int, n_neighbors: int = 15, seed: int = 0,
+                      max_steps: int = 30, method: str = "leiden") -> tuple[np.ndarray, float]:
+    """Bisection on the Leiden (or Louvain) resolution until exactly ``n_clusters`` clusters (or the closest)."""
+    g = _neighbors(emb, n_neighbors, seed)
+    lo, hi = 0.0, 3.0
+    best = None
+    for _ in range(max_steps):
+        res = (lo + hi) / 2
+        labels = graph_labels(emb, res, method, seed=seed, _graph=g)
+        k = len(np.unique(labels))
+        if best is None or abs(k - n_clusters) < abs(best[2] - n_clusters):
+            best = (labels, res, k)
+        if k == n_clusters:
+            break
+        if k < n_clusters:
+            lo = res
+        else:
+            hi = res
+    labels, res, k = best
+    if k != n_clusters:
+        log.warning("%s gave %d clusters at best (asked %d); use method='kmeans' for an exact K", method.title(), k,
+                    n_clusters)
+    return labels, res
+
+
+def kmeans_labels(emb: np.ndarray, n_clusters: int, seed: int = 0) -> np.ndarray:
+    return KMeans(n_clusters=n_clusters, n_init=10, random_state=seed).fit_predict(emb)
+
+
+def smooth_labels(labels: np.ndarray, coords: np.ndarray, k: int = 6) -> np.ndarray:
+    """Majority vote over each spot and its k nearest spatial neighbours (ties keep the own label)."""
+    labels = np.asarray(labels)
+    codes, inv = np.unique(labels, return_inverse=True)
+    k = min(k, len(labels) - 1)
+    idx = np.column_stack([np.arange(len(labels)), knn_indices(coords, k)])
+    votes = np.zeros((len(labels), len(codes)), dtype=np.int32)
+    np.add.at(votes, (np.repeat(np.arange(len(labels)), k + 1), inv[idx].ravel()), 1)
+    best = votes.argmax(1)
+    own_ok = votes[np.arange(len(labels)), inv] == votes.max(1)
+    return codes[np.where(own_ok, inv, best)]
+
+
+def cluster_embedding(emb: np.ndarray, *, n_clusters: int | None = None, resolution: float | None = None,
+                      method: str = "leiden", coords: np.ndarray | None = None, smooth_k: int = 0,
+                      n_neighbors: int = 15, seed: int = 0) -> tuple[np.ndarray, dict]:
+    """Cluster an embedding; returns (integer labels, parameters actually used)."""
+    emb = _check_embedding(emb)
+    check_request(emb.shape[0], n_clusters=n_clusters, resolution=resolution, method=method)
+    if smooth_k and coords is None:
+        raise InputError("spatial smoothing needs coordinates (obsm['spatial']); set smooth_k=0 or add them")
+    info: dict = {"method": method, "seed": seed, "smooth_k": smooth_k}
+    if method == "kmeans":
+        labels = kmeans_labels(emb, n_clusters, seed)
+    else:
+        if n_clusters is not None:
+            labels, res = leiden_n_clusters(emb, n_clusters, n_neighbors, seed, method=method)
+        else:
+            labels, res = graph_labels(emb, resolution, method, n_neighbors, seed), resolution
+        info.update(resolution=float(res), n_neighbors=n_neighbors)
+    if smooth_k:
+        labels = smooth_labels(labels, coords, smooth_k)
+    info["n_clusters_found"] = int(len(np.unique(labels)))
+    return labels, info
+
+
+# ------------------------------------------------------------------------ the verb
 
 
 def check_domains_request(adata, *, n_clusters: int | None, method: str, resolution: float | None = None) -> None:
@@ -12,10 +149,6 @@ def check_domains_request(adata, *, n_clusters: int | None, method: str, resolut
 
     Coordinates present and finite, and a clustering request that can run on this many spots.
     """
-    from ..cluster import check_request
-    from ..errors import InputError
-    from ..io import get_coordinates
-
     try:
         get_coordinates(adata, required=True)
     except InputError as e:
@@ -27,12 +160,6 @@ def check_domains_request(adata, *, n_clusters: int | None, method: str, resolut
 def cluster(adata, *, use_rep: str = "X_spgpt", n_clusters: int | None = None, resolution: float | None = None,
             method: str = "leiden", smooth_k: int = 0, key_added: str = "spgpt_domain", seed: int = 0):
     """Cluster ``obsm[use_rep]`` into a categorical ``obs[key_added]`` (+ colours, parameters)."""
-    import pandas as pd
-
-    from ..cluster import cluster_embedding
-    from ..errors import InputError
-    from ..io import get_coordinates
-
     if use_rep not in adata.obsm:
         raise InputError(f"obsm['{use_rep}'] not found (have: {list(adata.obsm)}); run `spgpt embed` first or "
                          "pass --use-rep with an existing embedding")
@@ -45,8 +172,6 @@ def cluster(adata, *, use_rep: str = "X_spgpt", n_clusters: int | None = None, r
     full[ok] = labels.astype(str)
     cats = sorted({str(x) for x in labels}, key=lambda s: (len(s), s))
     adata.obs[key_added] = pd.Categorical(full, categories=cats)
-    from ..plotting import category_colors
-
     adata.uns[f"{key_added}_colors"] = category_colors(len(cats))
     adata.uns[key_added] = run_record({"use_rep": use_rep, "n_clusters": n_clusters, "resolution": resolution, **info})
     return adata

@@ -1,41 +1,209 @@
-"""``tl.deconvolve``: cell-type proportions per spot from a labelled reference (Methods 4.4.1)."""
+"""``tl.deconvolve``: cell-type proportions of every spot from a labelled reference (paper Methods 4.4.1),
+with ``tangram-sc`` doing the mapping (:mod:`._mapping`).
+
+Pipeline (every choice below is fixed and documented; none is tuned on benchmark labels):
+
+1. **Reference**: cells without a cell-type label are dropped; each type is subsampled to at most
+   ``max_cells_per_type`` cells (default 1000, seeded). At least two types are required.
+2. **Genes**: genes shared by slide and reference are matched by name, case-insensitively, over
+   the pair of gene-name sources (``var_names`` or a string ``var`` column, e.g. ``gene_symbol``)
+   that shares the most genes (or the ``gene_col`` / ``reference_gene_col`` given). Genes with no
+   count in either dataset are dropped (Tangram needs non-zero columns). Of these, the
+   ``n_top_genes`` (default 1000) most variable genes of the reference (scanpy, ``flavor="seurat"``
+   on log-normalised counts) are the *training genes*; with fewer shared genes, all are used.
+3. **Expression block** (slide and reference alike): counts over the training genes scaled to
+   10,000 per cell / spot, then ``log1p``.
+4. **Embedding block** (``use_embeddings=True``): the model's spot / cell embeddings, computed on
+   the training genes only (so both datasets are embedded from the same genes), or taken from
+   ``obsm`` when ``spatial_rep`` / ``reference_rep`` name precomputed ones. By default
+   (``embedding_weight=None``) they are stacked beside the expression block exactly as the model
+   returns them (L2-normalised ``<cls>`` states), as the paper describes H'_s, H'_c (Eq. 13: "we
+   stack the embedding matrices ... onto their respective gene expression profile matrices").
+   Each embedding dimension is then one more column in Tangram's gene-wise cosine term, while the
+   spot-wise term stays dominated by expression, whose rows have the larger norm.
+   A number instead centres each dimension within its dataset and scales the block to
+   ``embedding_weight`` times the expression block's Frobenius norm, which gives the embeddings
+   a fixed share of the spot-wise term (an addition of ours, not the paper's: with the small
+   CPU-trained model it scores lower macro-F1 than plain Tangram, so the default follows the paper;
+   both are in bench/results/tasks.md).
+5. **Mapping**: ``tangram.mapping_optimizer.Mapper`` in cells mode with the objective of the
+   paper's Eq. 15: gene-wise (column) cosine ``lambda_g1=1`` *and* spot-wise (row) cosine
+   ``lambda_g2=1`` (Tangram's own default leaves the latter out, ``lambda_g2=0``), plus Tangram's
+   density KL term (``lambda_d=1``) against the spots' RNA-count-based prior, computed from raw
+   counts over all genes (never from the embedding block). Adam, 1000 epochs, learning rate 0.1.
+   The loop runs epoch by epoch (same updates as ``Mapper.train``) so long mappings report
+   progress and can be cancelled.
+6. **Annotation transfer**: A = M^T A_c (Eq. 16) with A_c the one-hot cell types, normalised per
+   spot to proportions; the dominant type is the arg-max.
+
+With ``use_embeddings=False`` and ``lambda_g2=0`` the same code is plain Tangram on expression
+(``tangram.map_cells_to_space`` in cells mode gives the same mapping from the same start; a test
+checks it), so any difference to the baseline comes from the features and the objective, which
+the benchmark separates with ablations. Options: :class:`spgpt_core.params.DeconvolveConfig`.
+"""
 
 from __future__ import annotations
 
+import logging
+import time
+from dataclasses import dataclass, field
+
+import numpy as np
 import pandas as pd
 
+from ..device import choose_device
+from ..errors import InputError
+from ..metrics import valid_label_mask
+from ..params import MIN_SHARED_GENES, DeconvolveConfig, resolve
+from ..pl import category_colors
+from ..pp.counts import with_counts
 from ..progress import Progress
 from ..records import run_record
+from ._mapping import (column_cosine, density, enriched_features, expressed_blocks, log_normalise, match_genes,
+                       no_shared_genes_error, run_tangram, select_hvg)
+
+log = logging.getLogger(__name__)
 
 
-def deconvolve(adata, reference, celltype_key: str, model="default", *, key_added: str = "spgpt_proportions",
-               dominant_key: str = "spgpt_dominant_type", use_embeddings: bool = True, spatial_rep: str | None = None,
-               reference_rep: str | None = None, gene_col: str | None = None, reference_gene_col: str | None = None,
-               max_cells_per_type: int | None = 1000, n_top_genes: int = 1000, embedding_weight: float | None = None,
-               num_epochs: int = 1000, learning_rate: float = 0.1, lambda_g2: float = 1.0,
-               density_prior: str = "rna_count_based", seed: int = 0, device: str | None = None, batch_size: int = 64,
-               counts_layer: str | None = None, reference_counts_layer: str | None = None,
-               progress: Progress | None = None):
+@dataclass
+class DeconvolutionResult:
+    proportions: pd.DataFrame  # spots x cell types, rows sum to 1
+    dominant: pd.Series  # categorical, one per spot
+    mapping: np.ndarray | None  # reference cells x spots (softmax), when keep_mapping
+    info: dict = field(default_factory=dict)
+
+
+def _reference_labels(reference, celltype_key: str) -> pd.Series:
+    if celltype_key not in reference.obs.columns:
+        raise InputError(
+            f"the reference has no obs column '{celltype_key}' (columns: {list(reference.obs.columns) or 'none'}); "
+            "pass --celltype-key naming the column that holds each cell's type"
+        )
+    lab = reference.obs[celltype_key]
+    ok = valid_label_mask(lab.to_numpy())
+    lab = lab.astype(object).where(ok)
+    types = pd.unique(lab[ok].astype(str))
+    if len(types) < 2:
+        raise InputError(
+            f"the reference has {len(types)} cell type(s) in obs['{celltype_key}'] ({', '.join(types) or 'none'}); "
+            "deconvolution needs at least 2 types to tell apart. Use a reference annotated with several cell types"
+        )
+    return lab
+
+
+def subsample_per_type(labels: pd.Series, max_per_type: int | None, seed: int) -> np.ndarray:
+    """Sorted positions of at most ``max_per_type`` labelled cells per type (all when None)."""
+    rng = np.random.default_rng(seed)
+    keep = []
+    valid = labels.notna().to_numpy()
+    lab = labels.astype(str).to_numpy()
+    for t in sorted(set(lab[valid])):
+        idx = np.flatnonzero(valid & (lab == t))
+        if max_per_type is not None and len(idx) > max_per_type:
+            idx = rng.choice(idx, max_per_type, replace=False)
+        keep.append(idx)
+    return np.sort(np.concatenate(keep))
+
+
+def compute_proportions(spatial, reference, *, celltype_key: str, model="default",
+                        config: DeconvolveConfig | None = None, gene_col: str | None = None,
+                        device: str | None = None, keep_mapping: bool = False, progress: Progress | None = None,
+                        **options) -> DeconvolutionResult:
+    """Cell-type proportions of every spot of ``spatial`` from a labelled single-cell ``reference``.
+
+    ``config`` (or its fields as keyword arguments): :class:`~spgpt_core.params.DeconvolveConfig`.
+    ``model`` is an :class:`~spgpt_core.SpGPT` or anything :func:`~spgpt_core.load_model` takes; it is
+    not loaded when ``use_embeddings=False`` or when both ``*_rep`` embeddings are given. See the module
+    docstring for every step. Returns a :class:`DeconvolutionResult`.
+    """
+    cfg = resolve(DeconvolveConfig, config, options)
+    if spatial.n_obs < 2:
+        raise InputError(f"the slide has {spatial.n_obs} spot(s); deconvolution needs at least 2")
+    device = str(choose_device(device, model if cfg.use_embeddings else None))
+    timings: dict[str, float] = {}
+    t_all = time.time()
+
+    labels = _reference_labels(reference, celltype_key)
+    keep = subsample_per_type(labels, cfg.max_cells_per_type, cfg.seed)
+    ref = reference[keep]
+    ref_labels = labels.iloc[keep].astype(str)
+
+    shared = match_genes(spatial, ref, gene_col, cfg.reference_gene_col)
+    if len(shared) < MIN_SHARED_GENES:
+        raise no_shared_genes_error(spatial, ref)
+    shared, C_sp, C_ref = expressed_blocks(spatial, ref, shared, "shared genes")
+    n_silent = int((np.asarray(C_ref.sum(axis=1)).ravel() <= 0).sum())
+    if n_silent:
+        log.warning("%d reference cells have no counts on the shared genes; they carry no signal for the mapping",
+                    n_silent)
+    t = time.time()
+    hv = select_hvg(log_normalise(C_ref), cfg.n_top_genes)
+    timings["genes_seconds"] = round(time.time() - t, 3)
+    train = shared.subset(hv)
+    E_sp = log_normalise(C_sp[:, hv])
+    E_ref = log_normalise(C_ref[:, hv])
+    d = density(spatial, cfg.density_prior)
+
+    model_info = None
+    if cfg.use_embeddings:
+        G, S, _, model_info, timings["embedding_seconds"] = enriched_features(
+            spatial, ref, train, E_sp, E_ref, model, spatial_rep=cfg.spatial_rep, reference_rep=cfg.reference_rep,
+            embedding_weight=cfg.embedding_weight, seed=cfg.seed, batch_size=cfg.batch_size, device=device,
+            progress=progress)
+    else:
+        G, S = E_sp, E_ref
+
+    M, map_info = run_tangram(S, G, d=d, lambda_g2=cfg.lambda_g2, num_epochs=cfg.num_epochs,
+                              learning_rate=cfg.learning_rate, seed=cfg.seed, device=device, progress=progress,
+                              desc="deconvolution mapping")
+    types = sorted(set(ref_labels))
+    onehot = (ref_labels.to_numpy()[:, None] == np.array(types)[None, :]).astype(np.float64)
+    A = M.T.astype(np.float64) @ onehot
+    A = A / A.sum(axis=1, keepdims=True)
+    props = pd.DataFrame(A, index=pd.Index(spatial.obs_names.astype(str)), columns=pd.Index(types))
+    dominant = pd.Series(pd.Categorical(np.array(types)[A.argmax(axis=1)], categories=types), index=props.index)
+
+    score = column_cosine(M.T @ E_ref, E_sp)
+    timings["total_seconds"] = round(time.time() - t_all, 3)
+    info = {
+        "celltype_key": celltype_key, **cfg.as_dict(),
+        "embedding_weight": cfg.embedding_weight if cfg.use_embeddings else 0.0,
+        "embedding_block": cfg.embedding_block,
+        "n_spots": int(spatial.n_obs), "n_reference_cells": int(len(keep)), "n_shared_genes": int(len(shared)),
+        "n_training_genes": int(len(train)), "gene_sources": [train.a_source, train.b_source],
+        "n_embedding_dims": int(G.shape[1] - E_sp.shape[1]),
+        # two parallel lists, not a dict: cell-type names may contain '/' (e.g. "L2/3 IT")
+        "reference_types": list(types),
+        "reference_cells_per_type": [int((ref_labels == t_).sum()) for t_ in types],
+        "train_score_mean": float(np.nanmean(score)), **map_info, **timings,
+    }
+    if model_info is not None:
+        info["model"] = model_info
+    return DeconvolutionResult(props, dominant, M if keep_mapping else None, info)
+
+
+# ------------------------------------------------------------------------ the verb
+
+
+def deconvolve(adata, reference, celltype_key: str, model="default", *, config: DeconvolveConfig | None = None,
+               key_added: str = "spgpt_proportions", dominant_key: str = "spgpt_dominant_type",
+               gene_col: str | None = None, counts_layer: str | None = None,
+               reference_counts_layer: str | None = None, device: str | None = None,
+               progress: Progress | None = None, **options):
     """Deconvolve every spot of ``adata`` with ``reference`` (AnnData with ``obs[celltype_key]``).
 
+    Options: ``config`` (:class:`~spgpt_core.params.DeconvolveConfig`) or its fields as keyword
+    arguments (``num_epochs=200``, ``use_embeddings=False`` for Tangram on expression alone, ...).
     Writes ``obsm[key_added]`` (DataFrame spots x cell types, rows sum to 1), ``obs[dominant_key]``
     (categorical arg-max type, with ``uns[dominant_key + '_colors']``) and ``uns[key_added]`` (parameters,
-    model, versions, timings). ``use_embeddings=False`` is Tangram on expression alone. See
-    :mod:`spgpt_core.deconvolution` for the method. ``counts_layer`` / ``reference_counts_layer`` name
-    the layers holding raw counts (``'raw'``: ``.raw``) when ``X`` holds normalised values. Returns ``adata``.
+    model, versions, timings). ``counts_layer`` / ``reference_counts_layer`` name the layers holding raw
+    counts (``'raw'``: ``.raw``) when ``X`` holds normalised values. Returns ``adata``.
     """
-    from ..counts import with_counts
-    from ..deconvolution import deconvolve as _deconvolve
-    from ..plotting import category_colors
-
-    res = _deconvolve(with_counts(adata, counts_layer),
-                      with_counts(reference, reference_counts_layer, "reference", "--reference-counts-layer"),
-                      celltype_key=celltype_key, model=model, use_embeddings=use_embeddings,
-                      spatial_rep=spatial_rep, reference_rep=reference_rep, gene_col=gene_col,
-                      reference_gene_col=reference_gene_col, max_cells_per_type=max_cells_per_type,
-                      n_top_genes=n_top_genes, embedding_weight=embedding_weight, num_epochs=num_epochs,
-                      learning_rate=learning_rate, lambda_g2=lambda_g2, density_prior=density_prior, seed=seed,
-                      device=device, batch_size=batch_size, progress=progress)
+    cfg = resolve(DeconvolveConfig, config, options)
+    res = compute_proportions(with_counts(adata, counts_layer),
+                              with_counts(reference, reference_counts_layer, "reference", "--reference-counts-layer"),
+                              celltype_key=celltype_key, model=model, config=cfg, gene_col=gene_col, device=device,
+                              progress=progress)
     props = res.proportions.copy()
     props.index = adata.obs_names
     adata.obsm[key_added] = props
@@ -43,14 +211,12 @@ def deconvolve(adata, reference, celltype_key: str, model="default", *, key_adde
     adata.uns[f"{dominant_key}_colors"] = category_colors(len(res.dominant.cat.categories))
     info = dict(res.info)
     model_info = info.pop("model", None)
-    keys = ("celltype_key", "use_embeddings", "spatial_rep", "reference_rep", "max_cells_per_type", "n_top_genes",
-            "embedding_weight", "density_prior", "seed", "num_epochs", "learning_rate", "lambda_g1", "lambda_d",
-            "lambda_g2", "lambda_r")
-    params = {"counts_layer": counts_layer, "reference_counts_layer": reference_counts_layer,
-              **{k: info[k] for k in keys}}
-    rec = run_record(params,
-                     cell_types=list(props.columns), dominant_key=dominant_key,
-                     summary={k: v for k, v in info.items() if k not in ("celltype_key",)})
+    params = {"celltype_key": celltype_key, "gene_col": gene_col, "counts_layer": counts_layer,
+              "reference_counts_layer": reference_counts_layer, **cfg.as_dict(),
+              "embedding_weight": info["embedding_weight"],
+              **{k: info[k] for k in ("lambda_g1", "lambda_d", "lambda_r")}}
+    rec = run_record(params, cell_types=list(props.columns), dominant_key=dominant_key,
+                     summary={k: v for k, v in info.items() if k not in params})
     if model_info is not None:
         rec["model"] = model_info
     adata.uns[key_added] = rec

@@ -3,44 +3,43 @@ plugin's Embed & domains widget and the demo.
 
 The slide's most variable matched genes are chosen once; the model is (optionally) fine-tuned on
 them, embeds every spot with them, and the embedding is clustered into domains and smoothed over
-each spot's spatial neighbours. Every input is checked before the model is loaded.
+each spot's spatial neighbours. Every input is checked before the model is loaded. Options:
+:class:`spgpt_core.params.DomainsConfig`.
 """
 
 from __future__ import annotations
 
-from ..hvg import DEFAULT_N_TOP_GENES
+from ..checkpoint import load_model
+from ..device import choose_device
+from ..params import DomainsConfig, resolve
+from ..pp.counts import with_counts
+from ..pp.hvg import highly_variable_mask
+from ..pp.vocab import resolve_genes
 from ..progress import Progress
+from ..train import finetune
 from ._cluster import check_domains_request, cluster
 from ._embed import embed
 
 
-def domains(adata, model="default", *, n_clusters: int | None = None, resolution: float | None = None,
-            method: str = "leiden", smooth_k: int = 6, n_top_genes: int | None = DEFAULT_N_TOP_GENES,
-            finetune_epochs: int = 0, finetune_lr: float = 1e-3, max_context: int = 128,
-            gene_col: str | None = None, modality: str | None = None, counts_layer: str | None = None,
-            batch_size: int = 64, drop_empty: bool = False, seed: int = 0, device: str | None = None,
-            key_added: str = "spgpt_domain", embedding_key: str = "X_spgpt", progress: Progress | None = None):
+def domains(adata, model="default", *, config: DomainsConfig | None = None, gene_col: str | None = None,
+            modality: str | None = None, counts_layer: str | None = None, device: str | None = None,
+            key_added: str = "spgpt_domain", embedding_key: str = "X_spgpt", progress: Progress | None = None,
+            **options):
     """Embed ``adata`` (zero-shot, or after ``finetune_epochs`` of fine-tuning) and cluster it into domains.
 
-    Writes ``obsm[embedding_key]`` (with its record in ``uns``), the categorical
-    ``obs[key_added]``, its colours and ``uns[key_added]`` (every parameter of this call). Give
-    ``n_clusters`` (Leiden / Louvain search the resolution; k-means is exact) or ``resolution``.
-    ``n_top_genes=None`` gives the model every matched gene. ``drop_empty`` leaves spots that express
-    no model gene out (their domain is missing) instead of refusing the slide. ``device=None`` uses
-    the model's device (CPU for a model loaded here). Returns ``adata``.
+    Options: ``config`` (:class:`~spgpt_core.params.DomainsConfig`) or its fields as keyword arguments:
+    give ``n_clusters`` (Leiden / Louvain search the resolution; k-means is exact) or ``resolution``;
+    ``n_top_genes=0`` gives the model every matched gene; ``drop_empty`` leaves spots that express no
+    model gene out (their domain is missing) instead of refusing the slide.
+
+    Writes ``obsm[embedding_key]`` (with its record in ``uns``), the categorical ``obs[key_added]``,
+    its colours and ``uns[key_added]`` (every parameter of this call). ``device=None`` uses the model's
+    device (CPU for a model loaded here). Returns ``adata``.
     """
-    from ..counts import with_counts
-    from ..device import choose_device
-    from ..hvg import highly_variable_mask
-    from ..pretrained import load_model
-    from ..vocab import resolve_genes
-
-    check_domains_request(adata, n_clusters=n_clusters, resolution=resolution, method=method)
-    if finetune_epochs < 0:
-        from ..errors import InputError
-
-        raise InputError(f"finetune_epochs={finetune_epochs}: pass 0 (zero-shot) or a positive number of epochs")
+    cfg = resolve(DomainsConfig, config, options)
+    check_domains_request(adata, n_clusters=cfg.n_clusters, resolution=cfg.resolution, method=cfg.method)
     model = load_model(model, device=choose_device(device, model))
+    n_top_genes = cfg.n_top_genes or None
     # the genes are chosen once, so fine-tuning and embedding see the same ones
     work = with_counts(adata, counts_layer)
     match = resolve_genes(work, model.vocab, gene_col=gene_col)
@@ -48,16 +47,14 @@ def domains(adata, model="default", *, n_clusters: int | None = None, resolution
         hv = highly_variable_mask(work, n_top_genes, genes=match.vocab_ids >= 0)
         if hv is not None:
             work = work[:, hv].copy()
-    if finetune_epochs:
-        from ..train import finetune
-
-        model = finetune([work], model, epochs=finetune_epochs, lr=finetune_lr, max_context=max_context,
-                         gene_col=gene_col, modality=modality, seed=seed, device=str(model.device),
+    if cfg.finetune_epochs:
+        model = finetune([work], model, epochs=cfg.finetune_epochs, lr=cfg.finetune_lr, max_context=cfg.max_context,
+                         gene_col=gene_col, modality=modality, seed=cfg.seed, device=str(model.device),
                          progress=progress)
     if progress is not None:
         progress.check()
     embed(work, model, key_added=embedding_key, gene_col=gene_col, modality=modality, n_top_genes=None,
-          batch_size=batch_size, seed=seed, empty="drop" if drop_empty else "error", progress=progress)
+          batch_size=cfg.batch_size, seed=cfg.seed, empty="drop" if cfg.drop_empty else "error", progress=progress)
     record = work.uns[embedding_key]
     record["params"].update(n_top_genes=n_top_genes, counts_layer=counts_layer)
     record["gene_match"] = match.to_dict()  # the whole slide's genes, as tl.embed records them
@@ -71,9 +68,10 @@ def domains(adata, model="default", *, n_clusters: int | None = None, resolution
     if progress is not None:
         progress.check()
         progress.start(0, "finding domains")
-    cluster(adata, use_rep=embedding_key, n_clusters=n_clusters, resolution=resolution, method=method,
-            smooth_k=smooth_k, key_added=key_added, seed=seed)
+    cluster(adata, use_rep=embedding_key, n_clusters=cfg.n_clusters, resolution=cfg.resolution, method=cfg.method,
+            smooth_k=cfg.smooth_k, key_added=key_added, seed=cfg.seed)
     adata.uns[key_added]["params"].update(
-        n_top_genes=n_top_genes, finetune_epochs=finetune_epochs, batch_size=batch_size, drop_empty=drop_empty,
-        **({"finetune_lr": finetune_lr, "max_context": max_context} if finetune_epochs else {}))
+        n_top_genes=n_top_genes, finetune_epochs=cfg.finetune_epochs, batch_size=cfg.batch_size,
+        drop_empty=cfg.drop_empty,
+        **({"finetune_lr": cfg.finetune_lr, "max_context": cfg.max_context} if cfg.finetune_epochs else {}))
     return adata

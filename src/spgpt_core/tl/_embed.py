@@ -1,10 +1,165 @@
-"""``tl.embed``: zero-shot spot embeddings into ``obsm``."""
+"""``tl.embed``: zero-shot spot / cell embeddings into ``obsm``, streamed over a slide with bounded memory.
+
+Pipeline per chunk of rows (never the whole slide): CSR rows -> two-level normalisation ->
+per-cell binning -> deterministic subsampling to the model's context -> length-bucketed batches
+(cells of similar length together, so almost no padding is computed) -> encoder under
+``torch.inference_mode`` (bf16 autocast on CUDA, fp32 on CPU) -> final-layer ``<cls>`` state,
+L2-normalised, as the reference ``embed_data`` returns it.
+
+Two passes read the data: one for the slide statistics (and input checks), one for the model.
+Results are independent of ``batch_size`` and ``chunk_size`` up to float rounding, because every
+random choice is keyed by (seed, cell index, gene).
+"""
 
 from __future__ import annotations
 
-from ..hvg import DEFAULT_N_TOP_GENES
-from ..progress import Progress
+import contextlib
+import dataclasses
+import logging
+from dataclasses import dataclass, field
+
+import numpy as np
+import torch
+
+from ..checkpoint import SpGPT, load_model
+from ..device import choose_device, resolve_device
+from ..errors import InputError
+from ..io import check_matrix, iter_row_chunks
+from ..pp.counts import with_counts
+from ..pp.hvg import DEFAULT_N_TOP_GENES, highly_variable_mask
+from ..pp.modality import Modality, resolve_modality
+from ..pp.tokenize import SlideStats, gene_divisors, length_buckets, pad_batch, tokenize_rows
+from ..pp.vocab import GeneMatch, resolve_genes
+from ..progress import Progress, ensure_progress
 from ..records import run_record
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class PreparedSlide:
+    """Everything about a slide that tokenisation needs, computed in one streaming pass."""
+
+    match: GeneMatch
+    modality: Modality
+    modality_reason: str
+    stats: SlideStats
+    divisors: np.ndarray
+    norm_info: dict
+    keep_cells: np.ndarray  # bool per cell: has at least one expressed matched gene
+    summary: dict = field(default_factory=dict)
+
+
+def prepare_slide(adata, model: SpGPT, *, gene_col=None, modality=None, chunk_size=4096, empty="error",
+                  min_genes=5, check=True, n_top_genes: int | None = None) -> PreparedSlide:
+    """Match genes, check values, compute slide statistics and decide what to do with empty cells.
+
+    ``n_top_genes``: give the model only this many highly variable matched genes (see ``hvg``);
+    None / 0, or a panel with no more matched genes than that, uses every matched gene."""
+    if empty not in ("error", "drop"):
+        raise InputError(f"empty={empty!r}; use 'error' or 'drop'")
+    match = resolve_genes(adata, model.vocab, gene_col=gene_col, min_genes=min_genes)
+    log.info("%s", match.report())
+    if check:
+        check_matrix(adata, chunk_size=chunk_size)
+    n_hvg = None
+    if n_top_genes:
+        hv = highly_variable_mask(adata, n_top_genes, genes=match.vocab_ids >= 0, chunk_size=chunk_size)
+        if hv is not None:
+            match = dataclasses.replace(match, vocab_ids=np.where(hv, match.vocab_ids, -1))
+            n_hvg = int(hv.sum())
+            log.info("using the %d most variable of the %d matched genes", n_hvg, match.n_matched)
+    mod, reason = resolve_modality(adata, modality)
+    used = match.vocab_ids >= 0
+    stats = SlideStats.from_chunks(iter_row_chunks(adata, chunk_size), adata.n_vars, used)
+    divisors, norm_info = gene_divisors(stats, match.vocab_ids, model.gene_stats)
+    keep = stats.cell_n_expressed > 0
+    n_empty = int((~keep).sum())
+    if n_empty and empty == "error":
+        names = ", ".join(map(str, adata.obs_names[~keep][:5]))
+        raise InputError(
+            f"{n_empty} of {adata.n_obs} cells express none of the {int(used.sum())} genes given to the model "
+            f"(e.g. {names}); "
+            "an embedding of an empty cell is meaningless. Remove them first (e.g. sc.pp.filter_cells(adata, "
+            "min_genes=1)) or pass --drop-empty (empty=\"drop\") to leave them out of the output"
+        )
+    summary = {"n_cells": int(adata.n_obs), "n_empty_dropped": n_empty,
+               "n_genes_used": n_hvg if n_hvg is not None else int(match.n_matched),
+               "highly_variable_genes": n_top_genes if n_hvg is not None else "all matched genes",
+               "median_expressed_genes": float(np.median(stats.cell_n_expressed)) if stats.n_cells else 0.0}
+    return PreparedSlide(match, mod, reason, stats, divisors, norm_info, keep, summary)
+
+
+def _autocast(device: torch.device):
+    if device.type == "cuda":
+        return torch.autocast("cuda", dtype=torch.bfloat16)
+    return contextlib.nullcontext()
+
+
+def embed_arrays(adata, model: SpGPT, prepared: PreparedSlide, *, batch_size: int = 64, chunk_size: int = 4096,
+                 seed: int = 0, layer: int = -1, progress: Progress | None = None) -> np.ndarray:
+    """Embeddings (n_cells, d_model) float32 for every cell; rows of dropped empty cells are NaN.
+
+    The spot embedding is the encoder's ``<cls>`` state and does not depend on the modality (Eq. 6
+    concatenates the modality embedding only for the decoders). ``layer``: read it after that
+    transformer layer (1-based) instead of the final one (-1, the paper's choice and the default;
+    the earlier layers were measured in docs/experiments/default-model.md and are not better)."""
+    cfg = model.config
+    device = model.device
+    progress = ensure_progress(progress)
+    out = np.full((adata.n_obs, cfg.d_model), np.nan, dtype=np.float32)
+    max_genes = cfg.max_seq_len - 1
+    max_tokens = batch_size * cfg.max_seq_len
+    max_cells = 4 * batch_size  # short cells (small panels) are packed up to the same token budget
+    was_training = model.module.training
+    model.module.eval()
+    progress.start(int(prepared.keep_cells.sum()), "embedding")
+    try:
+        with torch.inference_mode(), _autocast(device):
+            for start, stop, X in iter_row_chunks(adata, chunk_size):
+                keep = prepared.keep_cells[start:stop]
+                tok = tokenize_rows(X, prepared.match.vocab_ids, prepared.divisors, first_cell=start,
+                                    n_bins=cfg.n_bins, max_genes=max_genes, seed=seed)
+                cells = np.flatnonzero(keep)
+                for idx in length_buckets(tok.lengths[cells], max_cells, max_tokens):
+                    progress.check()
+                    rows = cells[idx]
+                    genes, values, pad = pad_batch(tok, rows, cfg.cls_token_id, cfg.pad_token_id, cfg.pad_value)
+                    h = model.module.spot_embedding(
+                        torch.from_numpy(genes).to(device), torch.from_numpy(values).to(device),
+                        torch.from_numpy(pad).to(device), layer=layer,
+                    )
+                    h = torch.nn.functional.normalize(h.float(), dim=1)
+                    out[start + rows] = h.cpu().numpy()
+                    progress.update(len(rows))
+    finally:
+        progress.close()
+        model.module.train(was_training)
+    return out
+
+
+def compute_embedding(adata, model: SpGPT, *, gene_col=None, modality=None, batch_size=64, chunk_size=4096, seed=0,
+          empty="error", device=None, n_top_genes: int | None = None, layer: int = -1,
+          progress: Progress | None = None) -> tuple[np.ndarray, PreparedSlide]:
+    """Prepare and embed a slide. Returns (embeddings with NaN rows for dropped cells, prepared).
+
+    ``n_top_genes`` restricts the model's input to that many highly variable genes (None: all)."""
+    if batch_size < 1 or chunk_size < 1:
+        raise InputError(f"batch_size and chunk_size must be >= 1 (got {batch_size}, {chunk_size})")
+    try:  # checked before the slide is prepared, with the network's own rule
+        model.module.layers_to_run(layer)
+    except ValueError as e:
+        raise InputError(str(e)) from None
+    if device is not None:
+        model.to(resolve_device(device))
+    prepared = prepare_slide(adata, model, gene_col=gene_col, modality=modality, chunk_size=chunk_size, empty=empty,
+                             n_top_genes=n_top_genes)
+    emb = embed_arrays(adata, model, prepared, batch_size=batch_size, chunk_size=chunk_size, seed=seed,
+                       layer=layer, progress=progress)
+    return emb, prepared
+
+
+# ------------------------------------------------------------------------ the verb
 
 
 def embed(adata, model="default", *, key_added: str = "X_spgpt", gene_col: str | None = None,
@@ -22,19 +177,12 @@ def embed(adata, model="default", *, key_added: str = "X_spgpt", gene_col: str |
     ``obs[key_added + '_empty']`` marks them. ``counts_layer`` names the layer with the raw counts
     (``'raw'``: ``adata.raw``) when ``X`` holds normalised values. Returns ``adata`` (modified in place).
     """
-    from ..counts import with_counts
-    from ..device import choose_device
-    from ..embed import embed as _embed
-    from ..pretrained import load_model
-
     if adata.is_view and adata.isbacked:
-        from ..errors import InputError
-
         raise InputError("cannot store results in a view of a backed AnnData; embed the whole backed object, or "
                          "call .to_memory() on the subset first")
     model = load_model(model, device=choose_device(device, model))
-    emb, prep = _embed(with_counts(adata, counts_layer), model, gene_col=gene_col, modality=modality, batch_size=batch_size,
-                       chunk_size=chunk_size, seed=seed, empty=empty, n_top_genes=n_top_genes, progress=progress)
+    emb, prep = compute_embedding(with_counts(adata, counts_layer), model, gene_col=gene_col, modality=modality,
+                                  batch_size=batch_size, chunk_size=chunk_size, seed=seed, empty=empty, n_top_genes=n_top_genes, progress=progress)
     adata.obsm[key_added] = emb
     if (~prep.keep_cells).any():
         adata.obs[f"{key_added}_empty"] = ~prep.keep_cells

@@ -1,54 +1,293 @@
-"""``tl.impute``: expression of unmeasured genes from a reference (Methods 4.5, Gene Imputation)."""
+"""``tl.impute``: expression of unmeasured genes from a reference (paper Methods 4.5, "Gene Imputation").
+
+The reference is a single-cell dataset or another slide (e.g. Visium for Xenium) that measures
+the requested genes. Pipeline (fixed choices, none tuned on benchmark data):
+
+1. **Genes**: requested genes must be in the reference (error otherwise, listing the missing ones);
+   ``all_missing=True`` requests every reference gene the slide does not measure. *Training genes*
+   are the genes shared by slide and reference (matched as for deconvolution, :mod:`._mapping`)
+   minus the requested ones, so an imputed value never sees its own measurement, and minus genes
+   without counts in either dataset.
+2. **Expression** (slide and reference alike): counts of the training genes scaled to 10,000 per
+   cell, ``log1p``. The reference's requested genes are scaled with the same per-cell factor (from
+   the training genes), so imputed values are on the scale of ``log1p`` counts per 10,000
+   training-gene counts of the slide (this is what :func:`measured_expression` returns for
+   measured genes, for evaluation).
+3. **Enriched features**: expression stacked with the model's embeddings (computed on the training
+   genes only; stacked as the model returns them by default, or centred and scaled to
+   ``embedding_weight`` x the expression block's norm), exactly as for deconvolution.
+4. **Centroids** (``use_centroids=True``): k-means (scikit-learn, k-means++, 3 restarts, seeded) on
+   the reference *embeddings* (on the expression block when ``use_embeddings=False``) into
+   ``n_clusters`` groups (default |reference| / 10, at least 2). Each group becomes one mapping
+   unit: its features are the group's sum (Tangram's cluster mode, ``scale=True``), its source
+   density the group's share of cells, and its profile the group's mean expression.
+5. **Mapping**: Tangram's optimizer (see :func:`._mapping.run_tangram`) with the
+   paper's Eq. 15 objective (gene-wise and cell-wise cosine, ``lambda_g1 = lambda_g2 = 1``) and
+   Tangram's density KL term against a *uniform* prior over the slide's cells (each row of an
+   imaging slide is one cell; an RNA-count prior would ask cells with more transcripts to receive
+   more reference cells, which is what it means for multi-cell spots, not for cells), 1000 epochs.
+6. **Projection**: each slide cell's imputed profile is the mapping-weighted *mean* of the mapped
+   units' profiles, ``sum_k w_kj x_k / sum_k w_kj`` with ``w_kj = n_k M_kj`` (cluster size times
+   mapping probability). Normalising by the mapped mass keeps the slide's varying density prior out
+   of the imputed values.
+
+Mapping K centroids instead of every reference cell shrinks the mapping matrix K-fold (10x by
+default), which is where the speed-up over plain Tangram comes from. Options:
+:class:`spgpt_core.params.ImputeConfig`.
+"""
 
 from __future__ import annotations
 
-import numpy as np
+import logging
+import time
+from dataclasses import dataclass, field
 
+import numpy as np
+import pandas as pd
+
+from sklearn.cluster import KMeans
+
+from ..device import choose_device
+from ..errors import InputError
+from ..metrics import imputation_scores, pearson_per_gene
+from ..params import MIN_SHARED_GENES, ImputeConfig, resolve
+from ..pp.counts import with_counts
 from ..progress import Progress
 from ..records import run_record
+from ._mapping import (column_cosine, counts_block, density, enriched_features, expressed_blocks, gene_positions,
+                       log_normalise, match_genes, no_shared_genes_error, run_tangram)
+
+log = logging.getLogger(__name__)
+
+@dataclass
+class ImputationResult:
+    imputed: pd.DataFrame  # slide cells x requested genes (float32)
+    info: dict = field(default_factory=dict)
+    mapping: np.ndarray | None = None  # units x slide cells (softmax), when keep_mapping
+    clusters: np.ndarray | None = None  # reference cell -> centroid, when centroids were used
+
+
+def _key(name) -> str:
+    return str(name).strip().upper()
+
+
+def resolve_requested(genes, all_missing: bool, shared_names: pd.Index,
+                      ref_names: pd.Index) -> list[int]:
+    """Reference var positions of the genes to impute (order as requested)."""
+    ref_pos: dict[str, int] = {}
+    for i, n in enumerate(ref_names):
+        ref_pos.setdefault(_key(n), i)
+    if all_missing:
+        if genes:
+            raise InputError("give either genes or all_missing (--genes or --all-missing), not both")
+        shared = {_key(n) for n in shared_names}
+        out = [i for k, i in ref_pos.items() if k not in shared]
+        if not out:
+            raise InputError("the slide already measures every reference gene; there is nothing missing to impute. "
+                             "Pass --genes to re-impute measured genes (they are left out of the training genes)")
+        return sorted(out)
+    if genes is None or len(genes) == 0:
+        raise InputError("no genes to impute: pass --genes G1,G2,... (genes=[...]) or --all-missing (all_missing=True)")
+    if isinstance(genes, str):
+        genes = [g for g in genes.split(",")]
+    genes = [str(g).strip() for g in genes if str(g).strip()]
+    missing = [g for g in genes if _key(g) not in ref_pos]
+    if missing:
+        shown = ", ".join(missing[:10]) + (f" (+{len(missing) - 10} more)" if len(missing) > 10 else "")
+        examples = ", ".join(map(str, ref_names[:5]))
+        raise InputError(
+            f"{len(missing)} requested gene(s) are not in the reference: {shown}. The reference can only impute genes it "
+            f"measures (reference genes e.g. {examples}; names are compared case-insensitively). Remove them or use a "
+            "reference that measures them"
+        )
+    seen, out = set(), []
+    for g in genes:
+        i = ref_pos[_key(g)]
+        if i not in seen:
+            seen.add(i)
+            out.append(i)
+    return out
+
+
+def measured_expression(adata, genes, train_genes, gene_col: str | None = None) -> pd.DataFrame:
+    """Measured values of ``genes`` on the imputation scale: log1p(counts / training-gene total * 1e4).
+
+    For evaluating held-out genes: ``train_genes`` are the genes the mapping used (``info['training_genes']``),
+    so measured and imputed values share their per-cell normalisation.
+    """
+    totals = np.asarray(counts_block(adata, gene_positions(adata, train_genes, gene_col)).sum(axis=1)).ravel()
+    vals = log_normalise(counts_block(adata, gene_positions(adata, genes, gene_col)), totals)
+    return pd.DataFrame(vals, index=pd.Index(adata.obs_names.astype(str)), columns=pd.Index([str(g) for g in genes]))
+
+
+def imputation_qc(adata, key: str = "spgpt_imputed", *, truth=None, gene_col: str | None = None,
+                  counts_layer: str | None = None) -> dict:
+    """How far imputed genes can be trusted: ``obsm[key]`` (an imputation of genes the slide measured)
+    against the measured values, on the imputation's scale. The one check behind
+    ``spgpt evaluate --task imputation`` and the plugin's Imputation QC widget.
+
+    ``truth`` is the slide that measured the genes (default: ``adata``); ``counts_layer`` where its raw
+    counts are. Returns ``measured`` and ``imputed`` (cells x genes DataFrames), ``pearson`` (per gene),
+    ``expressing`` (% of cells with counts, per gene) and ``scores`` (median / mean Pearson r).
+    """
+    if key not in adata.obsm:
+        raise InputError(f"obsm['{key}'] not found (have: {', '.join(map(str, adata.obsm)) or 'none'}); "
+                         "impute measured genes first (spgpt impute --genes ... --key-added KEY)")
+    rec = adata.uns.get(key)
+    train = rec.get("training_genes") if isinstance(rec, dict) else None
+    if train is None:
+        raise InputError(f"uns['{key}'] has no training_genes; evaluate an output of `spgpt impute`")
+    imputed = adata.obsm[key]
+    if not isinstance(imputed, pd.DataFrame):
+        genes = list(rec.get("genes", []))
+        if len(genes) != np.shape(imputed)[1]:
+            raise InputError(f"obsm['{key}'] has no gene names; evaluate the .h5ad written by `spgpt impute`")
+        imputed = pd.DataFrame(np.asarray(imputed), columns=genes)
+    imputed = imputed.set_axis(adata.obs_names.astype(str)).set_axis([str(c) for c in imputed.columns], axis=1)
+    truth = adata if truth is None else truth
+    if truth.n_obs != len(imputed):
+        raise InputError(f"the measured slide has {truth.n_obs} cells but the imputed table has {len(imputed)}; "
+                         "pass the measured slide with the same cells")
+    cols = list(imputed.columns)
+    measured = measured_expression(with_counts(truth, counts_layer), cols, [str(g) for g in train], gene_col)
+    measured.index = imputed.index
+    return {"measured": measured, "imputed": imputed, "pearson": pearson_per_gene(measured, imputed),
+            "expressing": pd.Series((measured.to_numpy() > 0).mean(axis=0) * 100, index=cols),
+            "scores": imputation_scores(measured, imputed)}
+
+
+def compute_imputation(spatial, reference, *, genes=None, all_missing: bool = False, model="default",
+                       config: ImputeConfig | None = None, gene_col: str | None = None, device: str | None = None,
+                       keep_mapping: bool = False, progress: Progress | None = None, **options) -> ImputationResult:
+    """Impute ``genes`` (or all reference genes the slide lacks) for every cell of ``spatial``.
+
+    ``config`` (or its fields as keyword arguments): :class:`~spgpt_core.params.ImputeConfig`.
+    ``model``: an :class:`~spgpt_core.SpGPT` or a :func:`~spgpt_core.load_model` spec (not loaded when
+    ``use_embeddings=False`` or both ``*_rep`` are given). Returns an :class:`ImputationResult` whose
+    ``imputed`` DataFrame has one column per gene, named as in the reference.
+    """
+    cfg = resolve(ImputeConfig, config, options)
+    if spatial.n_obs < 2:
+        raise InputError(f"the slide has {spatial.n_obs} cell(s); imputation needs at least 2")
+    if reference.n_obs < 2:
+        raise InputError(f"the reference has {reference.n_obs} cell(s); imputation needs at least 2")
+    device = str(choose_device(device, model if cfg.use_embeddings else None))
+    t_all = time.time()
+    timings: dict[str, float] = {}
+
+    shared = match_genes(spatial, reference, gene_col, cfg.reference_gene_col)
+    ref_names = shared.b_all
+    targets = resolve_requested(genes, all_missing, shared.names, ref_names)
+    target_set = set(targets)
+    keep = np.array([b not in target_set for b in shared.b_idx], dtype=bool)
+    train = shared.subset(keep)
+    if len(train) < MIN_SHARED_GENES:
+        if len(shared) < MIN_SHARED_GENES:
+            raise no_shared_genes_error(spatial, reference)
+        raise InputError(f"only {len(train)} shared genes remain for the mapping after leaving out the {len(targets)} "
+                         f"requested genes; request fewer genes or use a reference sharing more genes with the slide")
+    train, C_sp, C_ref = expressed_blocks(spatial, reference, train, "training genes")
+    ref_tot = np.asarray(C_ref.sum(axis=1)).ravel()
+    E_sp = log_normalise(C_sp)
+    E_ref = log_normalise(C_ref)
+    T_ref = log_normalise(counts_block(reference, np.asarray(targets)), ref_tot)
+    target_names = pd.Index([ref_names[i] for i in targets])
+
+    model_info = None
+    if cfg.use_embeddings:
+        G, S, H_ref, model_info, timings["embedding_seconds"] = enriched_features(
+            spatial, reference, train, E_sp, E_ref, model, spatial_rep=cfg.spatial_rep,
+            reference_rep=cfg.reference_rep, embedding_weight=cfg.embedding_weight, seed=cfg.seed,
+            batch_size=cfg.batch_size, device=device, progress=progress)
+    else:
+        H_ref = None
+        G, S = E_sp, E_ref
+
+    clusters = None
+    d_source = None
+    if cfg.use_centroids:
+        k = cfg.n_clusters if cfg.n_clusters is not None else max(2, reference.n_obs // cfg.cluster_ratio)
+        if k > reference.n_obs:
+            raise InputError(f"n_clusters={k} is larger than the number of reference cells ({reference.n_obs}); "
+                             f"pass --n-clusters between 2 and {reference.n_obs}")
+        t = time.time()
+        if H_ref is not None:
+            ok = np.isfinite(H_ref).all(axis=1)
+            basis = np.where(ok[:, None], H_ref, np.nanmean(H_ref[ok], axis=0) if ok.any() else 0.0)
+        else:
+            basis = E_ref
+        clusters = KMeans(n_clusters=k, n_init=3, random_state=cfg.seed).fit_predict(np.asarray(basis, np.float64))
+        sizes = np.bincount(clusters, minlength=k).astype(np.float64)
+        used = sizes > 0
+        onehot = np.zeros((k, len(clusters)))
+        onehot[clusters, np.arange(len(clusters))] = 1.0
+        onehot, sizes = onehot[used], sizes[used]
+        S = onehot @ S  # cluster sums (Tangram cluster mode, scale=True)
+        profiles = (onehot @ T_ref) / sizes[:, None]
+        d_source = sizes / sizes.sum()
+        weights_unit = sizes
+        timings["clustering_seconds"] = round(time.time() - t, 3)
+    else:
+        profiles = T_ref
+        weights_unit = np.ones(reference.n_obs)
+
+    d = density(spatial, cfg.density_prior)
+    M, map_info = run_tangram(S, G, d=d, d_source=d_source if d is not None else None, lambda_g2=cfg.lambda_g2,
+                              num_epochs=cfg.num_epochs, learning_rate=cfg.learning_rate, seed=cfg.seed,
+                              device=device, progress=progress, desc="imputation mapping")
+    W = (M.astype(np.float64) * weights_unit[:, None]).T  # slide cells x units
+    W /= W.sum(axis=1, keepdims=True)
+    imputed = pd.DataFrame((W @ profiles).astype(np.float32), index=pd.Index(spatial.obs_names.astype(str)),
+                           columns=target_names)
+    score = column_cosine(M.T @ (S[:, : E_sp.shape[1]]), E_sp)
+    timings["total_seconds"] = round(time.time() - t_all, 3)
+    info = {
+        "genes": [str(g) for g in target_names[:200]], "n_genes": int(len(target_names)), "all_missing": all_missing,
+        **cfg.as_dict(), "n_clusters": int(M.shape[0]) if cfg.use_centroids else None,
+        "embedding_weight": cfg.embedding_weight if cfg.use_embeddings else 0.0,
+        "embedding_block": cfg.embedding_block,
+        "n_cells": int(spatial.n_obs), "n_reference_cells": int(reference.n_obs), "n_training_genes": int(len(train)),
+        "training_genes": [str(g) for g in train.names], "gene_sources": [train.a_source, train.b_source],
+        "train_score_mean": float(np.nanmean(score)), "units": "log1p(counts per 1e4 training-gene counts)",
+        **map_info, **timings,
+    }
+    if model_info is not None:
+        info["model"] = model_info
+    return ImputationResult(imputed, info, M if keep_mapping else None, clusters)
+
+
+# ------------------------------------------------------------------------ the verb
 
 
 def impute(adata, reference, genes=None, model="default", *, all_missing: bool = False,
-           key_added: str = "spgpt_imputed", use_embeddings: bool = True,
-           use_centroids: bool = True, n_clusters: int | None = None, cluster_ratio: int = 10,
-           spatial_rep: str | None = None, reference_rep: str | None = None, gene_col: str | None = None,
-           reference_gene_col: str | None = None, embedding_weight: float | None = None, num_epochs: int = 1000,
-           learning_rate: float = 0.1, lambda_g2: float = 1.0, density_prior: str = "uniform", seed: int = 0,
-           device: str | None = None, batch_size: int = 64, counts_layer: str | None = None,
-           reference_counts_layer: str | None = None, progress: Progress | None = None):
+           config: ImputeConfig | None = None, key_added: str = "spgpt_imputed", gene_col: str | None = None,
+           counts_layer: str | None = None, reference_counts_layer: str | None = None, device: str | None = None,
+           progress: Progress | None = None, **options):
     """Impute ``genes`` (or every reference gene the slide lacks, ``all_missing=True``) for each cell.
 
+    Options: ``config`` (:class:`~spgpt_core.params.ImputeConfig`) or its fields as keyword arguments.
     Writes ``obsm[key_added]``: a DataFrame cells x genes (columns named as in the reference) in units
     of log1p(counts per 10,000 training-gene counts), and ``uns[key_added]`` (parameters, model,
     versions, timings, training genes). The AnnData's genes are not changed, so measured and imputed
-    values never mix. See :mod:`spgpt_core.imputation` for the method. ``counts_layer`` /
-    ``reference_counts_layer`` name the layers holding raw counts (``'raw'``: ``.raw``) when ``X`` holds
-    normalised values. Returns ``adata``.
+    values never mix. ``counts_layer`` / ``reference_counts_layer`` name the layers holding raw counts
+    (``'raw'``: ``.raw``) when ``X`` holds normalised values. Returns ``adata``.
     """
-    from ..counts import with_counts
-    from ..imputation import impute as _impute
-
-    res = _impute(with_counts(adata, counts_layer),
-                  with_counts(reference, reference_counts_layer, "reference", "--reference-counts-layer"),
-                  genes=genes, all_missing=all_missing, model=model, use_embeddings=use_embeddings,
-                  use_centroids=use_centroids, n_clusters=n_clusters, cluster_ratio=cluster_ratio,
-                  spatial_rep=spatial_rep, reference_rep=reference_rep, gene_col=gene_col,
-                  reference_gene_col=reference_gene_col, embedding_weight=embedding_weight, num_epochs=num_epochs,
-                  learning_rate=learning_rate, lambda_g2=lambda_g2, density_prior=density_prior, seed=seed,
-                  device=device, batch_size=batch_size, progress=progress)
+    cfg = resolve(ImputeConfig, config, options)
+    res = compute_imputation(with_counts(adata, counts_layer),
+                             with_counts(reference, reference_counts_layer, "reference", "--reference-counts-layer"),
+                             genes=genes, all_missing=all_missing, model=model, config=cfg, gene_col=gene_col,
+                             device=device, progress=progress)
     df = res.imputed.copy()
     df.index = adata.obs_names
     adata.obsm[key_added] = df
     info = dict(res.info)
     model_info = info.pop("model", None)
-    keys = ("all_missing", "use_embeddings", "use_centroids", "n_clusters", "cluster_ratio", "spatial_rep",
-            "reference_rep", "embedding_weight", "density_prior", "seed", "num_epochs", "learning_rate", "lambda_g1",
-            "lambda_d", "lambda_g2", "lambda_r")
-    params = {"counts_layer": counts_layer, "reference_counts_layer": reference_counts_layer,
-              **{k: info[k] for k in keys}}
+    params = {"all_missing": all_missing, "gene_col": gene_col, "counts_layer": counts_layer,
+              "reference_counts_layer": reference_counts_layer, **cfg.as_dict(),
+              **{k: info[k] for k in ("n_clusters", "embedding_weight", "lambda_g1", "lambda_d", "lambda_r")}}
     rec = run_record(params, genes=np.array([str(g) for g in df.columns], dtype=object),
                      training_genes=np.array(info.pop("training_genes"), dtype=object),
-                     summary={k: v for k, v in info.items() if k != "genes"})
+                     summary={k: v for k, v in info.items() if k not in params and k != "genes"})
     if model_info is not None:
         rec["model"] = model_info
     adata.uns[key_added] = rec

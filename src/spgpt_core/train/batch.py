@@ -21,10 +21,10 @@ import numpy as np
 import scipy.sparse as sp
 import torch
 
-from ..corpus import Corpus
-from ..modality import modality_index
-from ..preprocess import tokenize_rows
-from ..sampler import Patch
+from .corpus import Corpus
+from ..pp.modality import modality_index
+from ..pp.tokenize import tokenize_rows
+from .sampler import Patch
 
 
 def _thinned_context(X, slide, cfg, model_cfg, div, rng):

@@ -6,8 +6,10 @@ import dataclasses
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import yaml
+
+from ..checkpoint.spec import is_random_spec, parse_random_spec
 from ..errors import CheckpointError, ConfigError
-from ..model_spec import is_random_spec, parse_random_spec
 
 
 @dataclass
@@ -117,8 +119,6 @@ class TrainConfig:
 
 
 def _parse_value(text: str):
-    import yaml
-
     return yaml.safe_load(text)
 
 
@@ -128,8 +128,6 @@ def load_config(path: str | Path | None, overrides: list[str] = ()) -> TrainConf
     Relative ``corpus`` / ``run_dir`` / ``init`` paths in the file are resolved against the file's
     folder; those given as overrides against the current directory.
     """
-    import yaml
-
     d: dict = {}
     if path is not None:
         p = Path(path)

@@ -13,7 +13,12 @@ import shutil
 import tempfile
 from pathlib import Path
 
+from ..checkpoint.pretrained import load_model
+from ..device import choose_device
 from ..progress import Progress
+from .config import TrainConfig
+from .corpus import SlideSpec, build_corpus
+from .loop import Trainer
 
 
 def finetune(adatas, model="default", *, epochs: int = 1, lr: float = 1e-3, patch_size: int = 16,
@@ -27,13 +32,6 @@ def finetune(adatas, model="default", *, epochs: int = 1, lr: float = 1e-3, patc
     2 cores with the default model (measured on DLPFC 151673). ``counts_layer`` names the layer with
     the raw counts (``'raw'``: ``.raw``) when the slides' ``X`` is normalised. ``run_dir`` keeps the checkpoints and ``metrics.jsonl`` (a temporary folder otherwise).
     """
-    from ..corpus import SlideSpec, build_corpus
-    from ..pretrained import load_model
-    from .config import TrainConfig
-    from .loop import Trainer
-
-    from ..device import choose_device
-
     device = str(choose_device(device, model))  # before the copy below moves it to the CPU
     base = load_model(model, device="cpu")
     tuned = copy.deepcopy(base)

@@ -20,6 +20,7 @@ import logging
 
 import numpy as np
 import scipy.sparse as sp
+import torch
 from scipy.sparse.linalg import LinearOperator, svds
 
 from ..progress import Progress, ensure_progress
@@ -93,8 +94,6 @@ def coexpression_embeddings(corpus, d_model: int, *, progress: Progress | None =
 
 def init_gene_embeddings(net, corpus, *, signal_ratio: float = 2.0, progress: Progress | None = None) -> dict:
     """Add co-expression loadings to ``net``'s (randomly initialised) gene-embedding rows in place."""
-    import torch
-
     weight = net.gene_encoder.embedding.weight
     ids, load = coexpression_embeddings(corpus, weight.shape[1], progress=progress)
     with torch.no_grad():

@@ -23,16 +23,21 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from torch.nn.parallel import DistributedDataParallel as DDP
 
 from ..atomic import atomic_path
-from ..corpus import Corpus
-from ..errors import ConfigError, InputError
-from ..model import ecs_loss, masked_mse
-from ..model_spec import parse_random_spec
-from ..progress import Progress, ensure_progress
-from ..sampler import PatchSampler
 from .batch import make_batch
+from ..checkpoint.pretrained import SpGPT, load_model
+from ..checkpoint.spec import parse_random_spec
 from .config import TrainConfig
+from .corpus import Corpus
+from ..device import resolve_device
+from ..errors import ConfigError, InputError
+from .gene_init import init_gene_embeddings
+from ..model import ecs_loss, masked_mse
+from ..pp.tokenize import GeneStats
+from ..progress import Progress, ensure_progress
+from .sampler import PatchSampler
 
 log = logging.getLogger(__name__)
 LOSS_TERMS = ("gep", "geps_intra", "geps_inter", "ecs", "moe_balance")
@@ -48,8 +53,6 @@ def dist_info() -> tuple[int, int, int]:
 
 
 def _init_distributed(device_pref: str) -> tuple[int, int, torch.device]:
-    from ..device import resolve_device
-
     rank, world, local = dist_info()
     device = resolve_device(device_pref)
     if device.type == "cuda":
@@ -89,8 +92,6 @@ def compute_losses(model, batch, cfg: TrainConfig) -> dict[str, torch.Tensor]:
 
 class Trainer:
     def __init__(self, cfg: TrainConfig, model=None, corpus: Corpus | None = None, progress: Progress | None = None):
-        from ..pretrained import SpGPT, load_model
-
         self.cfg = cfg
         self.progress = ensure_progress(progress)
         self.rank, self.world, self.device = _init_distributed(cfg.device)
@@ -107,8 +108,6 @@ class Trainer:
                 model = SpGPT.random(random_spec.size, seed=seed, vocab=self.corpus.vocab, **cfg.model_overrides)
                 # an existing run is about to be resumed (its checkpoint replaces these weights)
                 if cfg.gene_init == "coexpression" and not (Path(cfg.run_dir).expanduser() / "checkpoints" / "latest").exists():
-                    from .gene_init import init_gene_embeddings
-
                     model.metadata = {**model.metadata, **init_gene_embeddings(model.module, self.corpus)}
             else:
                 model = load_model(cfg.init, device="cpu")
@@ -125,8 +124,6 @@ class Trainer:
         net = self.model.module
         self.net = net
         if self.world > 1:
-            from torch.nn.parallel import DistributedDataParallel as DDP
-
             self.net = DDP(net, device_ids=[self.device.index] if self.device.type == "cuda" else None)
         self.optimizer = torch.optim.Adam(net.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
         self.train_sampler = PatchSampler(self.corpus, cfg.patch_size, split=0, seed=cfg.seed)
@@ -152,7 +149,7 @@ class Trainer:
             f.write(json.dumps(record) + "\n")
         if self._tb is None:
             try:
-                from torch.utils.tensorboard import SummaryWriter
+                from torch.utils.tensorboard import SummaryWriter  # optional: tensorboard is not a dependency
 
                 self._tb = SummaryWriter(str(self.run_dir / "tensorboard"))
             except Exception:  # noqa: BLE001 - TensorBoard is optional
@@ -337,8 +334,6 @@ class Trainer:
         return self.finish()
 
     def finish(self):
-        from ..preprocess import GeneStats
-
         self.model.gene_stats = GeneStats(self.gene_means.copy())
         self.model.module.eval()
         if self.rank == 0:

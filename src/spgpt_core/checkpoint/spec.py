@@ -7,7 +7,7 @@ from __future__ import annotations
 
 from typing import NamedTuple
 
-from .errors import CheckpointError
+from ..errors import CheckpointError
 
 RANDOM_PREFIX = "random:"
 DEFAULT_RANDOM_SIZE = "small"

@@ -39,7 +39,7 @@ from typing import Iterable
 import numpy as np
 import pandas as pd
 
-from .errors import CheckpointError, InputError
+from ..errors import CheckpointError, InputError
 
 PAD_TOKEN, CLS_TOKEN, EOC_TOKEN = "<pad>", "<cls>", "<eoc>"
 SPECIAL_TOKENS = (PAD_TOKEN, CLS_TOKEN, EOC_TOKEN)

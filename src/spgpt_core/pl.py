@@ -1,15 +1,21 @@
-"""PNG figures from the CLI (matplotlib, Agg backend; never opens a window)."""
+"""PNG figures from the CLI (matplotlib, Agg backend; never opens a window).
+
+``tl`` and the napari plugin import this module for ``category_colors`` alone, so it stays cheap to
+import: matplotlib, scipy, scanpy and ``.io`` / ``.neighbors`` are imported inside the functions that
+draw or compute with them.
+"""
 
 from __future__ import annotations
 
 from pathlib import Path
 
 import numpy as np
+import pandas as pd
 
 
 def category_colors(n: int) -> list[str]:
     """Distinct hex colours for n categories (tab10, tab20, then evenly spaced hues)."""
-    import matplotlib
+    import matplotlib  # heavy on import (~0.4 s): pl stays cheap, see the module docstring
 
     if n <= 10:
         cmap = matplotlib.colormaps["tab10"]
@@ -45,9 +51,7 @@ def spatial_scatter(adata, color: str, ax, title: str | None = None, size: float
     """Spots coloured by a categorical or numeric obs column, over a dimmed tissue image if any.
 
     ``palette`` maps category -> colour (so panels of one figure can share colours)."""
-    import pandas as pd
-
-    from .io import get_coordinates
+    from .io import get_coordinates  # anndata (~2 s on import): pl stays cheap, see the module docstring
 
     xy = get_coordinates(adata, required=True).astype(float)
     img, sf = _tissue_image(adata) if image else (None, 1.0)
@@ -90,8 +94,7 @@ def _aligned_palette(reference, ref_palette: dict, values) -> dict:
     """Colours for the categories of ``values``: a category named like one of the reference's takes its
     colour; the others (e.g. cluster ids) take the colour of the reference category they overlap most
     (one-to-one, Hungarian on the contingency table), so matching regions look alike across panels."""
-    import pandas as pd
-    from scipy.optimize import linear_sum_assignment
+    from scipy.optimize import linear_sum_assignment  # ~0.8 s on import, only to align colours across panels
 
     ref, cats = pd.Categorical(reference), pd.Categorical(values)
     out = {c: ref_palette[c] for c in ref_palette if c in set(cats.categories)}  # the reference's order
@@ -116,8 +119,6 @@ def save_spatial_panels(adata, colors: list[str], path: Path, titles: list[str] 
     With ``align_colors``, categorical panels take their colours from the first categorical panel
     (same name -> same colour; otherwise best-overlapping category), so a prediction can be read
     against the truth at a glance."""
-    import pandas as pd
-
     fig, axes = _subplots(1, len(colors), (5.5 * len(colors), 5))
     first = None
     for ax, c, t in zip(axes[0], colors, titles or colors):
@@ -144,7 +145,7 @@ def save_spatial_panels(adata, colors: list[str], path: Path, titles: list[str] 
 
 def _subplots(nrows: int, ncols: int, figsize):
     """A figure without pyplot: no global backend switch, safe in worker threads and beside napari's Qt."""
-    from matplotlib.figure import Figure
+    from matplotlib.figure import Figure  # only when a figure is drawn: pl stays cheap, see the module docstring
 
     fig = Figure(figsize=figsize)
     return fig, fig.subplots(nrows, ncols, squeeze=False)
@@ -153,7 +154,7 @@ def _subplots(nrows: int, ncols: int, figsize):
 def spatial_values(adata, values, ax, title: str = "", cmap: str = "viridis", vmin=None, vmax=None,
                    size: float | None = None, xy=None) -> None:
     """Spots coloured by a numeric vector (one value per row of ``adata``), with a colour bar."""
-    from .io import get_coordinates
+    from .io import get_coordinates  # anndata (~2 s on import): pl stays cheap, see the module docstring
 
     xy = get_coordinates(adata, required=True).astype(float) if xy is None else np.asarray(xy, float)
     v = np.asarray(values, dtype=float)
@@ -169,8 +170,6 @@ def spatial_values(adata, values, ax, title: str = "", cmap: str = "viridis", vm
 def save_proportion_panels(adata, key: str, path, dominant_key: str | None = None, ncols: int = 4,
                            max_types: int = 24) -> Path:
     """Spatial maps of every cell type's proportion in ``obsm[key]`` (+ the dominant type), one PNG."""
-    import pandas as pd
-
     props = adata.obsm[key]
     if not isinstance(props, pd.DataFrame):
         props = pd.DataFrame(np.asarray(props), index=adata.obs_names)
@@ -214,9 +213,9 @@ def save_imputation_panels(adata, imputed, path, measured=None, max_genes: int =
 
 def umap_coordinates(emb: np.ndarray, n_neighbors: int = 15, seed: int = 0) -> np.ndarray:
     """2-D UMAP (scanpy) of an embedding; rows with NaN get NaN."""
-    import scanpy as sc
+    import scanpy as sc  # ~4 s on import, only for UMAP: pl stays cheap, see the module docstring
 
-    from .neighbors import neighbors
+    from .neighbors import neighbors  # igraph + sklearn (~3 s on import), only for UMAP
 
     emb = np.asarray(emb, dtype=np.float32)
     ok = np.isfinite(emb).all(axis=1)
@@ -230,8 +229,6 @@ def umap_coordinates(emb: np.ndarray, n_neighbors: int = 15, seed: int = 0) -> n
 def save_umap_panels(adata, colors: list[str], path, use_rep: str = "X_spgpt", umap: np.ndarray | None = None,
                      title: str = "") -> Path:
     """UMAP of ``obsm[use_rep]`` coloured by each obs column in ``colors`` (e.g. label, batch)."""
-    import pandas as pd
-
     xy = umap_coordinates(adata.obsm[use_rep]) if umap is None else np.asarray(umap)
     fig, axes = _subplots(1, len(colors), (5.5 * len(colors), 4.6))
     s = max(1.5, 6000.0 / max(len(xy), 1))

@@ -17,7 +17,7 @@ from __future__ import annotations
 import logging
 from dataclasses import dataclass
 
-from .errors import InputError
+from ..errors import InputError
 
 log = logging.getLogger(__name__)
 

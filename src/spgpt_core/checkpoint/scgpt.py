@@ -27,10 +27,10 @@ from pathlib import Path
 
 import torch
 
-from .errors import CheckpointError
-from .model import SpGPTConfig, SpGPTModel
-from .preprocess import GeneStats
-from .vocab import GeneVocab
+from ..errors import CheckpointError
+from ..model import SpGPTConfig, SpGPTModel
+from ..pp.tokenize import GeneStats
+from ..pp.vocab import GeneVocab
 
 # (pattern on the scGPT key, spgpt key template)
 KEY_RULES: list[tuple[str, str]] = [
@@ -157,7 +157,7 @@ def _abbrev(items, n=6):
 def read_scgpt_dir(path: Path) -> tuple[SpGPTModel, GeneVocab, GeneStats | None, dict]:
     """Read ``best_model.pt`` + ``args.json`` + ``vocab.json`` [+ ``all_dict_mean_std.csv``].
 
-    Returns the parts of an :class:`~spgpt_core.pretrained.SpGPT` (network, vocabulary, gene
+    Returns the parts of an :class:`~spgpt_core.checkpoint.pretrained.SpGPT` (network, vocabulary, gene
     statistics, metadata); ``SpGPT.from_pretrained`` assembles them, so this module does not
     depend on ``pretrained``."""
     path = Path(path)

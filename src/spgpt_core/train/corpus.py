@@ -37,10 +37,18 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
+import yaml
+from scipy.spatial import cKDTree
 
-from .atomic import atomic_path
-from .errors import InputError
-from .progress import Progress, ensure_progress
+from ..atomic import atomic_path
+from ..checkpoint.pretrained import versions
+from ..errors import InputError
+from ..io import get_coordinates, iter_row_chunks, read_slide
+from ..pp.counts import with_counts
+from ..pp.modality import resolve_modality
+from ..pp.tokenize import GeneStats, SlideStats, quality_masks
+from ..pp.vocab import GeneVocab, resolve_genes
+from ..progress import Progress, ensure_progress
 
 log = logging.getLogger(__name__)
 
@@ -63,8 +71,6 @@ class SlideSpec:
 def read_slide_list(items: list[str]) -> list[SlideSpec]:
     """Slides from paths and/or YAML files (a list of paths or of {path, modality, gene_col, slide_id, table,
     counts_layer})."""
-    import yaml
-
     specs: list[SlideSpec] = []
     for item in items:
         p = Path(item)
@@ -115,8 +121,6 @@ def _validation_mask(coords: np.ndarray | None, n: int, patch_size: int, frac: f
         k = int(np.floor(n_cells + rng.random()))
         split[rng.choice(n, size=min(k, n - 1), replace=False)] = 1
         return split
-    from scipy.spatial import cKDTree
-
     n_patches = int(np.floor(n_cells / patch_size + rng.random()))
     if n_patches == 0:
         return split
@@ -133,13 +137,6 @@ def build_corpus(slides: list[SlideSpec], out: str | Path, *, vocab=None, val_fr
                  patch_size: int = 16, seed: int = 0, overwrite: bool = False,
                  progress: Progress | None = None) -> Path:
     """Preprocess slides into an on-disk corpus (see the module docstring). Returns the folder."""
-    from .counts import with_counts
-    from .io import get_coordinates, iter_row_chunks, read_slide
-    from .modality import resolve_modality
-    from .preprocess import SlideStats, quality_masks
-    from .pretrained import versions
-    from .vocab import GeneVocab, resolve_genes
-
     out = Path(out).expanduser()
     if out.exists() and not overwrite:
         raise InputError(f"{out} already exists; pass --overwrite or choose another --out")
@@ -216,8 +213,6 @@ def build_corpus(slides: list[SlideSpec], out: str | Path, *, vocab=None, val_fr
             means = np.full(len(vocab), np.nan)
             seen = gcnt > 0
             means[seen] = gsum[seen] / gcnt[seen]
-            from .preprocess import GeneStats
-
             GeneStats(means).save(tmp / "gene_stats.csv", vocab.tokens)
             vocab.save(tmp / "vocab.json")
             meta = {"format": CORPUS_FORMAT, "slides": entries, "skipped": skipped, "val_fraction": val_fraction,
@@ -288,8 +283,6 @@ class Corpus:
                 raise InputError(f"corpus slide {d} is incomplete or corrupt ({err}); rebuild the corpus") from err
         if not self.slides:
             raise InputError(f"corpus {path} holds no slides")
-        from .preprocess import GeneStats
-        from .vocab import GeneVocab
 
         self.vocab = GeneVocab.from_file(path / "vocab.json")
         self.gene_stats = GeneStats.load(path / "gene_stats.csv", len(self.vocab))

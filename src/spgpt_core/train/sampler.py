@@ -17,6 +17,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import numpy as np
+from scipy.spatial import cKDTree
 
 from .corpus import Corpus
 
@@ -34,8 +35,6 @@ class PatchSampler:
         self.corpus, self.n, self.split, self.seed = corpus, patch_size, split, seed
         self._cells = []  # per slide: indices of the cells of this split
         self._trees = []
-        from scipy.spatial import cKDTree
-
         for s in corpus.slides:
             cells = np.flatnonzero(np.asarray(s.split) == split)
             self._cells.append(cells)

@@ -24,14 +24,17 @@ from importlib import resources
 from pathlib import Path
 
 import torch
+from safetensors.torch import load_file, save_file
 
-from .device import resolve_device
-from .atomic import atomic_path
-from .errors import CheckpointError
-from .model import SpGPTConfig, SpGPTModel, count_parameters, preset_config
-from .model_spec import parse_random_spec
-from .preprocess import GeneStats
-from .vocab import GeneVocab
+from .._version import __version__
+from ..atomic import atomic_path
+from ..device import resolve_device
+from ..errors import CheckpointError
+from ..model import SpGPTConfig, SpGPTModel, count_parameters, preset_config
+from ..pp.tokenize import GeneStats
+from ..pp.vocab import GeneVocab
+from .scgpt import read_scgpt_dir
+from .spec import parse_random_spec
 
 FORMAT_VERSION = 1
 REQUIRED_FILES = ("config.json", "model.safetensors", "vocab.json")
@@ -39,8 +42,6 @@ REQUIRED_FILES = ("config.json", "model.safetensors", "vocab.json")
 
 def versions() -> dict:
     """Versions recorded with every model and result."""
-    from ._version import __version__
-
     out = {"spgpt": __version__, "torch": str(torch.__version__), "python": platform.python_version()}
     for mod in ("numpy", "scipy", "anndata", "scanpy"):
         try:
@@ -98,8 +99,6 @@ class SpGPT:
         if not path.is_dir():
             raise CheckpointError(f"model directory {path} does not exist; pass --model DIR, 'default' or 'random:small'")
         if (path / "best_model.pt").exists() or (path / "args.json").exists():
-            from .scgpt_import import read_scgpt_dir
-
             return cls(*read_scgpt_dir(path)).to(device)
         missing = [f for f in REQUIRED_FILES if not (path / f).exists()]
         if missing:
@@ -142,8 +141,6 @@ class SpGPT:
             raise CheckpointError(f"{path} already exists; choose another directory or pass overwrite=True")
         path.parent.mkdir(parents=True, exist_ok=True)
         with atomic_path(path) as tmp:
-            from safetensors.torch import save_file
-
             tmp.mkdir()
             state = {k: (v.to(store) if v.is_floating_point() else v).detach().cpu().contiguous()
                      for k, v in self.module.state_dict().items()}
@@ -190,8 +187,6 @@ STORAGE_DTYPES = {"float32": torch.float32, "float16": torch.float16}
 
 
 def _read_safetensors(path: Path) -> dict[str, torch.Tensor]:
-    from safetensors.torch import load_file
-
     try:
         return load_file(str(path))
     except Exception as e:  # noqa: BLE001 - corrupt/truncated file

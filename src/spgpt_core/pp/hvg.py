@@ -17,15 +17,13 @@ from __future__ import annotations
 import logging
 
 import numpy as np
+import pandas as pd
 
-from .errors import InputError
-from .io import iter_row_chunks
+from ..errors import InputError
+from ..io import iter_row_chunks
+from ..params import DEFAULT_N_TOP_GENES
 
 log = logging.getLogger(__name__)
-
-#: Default number of highly variable genes given to the model (the scGPT tutorials' and our PCA baseline's).
-DEFAULT_N_TOP_GENES = 3000
-
 
 def gene_moments(adata, *, target_sum: float = 1e4, chunk_size: int = 4096,
                  genes: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
@@ -54,8 +52,6 @@ def gene_moments(adata, *, target_sum: float = 1e4, chunk_size: int = 4096,
 
 def seurat_dispersion_rank(mean: np.ndarray, var: np.ndarray, n_bins: int = 20) -> np.ndarray:
     """Normalised dispersion per gene (NaN for genes never expressed), as scanpy's seurat flavour."""
-    import pandas as pd
-
     with np.errstate(divide="ignore", invalid="ignore"):
         disp = np.where(mean > 0, var / mean, np.nan)
         disp = np.where(disp > 0, np.log(disp), np.nan)

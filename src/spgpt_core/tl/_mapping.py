@@ -1,65 +1,37 @@
-"""Cell-type deconvolution of spots (paper Methods 4.4.1), with ``tangram-sc`` doing the mapping.
+"""The mapping engine behind ``tl.deconvolve`` and ``tl.impute`` (paper Methods 4.4.1, 4.5).
 
-Pipeline (every choice below is fixed and documented; none is tuned on benchmark labels):
-
-1. **Reference**: cells without a cell-type label are dropped; each type is subsampled to at most
-   ``max_cells_per_type`` cells (default 1000, seeded). At least two types are required.
-2. **Genes**: genes shared by slide and reference are matched by name, case-insensitively, over
-   the pair of gene-name sources (``var_names`` or a string ``var`` column, e.g. ``gene_symbol``)
-   that shares the most genes (or the ``gene_col`` / ``reference_gene_col`` given). Genes with no
-   count in either dataset are dropped (Tangram needs non-zero columns). Of these, the
-   ``n_top_genes`` (default 1000) most variable genes of the reference (scanpy, ``flavor="seurat"``
-   on log-normalised counts) are the *training genes*; with fewer shared genes, all are used.
-3. **Expression block** (slide and reference alike): counts over the training genes scaled to
-   10,000 per cell / spot, then ``log1p``.
-4. **Embedding block** (``use_embeddings=True``): the model's spot / cell embeddings, computed on
-   the training genes only (so both datasets are embedded from the same genes), or taken from
-   ``obsm`` when ``spatial_rep`` / ``reference_rep`` name precomputed ones. By default
-   (``embedding_weight=None``) they are stacked beside the expression block exactly as the model
-   returns them (L2-normalised ``<cls>`` states), as the paper describes H'_s, H'_c (Eq. 13: "we
-   stack the embedding matrices ... onto their respective gene expression profile matrices").
-   Each embedding dimension is then one more column in Tangram's gene-wise cosine term, while the
-   spot-wise term stays dominated by expression, whose rows have the larger norm.
-   A number instead centres each dimension within its dataset and scales the block to
-   ``embedding_weight`` times the expression block's Frobenius norm, which gives the embeddings
-   a fixed share of the spot-wise term (an addition of ours, not the paper's: with the small
-   CPU-trained model it scores lower macro-F1 than plain Tangram, so the default follows the paper;
-   both are in bench/results/tasks.md).
-5. **Mapping**: ``tangram.mapping_optimizer.Mapper`` in cells mode with the objective of the
-   paper's Eq. 15: gene-wise (column) cosine ``lambda_g1=1`` *and* spot-wise (row) cosine
-   ``lambda_g2=1`` (Tangram's own default leaves the latter out, ``lambda_g2=0``), plus Tangram's
-   density KL term (``lambda_d=1``) against the spots' RNA-count-based prior, computed from raw
-   counts over all genes (never from the embedding block). Adam, 1000 epochs, learning rate 0.1.
-   The loop runs epoch by epoch here (same updates as ``Mapper.train``) so long mappings report
-   progress and can be cancelled.
-6. **Annotation transfer**: A = M^T A_c (Eq. 16) with A_c the one-hot cell types, normalised per
-   spot to proportions; the dominant type is the arg-max.
-
-With ``use_embeddings=False`` and ``lambda_g2=0`` the same code is plain Tangram on expression
-(``tangram.map_cells_to_space`` in cells mode gives the same mapping from the same start; a test
-checks it), so any difference to the baseline comes from the features and the objective, which
-the benchmark separates with ablations.
+Both map a reference (single cells, or their centroids) onto a slide with Tangram's optimiser
+(``tangram-sc``) on *enriched features*: the log-normalised expression of shared genes with the
+model's embeddings stacked beside it (Eq. 13). This module holds what the two share: matching gene
+names across datasets, the expression blocks, the embedding block, the density prior and the
+optimiser loop (cancellable, seeded). The two tasks' docstrings describe each pipeline.
 """
 
 from __future__ import annotations
 
 import logging
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
+import anndata as ad
 import numpy as np
 import pandas as pd
+import scanpy as sc
 import scipy.sparse as sp
+import torch
+from torch.nn.functional import softmax
 
-from .errors import InputError
-from .progress import Progress, ensure_progress
+from ..checkpoint import load_model
+from ..errors import InputError
+from ..io import iter_row_chunks
+from ..params import MIN_SHARED_GENES
+from ..progress import Progress, ensure_progress
+from ._embed import compute_embedding
 
 log = logging.getLogger(__name__)
 
 #: Per-cell library size after normalisation of the training genes.
 TARGET_SUM = 1e4
-#: Fewer shared genes than this is an error: no mapping can be trusted on so few.
-MIN_SHARED_GENES = 5
 #: Mappings with fewer multiply-adds per epoch (sources x spots x features) run single-threaded.
 SMALL_MAPPING = 2e8
 
@@ -157,7 +129,7 @@ def gene_positions(adata, names, gene_col: str | None = None, what: str = "slide
     return np.array([keys[g.strip().upper()] for g in names], dtype=np.int64)
 
 
-def _no_shared_genes_error(a, b, what_a="slide", what_b="reference") -> InputError:
+def no_shared_genes_error(a, b, what_a="slide", what_b="reference") -> InputError:
     ex_a = ", ".join(map(str, a.var_names[:5]))
     ex_b = ", ".join(map(str, b.var_names[:5]))
     return InputError(
@@ -185,8 +157,6 @@ def counts_block(adata, idx: np.ndarray) -> sp.csr_matrix:
 
 def row_totals(adata) -> np.ndarray:
     """Total counts per row over all genes, read chunk by chunk."""
-    from .io import iter_row_chunks
-
     out = np.zeros(adata.n_obs, dtype=np.float64)
     for start, stop, X in iter_row_chunks(adata):
         out[start:stop] = np.asarray(X.sum(axis=1)).ravel()
@@ -207,9 +177,6 @@ def select_hvg(ref_log: np.ndarray, n_top: int) -> np.ndarray:
     """Positions of the ``n_top`` most variable columns of log-normalised data (scanpy, seurat flavour)."""
     if ref_log.shape[1] <= n_top:
         return np.arange(ref_log.shape[1])
-    import anndata as ad
-    import scanpy as sc
-
     a = ad.AnnData(ref_log.astype(np.float32))
     sc.pp.highly_variable_genes(a, n_top_genes=n_top, flavor="seurat")
     hv = np.flatnonzero(a.var["highly_variable"].to_numpy())
@@ -218,13 +185,6 @@ def select_hvg(ref_log: np.ndarray, n_top: int) -> np.ndarray:
         rest = order[~np.isin(order, hv)]  # keeps the dispersion order
         hv = np.sort(np.concatenate([hv, rest[: n_top - len(hv)]]))
     return hv[:n_top]
-
-
-def embedding_block_label(use_embeddings: bool, weight: float | None) -> str:
-    """How the embeddings entered the features, for the run record."""
-    if not use_embeddings:
-        return "none"
-    return "as returned (paper)" if weight is None else "centred and scaled"
 
 
 def scale_embedding_block(emb: np.ndarray, expr: np.ndarray, weight: float | None) -> np.ndarray:
@@ -248,19 +208,6 @@ def scale_embedding_block(emb: np.ndarray, expr: np.ndarray, weight: float | Non
 # -------------------------------------------------------------------------------- mapping
 
 
-DENSITY_PRIORS = ("rna_count_based", "uniform", "none")
-
-
-def check_mapping_args(embedding_weight: float | None, num_epochs: int, density_prior: str) -> None:
-    """Input checks shared by deconvolution and imputation (both map with the same optimiser)."""
-    if embedding_weight is not None and embedding_weight < 0:
-        raise InputError(f"embedding_weight={embedding_weight} must be >= 0")
-    if num_epochs < 1:
-        raise InputError(f"num_epochs={num_epochs}: the mapping needs at least 1 epoch")
-    if density_prior not in DENSITY_PRIORS:
-        raise InputError(f"density_prior={density_prior!r}: use 'rna_count_based', 'uniform' or 'none'")
-
-
 def rna_density(counts_total: np.ndarray) -> np.ndarray:
     """Tangram's ``rna_count_based`` density prior: each spot's share of all counts."""
     t = np.asarray(counts_total, dtype=np.float64)
@@ -268,6 +215,15 @@ def rna_density(counts_total: np.ndarray) -> np.ndarray:
         raise InputError("the spots have no counts at all; check the slide's expression matrix")
     t = np.maximum(t, 0)
     return t / t.sum()
+
+
+def density(spatial, prior: str) -> np.ndarray | None:
+    """The target density over the slide's rows for ``prior`` (None: no density term)."""
+    if prior == "rna_count_based":
+        return rna_density(row_totals(spatial))
+    if prior == "uniform":
+        return np.full(spatial.n_obs, 1.0 / spatial.n_obs)
+    return None
 
 
 def run_tangram(S: np.ndarray, G: np.ndarray, *, d: np.ndarray | None = None, d_source: np.ndarray | None = None,
@@ -283,12 +239,12 @@ def run_tangram(S: np.ndarray, G: np.ndarray, *, d: np.ndarray | None = None, d_
     loop performs the same Adam updates as ``Mapper.train`` but calls ``progress.check()`` in between,
     so it can be cancelled.
     """
-    import torch
-    from tangram.mapping_optimizer import Mapper
-    from torch.nn.functional import softmax
-
     if num_epochs < 1:
         raise InputError(f"num_epochs={num_epochs}: the mapping needs at least 1 epoch")
+    try:  # tangram-sc is an optional extra: imported here so the rest of spgpt works without it
+        from tangram.mapping_optimizer import Mapper
+    except ImportError:
+        raise InputError('the mapping needs tangram-sc: pip install "spgpt[tangram]"') from None
     progress = ensure_progress(progress)
     t0 = time.time()
     mapper = Mapper(S=np.asarray(S, np.float32), G=np.asarray(G, np.float32), d=d, d_source=d_source,
@@ -344,24 +300,11 @@ def embed_rows(adata, idx_genes: np.ndarray, model, *, rep: str | None, what: st
         if emb.ndim != 2 or emb.shape[0] != adata.n_obs:
             raise InputError(f"obsm['{rep}'] of the {what} has shape {emb.shape}; expected one row per cell/spot")
         return emb
-    from .embed import embed
-
     sub = adata[:, idx_genes]
     sub = sub.to_memory() if sub.isbacked else sub.copy()
-    emb, prep = embed(sub, model, empty="drop", seed=seed, batch_size=batch_size, progress=progress)
+    emb, prep = compute_embedding(sub, model, empty="drop", seed=seed, batch_size=batch_size, progress=progress)
     log.info("%s embedding: %s", what, prep.match.report())
     return emb
-
-
-# ------------------------------------------------------------------------------ the task
-
-
-@dataclass
-class DeconvolutionResult:
-    proportions: pd.DataFrame  # spots x cell types, rows sum to 1
-    dominant: pd.Series  # categorical, one per spot
-    mapping: np.ndarray | None  # reference cells x spots (softmax), when keep_mapping
-    info: dict = field(default_factory=dict)
 
 
 def enriched_features(spatial, reference, train: SharedGenes, E_sp: np.ndarray, E_ref: np.ndarray, model, *,
@@ -374,8 +317,6 @@ def enriched_features(spatial, reference, train: SharedGenes, E_sp: np.ndarray, 
     t = time.time()
     mdl, model_info = None, None
     if spatial_rep is None or reference_rep is None:
-        from .pretrained import load_model
-
         mdl = load_model(model, device=device)
         model_info = mdl.describe()
     H_sp = embed_rows(spatial, train.a_idx, mdl, rep=spatial_rep, what="slide", seed=seed, batch_size=batch_size,
@@ -390,130 +331,13 @@ def enriched_features(spatial, reference, train: SharedGenes, E_sp: np.ndarray, 
     return G, S, H_ref, model_info, round(time.time() - t, 3)
 
 
-def _reference_labels(reference, celltype_key: str) -> pd.Series:
-    if celltype_key not in reference.obs.columns:
-        raise InputError(
-            f"the reference has no obs column '{celltype_key}' (columns: {list(reference.obs.columns) or 'none'}); "
-            "pass --celltype-key naming the column that holds each cell's type"
-        )
-    from .metrics import valid_label_mask
-
-    lab = reference.obs[celltype_key]
-    ok = valid_label_mask(lab.to_numpy())
-    lab = lab.astype(object).where(ok)
-    types = pd.unique(lab[ok].astype(str))
-    if len(types) < 2:
-        raise InputError(
-            f"the reference has {len(types)} cell type(s) in obs['{celltype_key}'] ({', '.join(types) or 'none'}); "
-            "deconvolution needs at least 2 types to tell apart. Use a reference annotated with several cell types"
-        )
-    return lab
-
-
-def subsample_per_type(labels: pd.Series, max_per_type: int | None, seed: int) -> np.ndarray:
-    """Sorted positions of at most ``max_per_type`` labelled cells per type (all when None)."""
-    rng = np.random.default_rng(seed)
-    keep = []
-    valid = labels.notna().to_numpy()
-    lab = labels.astype(str).to_numpy()
-    for t in sorted(set(lab[valid])):
-        idx = np.flatnonzero(valid & (lab == t))
-        if max_per_type is not None and len(idx) > max_per_type:
-            idx = rng.choice(idx, max_per_type, replace=False)
-        keep.append(idx)
-    return np.sort(np.concatenate(keep))
-
-
-def deconvolve(spatial, reference, *, celltype_key: str, model="default", use_embeddings: bool = True,
-               spatial_rep: str | None = None, reference_rep: str | None = None, gene_col: str | None = None,
-               reference_gene_col: str | None = None, max_cells_per_type: int | None = 1000, n_top_genes: int = 1000,
-               embedding_weight: float | None = None, num_epochs: int = 1000, learning_rate: float = 0.1,
-               lambda_g2: float = 1.0, density_prior: str = "rna_count_based", seed: int = 0, device: str | None = None,
-               batch_size: int = 64, keep_mapping: bool = False,
-               progress: Progress | None = None) -> DeconvolutionResult:
-    """Cell-type proportions of every spot of ``spatial`` from a labelled single-cell ``reference``.
-
-    ``model`` is an :class:`~spgpt_core.SpGPT` or anything :func:`~spgpt_core.load_model` takes; it is
-    not loaded when ``use_embeddings=False`` or when both ``*_rep`` embeddings are given. See the module
-    docstring for every step. Returns a :class:`DeconvolutionResult`.
-    """
-    if max_cells_per_type is not None and max_cells_per_type < 1:
-        raise InputError(f"max_cells_per_type={max_cells_per_type}: pass a positive number (or None for all cells)")
-    if n_top_genes < MIN_SHARED_GENES:
-        raise InputError(f"n_top_genes={n_top_genes}: use at least {MIN_SHARED_GENES} genes")
-    check_mapping_args(embedding_weight, num_epochs, density_prior)
-    if spatial.n_obs < 2:
-        raise InputError(f"the slide has {spatial.n_obs} spot(s); deconvolution needs at least 2")
-    from .device import choose_device
-
-    device = str(choose_device(device, model if use_embeddings else None))
-    timings: dict[str, float] = {}
-    t_all = time.time()
-
-    labels = _reference_labels(reference, celltype_key)
-    keep = subsample_per_type(labels, max_cells_per_type, seed)
-    ref = reference[keep]
-    ref_labels = labels.iloc[keep].astype(str)
-
-    shared = match_genes(spatial, ref, gene_col, reference_gene_col)
-    if len(shared) < MIN_SHARED_GENES:
-        raise _no_shared_genes_error(spatial, ref)
-    C_sp = counts_block(spatial, shared.a_idx)
-    C_ref = counts_block(ref, shared.b_idx)
+def expressed_blocks(spatial, reference, genes: SharedGenes, what: str):
+    """Counts of ``genes`` in both datasets, keeping the genes expressed in both (Tangram needs non-zero
+    columns). Returns (genes kept, slide counts, reference counts)."""
+    C_sp = counts_block(spatial, genes.a_idx)
+    C_ref = counts_block(reference, genes.b_idx)
     nonzero = (np.asarray((C_sp > 0).sum(axis=0)).ravel() > 0) & (np.asarray((C_ref > 0).sum(axis=0)).ravel() > 0)
     if nonzero.sum() < MIN_SHARED_GENES:
-        raise InputError(f"only {int(nonzero.sum())} shared genes are expressed in both the slide and the reference; "
+        raise InputError(f"only {int(nonzero.sum())} {what} are expressed in both the slide and the reference; "
                          "check that both hold counts of the same genes")
-    shared, C_sp, C_ref = shared.subset(nonzero), C_sp[:, nonzero], C_ref[:, nonzero]
-    if (np.asarray(C_ref.sum(axis=1)).ravel() <= 0).any():
-        n_bad = int((np.asarray(C_ref.sum(axis=1)).ravel() <= 0).sum())
-        log.warning("%d reference cells have no counts on the shared genes; they carry no signal for the mapping",
-                    n_bad)
-    t = time.time()
-    hv = select_hvg(log_normalise(C_ref), n_top_genes)
-    timings["genes_seconds"] = round(time.time() - t, 3)
-    train = shared.subset(hv)
-    E_sp = log_normalise(C_sp[:, hv])
-    E_ref = log_normalise(C_ref[:, hv])
-    sp_total = row_totals(spatial) if density_prior == "rna_count_based" else None
-
-    model_info = None
-    if use_embeddings:
-        G, S, _, model_info, timings["embedding_seconds"] = enriched_features(
-            spatial, ref, train, E_sp, E_ref, model, spatial_rep=spatial_rep, reference_rep=reference_rep,
-            embedding_weight=embedding_weight, seed=seed, batch_size=batch_size, device=device, progress=progress)
-    else:
-        G, S = E_sp, E_ref
-
-    d = None
-    if density_prior == "rna_count_based":
-        d = rna_density(sp_total)
-    elif density_prior == "uniform":
-        d = np.full(spatial.n_obs, 1.0 / spatial.n_obs)
-    M, map_info = run_tangram(S, G, d=d, lambda_g2=lambda_g2, num_epochs=num_epochs, learning_rate=learning_rate,
-                              seed=seed, device=device, progress=progress, desc="deconvolution mapping")
-    types = sorted(set(ref_labels))
-    onehot = (ref_labels.to_numpy()[:, None] == np.array(types)[None, :]).astype(np.float64)
-    A = M.T.astype(np.float64) @ onehot
-    A = A / A.sum(axis=1, keepdims=True)
-    props = pd.DataFrame(A, index=pd.Index(spatial.obs_names.astype(str)), columns=pd.Index(types))
-    dominant = pd.Series(pd.Categorical(np.array(types)[A.argmax(axis=1)], categories=types), index=props.index)
-
-    score = column_cosine(M.T @ E_ref, E_sp)
-    timings["total_seconds"] = round(time.time() - t_all, 3)
-    info = {
-        "celltype_key": celltype_key, "use_embeddings": use_embeddings, "spatial_rep": spatial_rep,
-        "reference_rep": reference_rep, "max_cells_per_type": max_cells_per_type, "n_top_genes": n_top_genes,
-        "embedding_weight": embedding_weight if use_embeddings else 0.0,
-        "embedding_block": embedding_block_label(use_embeddings, embedding_weight), "density_prior": density_prior, "seed": seed,
-        "n_spots": int(spatial.n_obs), "n_reference_cells": int(len(keep)), "n_shared_genes": int(len(shared)),
-        "n_training_genes": int(len(train)), "gene_sources": [train.a_source, train.b_source],
-        "n_embedding_dims": int(G.shape[1] - E_sp.shape[1]),
-        # two parallel lists, not a dict: cell-type names may contain '/' (e.g. "L2/3 IT")
-        "reference_types": list(types),
-        "reference_cells_per_type": [int((ref_labels == t_).sum()) for t_ in types],
-        "train_score_mean": float(np.nanmean(score)), **map_info, **timings,
-    }
-    if model_info is not None:
-        info["model"] = model_info
-    return DeconvolutionResult(props, dominant, M if keep_mapping else None, info)
+    return genes.subset(nonzero), C_sp[:, nonzero], C_ref[:, nonzero]

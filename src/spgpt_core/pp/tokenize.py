@@ -30,7 +30,7 @@ import numpy as np
 import pandas as pd
 import scipy.sparse as sp
 
-from .errors import CheckpointError
+from ..errors import CheckpointError
 
 # ---------------------------------------------------------------------------------------------
 # deterministic per-(cell, gene) randomness
@@ -304,7 +304,7 @@ def quality_masks(slide: SlideStats, vocab_ids: np.ndarray, min_genes_per_cell: 
 
     Genes: matched to the vocabulary and expressed in >= 0.03% of cells (at least one cell).
     Cells: at least ``min_genes_per_cell`` expressed kept genes (10 imaging, 50 sequencing; see
-    :mod:`spgpt_core.modality`). Cell counts use all matched genes, a close upper bound that
+    :mod:`spgpt_core.pp.modality`). Cell counts use all matched genes, a close upper bound that
     avoids a second pass over the slide.
     """
     min_cells = max(1, int(np.ceil(MIN_GENE_CELL_FRACTION * slide.n_cells)))

@@ -18,10 +18,11 @@ from __future__ import annotations
 
 import logging
 
+import anndata as ad
 import numpy as np
 import scipy.sparse as sp
 
-from .errors import InputError
+from ..errors import InputError
 
 log = logging.getLogger(__name__)
 
@@ -105,8 +106,6 @@ def with_counts(adata, layer: str | None, what: str = "slide", option: str = "--
     """``adata`` itself (layer None) or a new AnnData whose ``X`` is ``adata.layers[layer]`` (``'raw'``:
     ``adata.raw``, with its genes), sharing ``obs``, ``obsm`` and ``uns``. Warns (logging) when the
     matrix used looks log-normalised."""
-    import anndata as ad
-
     if layer is None:
         _warn_if_log_normalised(adata, what, option)
         return adata

@@ -1,0 +1,261 @@
+"""Analysis options declared once.
+
+Each configuration dataclass below is the single declaration of a workflow's options: its
+defaults, checks, CLI flag and help text. The Python API takes it (``config=`` or the same names as
+keyword arguments), the CLI builds its flags from it (:func:`add_options`, :func:`from_args`) and
+the plugin writes its equivalent command from it (:func:`to_flags`), so the three cannot drift.
+
+This module imports nothing heavy: the CLI reads it to build ``--help`` and the plugin at start-up.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import sys
+from dataclasses import dataclass, field, fields
+
+from .errors import InputError
+
+#: Highly variable genes given to the model by default (scanpy's usual 3,000; the PCA baseline uses the same).
+DEFAULT_N_TOP_GENES = 3000
+#: Fewer genes shared by slide and reference than this is an error: no mapping can be trusted on so few.
+MIN_SHARED_GENES = 5
+DENSITY_PRIORS = ("rna_count_based", "uniform", "none")
+CLUSTER_METHODS = ("leiden", "louvain", "kmeans")
+
+
+def option(default, flag: str, help: str, *, type=None, choices=None, metavar=None, negate: bool = False,
+           renamed: str | None = None, group: str | None = None, required_group: bool = False, none_as=None):
+    """A dataclass field with its CLI declaration.
+
+    ``negate``: a boolean option that defaults to True and whose flag (``--no-...``) turns it off.
+    ``renamed``: the flag's previous name, accepted for one release with a warning. ``group``: flags in
+    one group are mutually exclusive (``required_group``: one of them must be given). ``none_as``: the
+    flag value that stands for None where None is not the default (e.g. 0 = every cell)."""
+    meta = {"flag": flag, "help": help, "type": type, "choices": choices, "metavar": metavar, "negate": negate,
+            "renamed": renamed, "group": group, "required_group": required_group, "none_as": none_as}
+    return field(default=default, metadata=meta)
+
+
+class Config:
+    """Shared behaviour of the configuration dataclasses."""
+
+    def replace(self, **changes):
+        """A copy with ``changes`` (checked as the constructor checks)."""
+        return resolve(type(self), self, changes)
+
+    def as_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+
+def resolve(cls, config=None, options: dict | None = None):
+    """``config`` (or the defaults) with ``options`` applied; unknown names are refused with the known ones."""
+    options = dict(options or {})
+    known = {f.name for f in fields(cls)}
+    unknown = sorted(set(options) - known)
+    if unknown:
+        raise InputError(f"unknown option(s) {', '.join(unknown)} for {cls.__name__}; known: {', '.join(sorted(known))}")
+    if config is None:
+        return cls(**options)
+    if not isinstance(config, cls):
+        raise InputError(f"config must be a {cls.__name__}, got {type(config).__name__}")
+    return dataclasses.replace(config, **options) if options else config
+
+
+# ---------------------------------------------------------------------------------- checks
+
+
+def _at_least(name: str, value, low, hint: str = "") -> None:
+    if value is not None and value < low:
+        raise InputError(f"{name}={value} must be >= {low}{hint}")
+
+
+# ------------------------------------------------------------------------------ mapping
+
+
+@dataclass(frozen=True)
+class MappingConfig(Config):
+    """How a reference is mapped onto a slide: Tangram's optimiser with the paper's Eq. 15 objective on
+    expression stacked with the model's embeddings (Methods 4.4.1, 4.5). Shared by deconvolution and imputation."""
+
+    use_embeddings: bool = option(True, "--no-embeddings", "map on expression alone (plain Tangram features; no "
+                                  "model needed)", negate=True)
+    spatial_rep: str | None = option(None, "--spatial-rep", "use this obsm embedding of the slide instead of "
+                                     "embedding it")
+    reference_rep: str | None = option(None, "--reference-rep", "use this obsm embedding of the reference instead "
+                                       "of embedding it")
+    reference_gene_col: str | None = option(None, "--reference-gene-col", "var column of the reference holding "
+                                            "gene names (default: automatic)")
+    embedding_weight: float | None = option(None, "--embedding-weight", "centre the embeddings and scale their "
+                                            "block to this multiple of the expression block's norm (default: stack "
+                                            "them as the model returns them, as the paper does)", type=float)
+    num_epochs: int = option(1000, "--mapping-epochs", "Tangram optimisation epochs", type=int, metavar="EPOCHS",
+                             renamed="--epochs")  # --epochs means fine-tuning epochs elsewhere
+    learning_rate: float = option(0.1, "--learning-rate", "Tangram learning rate", type=float)
+    lambda_g2: float = option(1.0, "--lambda-g2", "weight of the per-spot cosine term (paper Eq. 15: 1; Tangram "
+                              "default: 0)", type=float)
+    density_prior: str = option("rna_count_based", "--density-prior", "Tangram density prior of the spots",
+                                choices=DENSITY_PRIORS)
+    seed: int = option(0, "--seed", "seed of the mapping's start and every subsample", type=int)
+    batch_size: int = option(64, "--batch-size", "embedding batch size", type=int)
+
+    def __post_init__(self):
+        _at_least("embedding_weight", self.embedding_weight, 0)
+        _at_least("num_epochs", self.num_epochs, 1, ": the mapping needs at least 1 epoch")
+        _at_least("batch_size", self.batch_size, 1)
+        if self.density_prior not in DENSITY_PRIORS:
+            raise InputError(f"density_prior={self.density_prior!r}: use 'rna_count_based', 'uniform' or 'none'")
+
+    @property
+    def embedding_block(self) -> str:
+        """How the embeddings entered the features, for the run record."""
+        if not self.use_embeddings:
+            return "none"
+        return "as returned (paper)" if self.embedding_weight is None else "centred and scaled"
+
+
+@dataclass(frozen=True)
+class DeconvolveConfig(MappingConfig):
+    """Deconvolution: the mapping options plus which reference cells and genes map."""
+
+    max_cells_per_type: int | None = option(1000, "--max-cells-per-type", "reference subsample per type (0 = every "
+                                            "cell)", type=int, none_as=0)
+    n_top_genes: int = option(1000, "--n-top-genes", "the N most variable shared genes map the reference", type=int,
+                              metavar="N", renamed="--n-genes")
+
+    def __post_init__(self):
+        super().__post_init__()
+        _at_least("max_cells_per_type", self.max_cells_per_type, 1, " (or None for all cells)")
+        _at_least("n_top_genes", self.n_top_genes, MIN_SHARED_GENES)
+
+
+@dataclass(frozen=True)
+class ImputeConfig(MappingConfig):
+    """Imputation: the mapping options plus the reference centroids that map (Tangram cluster mode).
+
+    The density prior defaults to uniform: each row of an imaging slide is one cell, and an RNA-count
+    prior would ask cells with more transcripts to receive more reference cells."""
+
+    density_prior: str = option("uniform", "--density-prior", "Tangram density prior of the slide's cells",
+                                choices=DENSITY_PRIORS)
+    use_centroids: bool = option(True, "--no-centroids", "map every reference cell instead of centroids",
+                                 negate=True)
+    n_clusters: int | None = option(None, "--n-clusters", "number of reference centroids K (default: reference "
+                                    "cells / cluster ratio)", type=int, metavar="K")
+    cluster_ratio: int = option(10, "--cluster-ratio", "reference cells per centroid when K is not given", type=int)
+
+    def __post_init__(self):
+        super().__post_init__()
+        _at_least("cluster_ratio", self.cluster_ratio, 1)
+        _at_least("n_clusters", self.n_clusters, 2, " (or use_centroids=False / --no-centroids)")
+
+
+# ------------------------------------------------------------------------------ domains
+
+
+@dataclass(frozen=True)
+class DomainsConfig(Config):
+    """Spatial domains (``tl.domains``): genes, optional fine-tuning, embedding and clustering."""
+
+    n_clusters: int | None = option(None, "--n-clusters", "number of domains K", type=int, metavar="K", group="k",
+                                    required_group=True)
+    resolution: float | None = option(None, "--resolution", "Leiden / Louvain resolution instead of a K",
+                                      type=float, metavar="R", group="k")
+    method: str = option("leiden", "--method", "clustering (leiden and louvain search the resolution for K; "
+                         "kmeans)", choices=CLUSTER_METHODS)
+    smooth_k: int = option(6, "--smooth-k", "spatial majority smoothing over this many neighbours (0 = off)",
+                           type=int, metavar="K")
+    n_top_genes: int = option(DEFAULT_N_TOP_GENES, "--n-top-genes", "give the model the N most variable "
+                                     "matched genes (0 = every matched gene)", type=int, metavar="N")
+    # zero-shot by default: with the shipped model it scored higher on average than one epoch of the
+    # paper's fine-tuning over 7 labelled slides x 2 seeds, in 40% of the time (BENCHMARKS.md)
+    finetune_epochs: int = option(0, "--finetune-epochs", "fine-tune the model on the slide for this many epochs "
+                                  "first, as the paper does (0 = zero-shot)", type=int, metavar="EPOCHS")
+    finetune_lr: float = option(1e-3, "--lr", "fine-tuning learning rate", type=float)
+    max_context: int = option(128, "--max-context", "expressed genes per cell while fine-tuning", type=int)
+    batch_size: int = option(64, "--batch-size", "cells per embedding batch", type=int)
+    drop_empty: bool = option(False, "--drop-empty", "leave out spots that express no model gene (no domain) "
+                              "instead of refusing the slide")
+    seed: int = option(0, "--seed", "seed of binning ties, fine-tuning and clustering", type=int)
+
+    def __post_init__(self):
+        if self.method not in CLUSTER_METHODS:
+            raise InputError(f"unknown clustering method {self.method!r}; use 'leiden', 'louvain' or 'kmeans'")
+        _at_least("n_clusters", self.n_clusters, 1)
+        if self.resolution is not None and not self.resolution > 0:
+            raise InputError(f"resolution={self.resolution} (--resolution) must be a positive number (1.0 is a "
+                             "usual start)")
+        _at_least("smooth_k", self.smooth_k, 0)
+        _at_least("n_top_genes", self.n_top_genes, 0, " (0 = every matched gene)")
+        _at_least("finetune_epochs", self.finetune_epochs, 0, ": pass 0 (zero-shot) or a positive number of epochs")
+        _at_least("batch_size", self.batch_size, 1)
+        _at_least("max_context", self.max_context, 1)
+
+
+# -------------------------------------------------------------------------------- the CLI
+
+
+def _renamed_action(old: str, new: str, dest: str):
+    class Renamed(argparse.Action):
+        def __call__(self, parser, namespace, values, option_string=None):
+            print(f"warning: {old} is deprecated and will be removed in the next release; use {new}", file=sys.stderr)
+            setattr(namespace, dest, values)
+
+    return Renamed
+
+
+def add_options(parser: argparse.ArgumentParser, cls, *, skip: tuple[str, ...] = ()) -> None:
+    """Add one flag per field of ``cls`` (its declaration's name, help, type, choices and default)."""
+    groups: dict[str, argparse._MutuallyExclusiveGroup] = {}
+    for f in fields(cls):
+        if f.name in skip:
+            continue
+        m = f.metadata
+        target = parser
+        if m["group"]:
+            if m["group"] not in groups:
+                groups[m["group"]] = parser.add_mutually_exclusive_group(required=m["required_group"])
+            target = groups[m["group"]]
+        if isinstance(f.default, bool):
+            action = "store_false" if m["negate"] else "store_true"
+            target.add_argument(m["flag"], dest=f.name, action=action, help=m["help"])
+            continue
+        help_text = m["help"] + ("" if f.default is None else " (default: %(default)s)")
+        target.add_argument(m["flag"], dest=f.name, type=m["type"], default=f.default, choices=m["choices"],
+                            metavar=m["metavar"], help=help_text)
+        if m["renamed"]:
+            parser.add_argument(m["renamed"], dest=f.name, type=m["type"], default=argparse.SUPPRESS,
+                                action=_renamed_action(m["renamed"], m["flag"], f.name), help=argparse.SUPPRESS)
+
+
+def from_args(cls, args: argparse.Namespace, **extra):
+    """The configuration the parsed flags describe (fields not on the command line keep their defaults)."""
+    values = {}
+    for f in fields(cls):
+        if hasattr(args, f.name):
+            value = getattr(args, f.name)
+            none_as = f.metadata["none_as"]
+            values[f.name] = None if none_as is not None and value == none_as else value
+    return cls(**{**values, **extra})
+
+
+def to_flags(config, *, skip: tuple[str, ...] = (), always: tuple[str, ...] = ()) -> list[str]:
+    """The CLI flags that reproduce ``config``: every field that differs from its default, and those in ``always``."""
+    out: list[str] = []
+    for f in fields(config):
+        if f.name in skip:
+            continue
+        value = getattr(config, f.name)
+        if value == f.default and f.name not in always:
+            continue
+        m = f.metadata
+        if isinstance(f.default, bool):
+            out.append(m["flag"])  # the flag flips the default
+            continue
+        if value is None:
+            if m["none_as"] is not None:
+                out += [m["flag"], str(m["none_as"])]
+            continue
+        out += [m["flag"], str(value)]
+    return out
