@@ -95,3 +95,36 @@ def test_cluster_checks_inputs_before_clustering(domains_out, tmp_path, capsys):
     err = _refused(["-q", "cluster", str(domains_out), "--use-rep", "X_missing", "--n-clusters", "5", "--out", out],
                    capsys)
     assert "obsm['X_missing'] not found" in err
+
+
+def test_fused_neighbourhood_features_at_10k_spots(domains_out):
+    """The features behind --features fused --spatial-weight (PCA of the slide's own expression beside the
+    embedding, each next to its spatial neighbours' mean) and a GMM, on the 10k-spot embedding."""
+    import numpy as np
+
+    from spgpt_core.io import get_coordinates
+    from spgpt_core.tl._cluster import cluster_embedding
+    from spgpt_core.tl._features import domain_features, expression_pcs
+
+    a = ad.read_h5ad(domains_out)
+    t = time.time()
+    expr = expression_pcs(a, n_top_genes=3000, n_pcs=30)
+    F = domain_features(expression=expr, embedding=np.asarray(a.obsm["X_spgpt"]), coords=get_coordinates(a),
+                        features="fused", embedding_weight=0.5, spatial_weight=0.5, spatial_k=6, n_pcs=30)
+    labels, info = cluster_embedding(F, n_clusters=N_DOMAINS, method="gmm", coords=get_coordinates(a), smooth_k=6)
+    assert F.shape == (a.n_obs, 30) and info["n_clusters_found"] == N_DOMAINS
+    assert adjusted_rand_score(a.obs["domain"], labels) > 0.6
+    assert time.time() - t < 120
+
+
+def test_expression_domains_need_no_model(monkeypatch):
+    """--features expression finds domains from the slide's own expression: no model is loaded."""
+    import spgpt_core.tl._domains as d
+
+    monkeypatch.setattr(d, "load_model", lambda *a, **k: pytest.fail("no model should be loaded"))
+    slide = make_sample_slide(n_rows=30, n_cols=30, n_domains=N_DOMAINS, seed=2)
+    tl.domains(slide, "default", n_clusters=N_DOMAINS, features="expression", spatial_weight=0.5, method="gmm")
+    rec = slide.uns["spgpt_domain"]["params"]
+    assert rec["features"] == "expression" and rec["spatial_weight"] == 0.5 and rec["method"] == "gmm"
+    assert "X_spgpt" not in slide.obsm and slide.obsm["spgpt_domain_features"].shape[0] == slide.n_obs
+    assert adjusted_rand_score(slide.obs["domain"], slide.obs["spgpt_domain"]) > 0.5

@@ -22,7 +22,8 @@ DEFAULT_N_TOP_GENES = 3000
 #: Fewer genes shared by slide and reference than this is an error: no mapping can be trusted on so few.
 MIN_SHARED_GENES = 5
 DENSITY_PRIORS = ("rna_count_based", "uniform", "none")
-CLUSTER_METHODS = ("leiden", "louvain", "kmeans")
+CLUSTER_METHODS = ("leiden", "louvain", "kmeans", "gmm")
+DOMAIN_FEATURES = ("embedding", "expression", "fused")
 
 
 def option(default, flag: str, help: str, *, type=None, choices=None, metavar=None, negate: bool = False,
@@ -163,7 +164,18 @@ class DomainsConfig(Config):
     resolution: float | None = option(None, "--resolution", "Leiden / Louvain resolution instead of a K",
                                       type=float, metavar="R", group="k")
     method: str = option("leiden", "--method", "clustering (leiden and louvain search the resolution for K; "
-                         "kmeans)", choices=CLUSTER_METHODS)
+                         "kmeans and gmm give exactly K)", choices=CLUSTER_METHODS)
+    features: str = option("embedding", "--features", "what domains are found from: the model's embedding, the "
+                           "slide's own expression (PCA) or both fused", choices=DOMAIN_FEATURES)
+    embedding_share: float = option(0.5, "--embedding-share", "share of the fused features' variance given to "
+                                     "the embedding (with --features fused)", type=float, metavar="W")
+    spatial_weight: float = option(0.0, "--spatial-weight", "share of the features' variance given to the mean of "
+                                   "each spot's spatial neighbours (BANKSY-style; 0 = off)", type=float,
+                                   metavar="LAMBDA")
+    spatial_k: int = option(6, "--spatial-k", "spatial neighbours averaged for --spatial-weight", type=int,
+                            metavar="K")
+    n_pcs: int = option(30, "--n-pcs", "principal components of the expression and of the combined features",
+                        type=int)
     smooth_k: int = option(6, "--smooth-k", "spatial majority smoothing over this many neighbours (0 = off)",
                            type=int, metavar="K")
     n_top_genes: int = option(DEFAULT_N_TOP_GENES, "--n-top-genes", "give the model the N most variable "
@@ -181,7 +193,14 @@ class DomainsConfig(Config):
 
     def __post_init__(self):
         if self.method not in CLUSTER_METHODS:
-            raise InputError(f"unknown clustering method {self.method!r}; use 'leiden', 'louvain' or 'kmeans'")
+            raise InputError(f"unknown clustering method {self.method!r}; use one of {', '.join(CLUSTER_METHODS)}")
+        if self.features not in DOMAIN_FEATURES:
+            raise InputError(f"features={self.features!r}: use one of {', '.join(DOMAIN_FEATURES)}")
+        for name in ("embedding_share", "spatial_weight"):
+            if not 0 <= getattr(self, name) <= 1:
+                raise InputError(f"{name}={getattr(self, name)} must be between 0 and 1")
+        _at_least("spatial_k", self.spatial_k, 1)
+        _at_least("n_pcs", self.n_pcs, 2)
         _at_least("n_clusters", self.n_clusters, 1)
         if self.resolution is not None and not self.resolution > 0:
             raise InputError(f"resolution={self.resolution} (--resolution) must be a positive number (1.0 is a "

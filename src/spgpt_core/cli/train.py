@@ -72,9 +72,9 @@ def cmd_domains(args) -> None:
                counts_layer=args.counts_layer, device=args.device,
                progress=TqdmProgress(disable=args.quiet, unit="cell"))
     obs = {k: adata.obs[k] for k in ("spgpt_domain", "X_spgpt_empty") if k in adata.obs}
-    write_results(adata, args.out, input_path=args.input, obsm={"X_spgpt": adata.obsm["X_spgpt"]}, obs=obs,
-                  uns={k: adata.uns[k] for k in ("X_spgpt", "spgpt_domain", "spgpt_domain_colors")},
-                  overwrite=args.overwrite)
+    obsm = {k: adata.obsm[k] for k in ("X_spgpt", "spgpt_domain_features") if k in adata.obsm}
+    uns = {k: adata.uns[k] for k in ("X_spgpt", "spgpt_domain", "spgpt_domain_colors") if k in adata.uns}
+    write_results(adata, args.out, input_path=args.input, obsm=obsm, obs=obs, uns=uns, overwrite=args.overwrite)
     found = adata.obs["spgpt_domain"].nunique()
     print(f"{found} domains in {time.time() - t0:.0f}s -> {args.out} obs['spgpt_domain']")
     if args.plot:

@@ -2,15 +2,20 @@
 plugin's Embed & domains widget and the demo.
 
 The slide's most variable matched genes are chosen once; the model is (optionally) fine-tuned on
-them, embeds every spot with them, and the embedding is clustered into domains and smoothed over
-each spot's spatial neighbours. Every input is checked before the model is loaded. Options:
+them and embeds every spot with them. Domains are then clustered from the embedding, from the slide's
+own expression or from both fused, each optionally beside its spatial neighbourhood (:mod:`._features`),
+and the labels are smoothed over each spot's spatial neighbours. Every input is checked before the
+model is loaded; with ``features="expression"`` no model is loaded at all. Options:
 :class:`spgpt_core.params.DomainsConfig`.
 """
 
 from __future__ import annotations
 
+import numpy as np
+
 from ..checkpoint import load_model
 from ..device import choose_device
+from ..io import get_coordinates
 from ..params import DomainsConfig, resolve
 from ..pp.counts import with_counts
 from ..pp.hvg import highly_variable_mask
@@ -19,6 +24,7 @@ from ..progress import Progress
 from ..train import finetune
 from ._cluster import check_domains_request, cluster
 from ._embed import embed
+from ._features import domain_features, expression_pcs
 
 
 def domains(adata, model="default", *, config: DomainsConfig | None = None, gene_col: str | None = None,
@@ -38,10 +44,48 @@ def domains(adata, model="default", *, config: DomainsConfig | None = None, gene
     """
     cfg = resolve(DomainsConfig, config, options)
     check_domains_request(adata, n_clusters=cfg.n_clusters, resolution=cfg.resolution, method=cfg.method)
-    model = load_model(model, device=choose_device(device, model))
     n_top_genes = cfg.n_top_genes or None
-    # the genes are chosen once, so fine-tuning and embedding see the same ones
     work = with_counts(adata, counts_layer)
+    emb = None
+    if cfg.features != "expression":
+        emb = _embed_for_domains(adata, work, model, cfg, gene_col=gene_col, modality=modality,
+                                 counts_layer=counts_layer, device=device, embedding_key=embedding_key,
+                                 progress=progress)
+    if progress is not None:
+        progress.check()
+        progress.start(0, "finding domains")
+    use_rep = embedding_key
+    if cfg.features != "embedding" or cfg.spatial_weight > 0:
+        use_rep = f"{key_added}_features"
+        ok = np.isfinite(emb).all(axis=1) if emb is not None else np.ones(adata.n_obs, dtype=bool)
+        expr = None
+        if cfg.features != "embedding":
+            expr = expression_pcs(work, n_top_genes=n_top_genes, n_pcs=cfg.n_pcs, seed=cfg.seed)[ok]
+        F = domain_features(expression=expr, embedding=None if emb is None else emb[ok],
+                            coords=get_coordinates(adata, required=True)[ok], features=cfg.features,
+                            embedding_weight=cfg.embedding_share, spatial_weight=cfg.spatial_weight,
+                            spatial_k=cfg.spatial_k, n_pcs=cfg.n_pcs, seed=cfg.seed)
+        full = np.full((adata.n_obs, F.shape[1]), np.nan, dtype=np.float32)
+        full[ok] = F
+        adata.obsm[use_rep] = full
+    cluster(adata, use_rep=use_rep, n_clusters=cfg.n_clusters, resolution=cfg.resolution, method=cfg.method,
+            smooth_k=cfg.smooth_k, key_added=key_added, seed=cfg.seed)
+    adata.uns[key_added]["params"].update(
+        n_top_genes=n_top_genes, features=cfg.features, spatial_weight=cfg.spatial_weight,
+        **({"embedding_share": cfg.embedding_share} if cfg.features == "fused" else {}),
+        **({"spatial_k": cfg.spatial_k} if cfg.spatial_weight > 0 else {}),
+        **({"n_pcs": cfg.n_pcs} if use_rep != embedding_key else {}),
+        finetune_epochs=cfg.finetune_epochs, batch_size=cfg.batch_size, drop_empty=cfg.drop_empty,
+        **({"finetune_lr": cfg.finetune_lr, "max_context": cfg.max_context} if cfg.finetune_epochs else {}))
+    return adata
+
+
+def _embed_for_domains(adata, work, model, cfg: DomainsConfig, *, gene_col, modality, counts_layer, device,
+                       embedding_key: str, progress) -> np.ndarray:
+    """Fine-tune (optionally) and embed on the slide's most variable matched genes, chosen once so both
+    see the same ones; writes ``obsm[embedding_key]`` and its record into ``adata``."""
+    n_top_genes = cfg.n_top_genes or None
+    model = load_model(model, device=choose_device(device, model))
     match = resolve_genes(work, model.vocab, gene_col=gene_col)
     if n_top_genes:
         hv = highly_variable_mask(work, n_top_genes, genes=match.vocab_ids >= 0)
@@ -65,13 +109,4 @@ def domains(adata, model="default", *, config: DomainsConfig | None = None, gene
         adata.obs[empty_key] = work.obs[empty_key].to_numpy()
     elif empty_key in adata.obs:
         del adata.obs[empty_key]  # a stale mark from an earlier run
-    if progress is not None:
-        progress.check()
-        progress.start(0, "finding domains")
-    cluster(adata, use_rep=embedding_key, n_clusters=cfg.n_clusters, resolution=cfg.resolution, method=cfg.method,
-            smooth_k=cfg.smooth_k, key_added=key_added, seed=cfg.seed)
-    adata.uns[key_added]["params"].update(
-        n_top_genes=n_top_genes, finetune_epochs=cfg.finetune_epochs, batch_size=cfg.batch_size,
-        drop_empty=cfg.drop_empty,
-        **({"finetune_lr": cfg.finetune_lr, "max_context": cfg.max_context} if cfg.finetune_epochs else {}))
-    return adata
+    return np.asarray(adata.obsm[embedding_key])

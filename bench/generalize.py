@@ -1,0 +1,228 @@
+"""Spatial domains under the unseen-tissue protocol (bench/protocols/unseen_tissue.yaml), next to the
+strongest simple baselines computed in the same run.
+
+    python bench/generalize.py --set dev  [--quick]   # every candidate pipeline: defaults are chosen here
+    python bench/generalize.py --set test [--quick]   # the default, its ablations and the baselines, report only
+
+Every (slide, pipeline, seed) result is appended to bench/results/generalize_<set>.jsonl as it
+finishes and skipped when the run is repeated, so a stopped run resumes; embeddings are cached in
+bench/.cache/. A test run also appends its summary, with the commit, to bench/results/test_runs.jsonl.
+The spgpt pipelines call the functions ``tl.domains`` runs (``tl._features``, ``tl._cluster``) on a
+cached zero-shot embedding, so each candidate costs one clustering, not one embedding.
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import itertools
+import json
+import subprocess
+import sys
+import time
+from dataclasses import fields
+from pathlib import Path
+
+import anndata as ad
+import numpy as np
+import pandas as pd
+import scanpy as sc
+import yaml
+
+import spgpt_core as sg
+from spgpt_core.io import get_coordinates
+from spgpt_core.metrics import ari, nmi
+from spgpt_core.params import DomainsConfig
+from spgpt_core.tl._cluster import cluster_embedding
+from spgpt_core.tl._features import domain_features, expression_pcs, neighbour_mean, reduce, unit_variance
+
+ROOT = Path(__file__).resolve().parents[1]
+DATA = ROOT.parent / "shared" / "data"
+PROTOCOL = ROOT / "bench" / "protocols" / "unseen_tissue.yaml"
+RESULTS = ROOT / "bench" / "results"
+CACHE = ROOT / "bench" / ".cache"
+
+
+# ------------------------------------------------------------------------------ slides and features
+
+
+def load_slide(entry: dict, ignore: list[str]):
+    a = ad.read_h5ad(DATA / entry["path"])
+    labels = a.obs[entry["label"]].astype(str).to_numpy()
+    scored = ~pd.Series(labels).str.lower().isin([x.lower() for x in ignore] + ["nan", "none", ""]).to_numpy()
+    return a, labels, scored
+
+
+def baseline_pcs(a, n_top_genes: int, n_pcs: int) -> np.ndarray:
+    """The usual scanpy PCA: log1p(counts per 1e4), seurat HVGs, scaled (clipped at 10), PCA (seed 0)."""
+    b = a.copy()
+    sc.pp.normalize_total(b, target_sum=1e4)
+    sc.pp.log1p(b)
+    if b.n_vars > n_top_genes:
+        sc.pp.highly_variable_genes(b, n_top_genes=n_top_genes, flavor="seurat")
+        b = b[:, b.var["highly_variable"].to_numpy()].copy()
+    sc.pp.scale(b, max_value=10)
+    return sc.pp.pca(b, n_comps=min(n_pcs, b.n_vars - 1, b.n_obs - 1), random_state=0, copy=True).obsm["X_pca"]
+
+
+def cached_embedding(name: str, a, model_spec: str) -> np.ndarray:
+    """The zero-shot embedding tl.domains computes (3,000 most variable matched genes), cached per model."""
+    model = sg.load_model(model_spec)
+    tag = hashlib.sha1(json.dumps(model.describe(), sort_keys=True, default=str).encode()).hexdigest()[:10]
+    path = CACHE / f"emb_{name}_{tag}.npy"
+    if path.exists():
+        return np.load(path)
+    b = a.copy()
+    sg.tl.domains(b, model, n_clusters=2, method="kmeans", smooth_k=0, drop_empty=True)
+    CACHE.mkdir(parents=True, exist_ok=True)
+    np.save(path, np.asarray(b.obsm["X_spgpt"], dtype=np.float32))
+    return np.load(path)
+
+
+# ------------------------------------------------------------------------------------ pipelines
+
+
+def baselines(b: dict) -> list[dict]:
+    out = [{"pipeline": "PCA + k-means", "kind": "baseline", "features": "pca", "method": "kmeans"}]
+    for method in b["clustering"]:
+        out.append({"pipeline": f"PCA smoothed (k={b['smooth_k']}) + {method}", "kind": "baseline",
+                    "features": "pca_smoothed", "method": method})
+        out.append({"pipeline": f"BANKSY-style PCA (lambda={b['banksy_lambda']}) + {method}", "kind": "baseline",
+                    "features": "pca_banksy", "method": method})
+    return out
+
+
+def spgpt_config(**kw) -> dict:
+    cfg = {f.name: getattr(DomainsConfig(n_clusters=2), f.name) for f in fields(DomainsConfig)}
+    cfg.update(kw)
+    keys = ("features", "embedding_share", "spatial_weight", "spatial_k", "method", "smooth_k", "n_pcs")
+    return {k: cfg[k] for k in keys}
+
+
+def candidates(c: dict) -> list[dict]:
+    out = []
+    for features, lam, k, method in itertools.product(c["features"], c["spatial_weight"], c["spatial_k"], c["method"]):
+        if lam == 0 and k != c["spatial_k"][0]:
+            continue  # k only matters with neighbours
+        for share in (c["embedding_weight"] if features == "fused" else [0.5]):
+            cfg = spgpt_config(features=features, embedding_share=share, spatial_weight=lam, spatial_k=k,
+                               method=method)
+            out.append({"pipeline": describe(cfg), "kind": "spgpt", **cfg})
+    return sorted(out, key=lambda p: p["method"] == "leiden")  # the slow searches last
+
+
+def describe(cfg: dict) -> str:
+    f = cfg["features"] + (f" (share {cfg['embedding_share']})" if cfg["features"] == "fused" else "")
+    nb = f", neighbours lambda={cfg['spatial_weight']} k={cfg['spatial_k']}" if cfg["spatial_weight"] > 0 else ""
+    return f"spgpt {f}{nb}, {cfg['method']}, smooth {cfg['smooth_k']}"
+
+
+def features_for(p: dict, slide: dict, b: dict, seed: int) -> np.ndarray:
+    ok, xy = slide["ok"], slide["xy"]
+    if p["kind"] == "baseline":
+        P = slide["pcs"][ok]
+        if p["features"] == "pca":
+            return P
+        if p["features"] == "pca_smoothed":  # mean of the spot and its k nearest spots
+            k = b["smooth_k"]
+            return (P + k * neighbour_mean(P, xy[ok], k, seed)) / (k + 1)
+        lam, k = b["banksy_lambda"], b["banksy_k"]
+        U = unit_variance(P)
+        return reduce(np.hstack([np.sqrt(1 - lam) * U, np.sqrt(lam) * neighbour_mean(U, xy[ok], k, seed)]),
+                      b["n_pcs"], seed)
+    return domain_features(expression=slide["expr"][ok], embedding=slide["emb"][ok], coords=xy[ok],
+                           features=p["features"], embedding_weight=p["embedding_share"],
+                           spatial_weight=p["spatial_weight"], spatial_k=p["spatial_k"], n_pcs=p["n_pcs"], seed=seed)
+
+
+def run_one(p: dict, slide: dict, entry: dict, b: dict, seed: int) -> dict:
+    t = time.time()
+    F = features_for(p, slide, b, seed)
+    smooth = p.get("smooth_k", 0)
+    labels, _ = cluster_embedding(F, n_clusters=entry["k"], method=p["method"], coords=slide["xy"][slide["ok"]],
+                                  smooth_k=smooth, seed=seed)
+    scored = slide["scored"][slide["ok"]]
+    truth = slide["labels"][slide["ok"]][scored]
+    return {"ari": ari(truth, labels[scored]), "nmi": nmi(truth, labels[scored]), "seconds": round(time.time() - t, 2)}
+
+
+# ----------------------------------------------------------------------------------------- driver
+
+
+def main(argv=None) -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--set", choices=["dev", "test"], required=True)
+    ap.add_argument("--quick", action="store_true", help="first seed only")
+    ap.add_argument("--model", default="default")
+    ap.add_argument("--slides", help="comma-separated subset of the set's slide names")
+    args = ap.parse_args(argv)
+    proto = yaml.safe_load(PROTOCOL.read_text())
+    seeds = proto["seeds"][:1] if args.quick else proto["seeds"]
+    entries = [e for e in proto["domains"][args.set] if not args.slides or e["name"] in args.slides.split(",")]
+    b = proto["baselines"]
+    pipelines = baselines(b) + [{"pipeline": "spgpt default", "kind": "spgpt", **spgpt_config()}]
+    if args.set == "dev":
+        pipelines += candidates(proto["candidates"])
+    else:  # the default and its ablations: the same pipeline on one block only
+        d = spgpt_config()
+        pipelines += [{"pipeline": describe({**d, "features": f}) + " [ablation]", "kind": "spgpt", **d,
+                       "features": f} for f in ("embedding", "expression", "fused") if f != d["features"]]
+    out = RESULTS / f"generalize_{args.set}.jsonl"
+    done = set()
+    if out.exists():
+        for line in out.read_text().splitlines():
+            r = json.loads(line)
+            done.add((r["slide"], r["pipeline"], r["seed"], r["model"]))
+    for entry in entries:
+        todo = [(p, s) for p in pipelines for s in seeds if (entry["name"], p["pipeline"], s, args.model) not in done]
+        if not todo:
+            continue
+        a, labels, scored = load_slide(entry, proto["ignore_labels"])
+        emb = cached_embedding(entry["name"], a, args.model)
+        slide = {"labels": labels, "scored": scored, "xy": get_coordinates(a, required=True),
+                 "ok": np.isfinite(emb).all(axis=1), "emb": emb, "pcs": baseline_pcs(a, b["n_top_genes"], b["n_pcs"]),
+                 "expr": expression_pcs(a, n_top_genes=b["n_top_genes"], n_pcs=b["n_pcs"])}
+        print(f"{entry['name']}: {a.n_obs} spots, {len(todo)} runs", flush=True)
+        for p, seed in todo:
+            res = run_one(p, slide, entry, b, seed)
+            row = {"set": args.set, "slide": entry["name"], "seed": seed, "model": args.model, "K": entry["k"],
+                   **{k: v for k, v in p.items()}, **res}
+            with out.open("a") as f:
+                f.write(json.dumps(row, default=float) + "\n")
+    report(out, args)
+
+
+def _markdown(df: pd.DataFrame) -> str:
+    cols = [df.index.name or "pipeline", *map(str, df.columns)]
+    rows = [[str(i), *("" if pd.isna(v) else f"{v:.3f}" if isinstance(v, float) else str(v) for v in r)]
+            for i, r in zip(df.index, df.itertuples(index=False))]
+    return "\n".join(["| " + " | ".join(cols) + " |", "|" + "---|" * len(cols)] + ["| " + " | ".join(r) + " |" for r in rows])
+
+
+def report(path: Path, args) -> None:
+    df = pd.DataFrame([json.loads(line) for line in path.read_text().splitlines()])
+    df = df[df.model == args.model]
+    per = df.groupby(["pipeline", "slide"])["ari"].mean().unstack("slide")
+    per["mean"] = per.mean(axis=1)
+    per["n_seeds"] = df.groupby("pipeline")["seed"].nunique()
+    spread = df.groupby(["pipeline", "seed"])["ari"].mean().groupby("pipeline").std()
+    per["seed_sd"] = spread
+    per = per.sort_values("mean", ascending=False)
+    kinds = df.drop_duplicates("pipeline").set_index("pipeline")["kind"]
+    show = per if args.set == "test" else pd.concat([per[kinds[per.index] == "baseline"],
+                                                     per.loc[["spgpt default"]],
+                                                     per[kinds[per.index] == "spgpt"].head(12)]).drop_duplicates()
+    text = _markdown(show.round(3))
+    print(text)
+    (RESULTS / f"generalize_{args.set}.md").write_text(f"# Domains, {args.set} set (mean ARI over seeds)\n\n"
+                                                       f"Command: `python bench/generalize.py --set {args.set}"
+                                                       f"{' --quick' if args.quick else ''}`\n\n{text}\n")
+    if args.set == "test":
+        commit = subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True, cwd=ROOT).stdout.strip()
+        with (RESULTS / "test_runs.jsonl").open("a") as f:
+            f.write(json.dumps({"commit": commit, "time": time.strftime("%Y-%m-%d %H:%M"), "model": args.model,
+                                "quick": args.quick, "mean_ari": per["mean"].round(4).to_dict()}) + "\n")
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,116 @@
+"""What spatial domains are found from: the slide's own expression, the model's embedding, or both,
+each optionally next to the mean of its spatial neighbours.
+
+* **expression**: log1p of counts per 10,000, the most variable genes scaled to unit variance,
+  principal components (the features of the strongest simple baselines, so a pipeline that includes
+  them starts from there);
+* **embedding**: the foundation model's spot embeddings;
+* **fused**: both blocks, each centred and scaled to unit total variance, the embedding given a share
+  ``embedding_weight`` of the variance (the paper stacks expression and embeddings for mapping, Eq. 13;
+  here the same idea serves domains);
+* **spatial_weight** (BANKSY-style, Singhal et al. 2024): each spot's features beside the mean of its
+  ``spatial_k`` nearest spots' features, the neighbour block given a share ``spatial_weight`` of the
+  variance. Domains are contiguous, so a spot's neighbourhood carries what a single noisy spot lacks.
+
+The result is reduced to ``n_pcs`` principal components, so the clustering sees a compact, decorrelated
+space whatever the blocks' widths.
+"""
+
+from __future__ import annotations
+
+import anndata as ad
+import numpy as np
+import scanpy as sc
+import scipy.sparse as sp
+from sklearn.decomposition import PCA
+
+from ..io import iter_row_chunks
+from ..neighbors import knn_indices
+from ..pp.hvg import highly_variable_mask
+
+FEATURES = ("embedding", "expression", "fused")
+TARGET_SUM = 1e4
+
+
+def expression_pcs(adata, *, n_top_genes: int | None = 3000, n_pcs: int = 30, seed: int = 0,
+                   chunk_size: int = 4096) -> np.ndarray:
+    """Principal components of log1p(counts per 1e4) over the ``n_top_genes`` most variable genes, each
+    gene scaled to unit variance (scanpy's ``pp.scale`` without clipping).
+
+    Rows are read in chunks and kept sparse: genes are divided by their standard deviation (sparsity
+    kept) and PCA centres implicitly (scanpy, arpack), which equals PCA of the z-scored matrix without
+    ever densifying it."""
+    hv = highly_variable_mask(adata, n_top_genes, chunk_size=chunk_size) if n_top_genes else None
+    cols = np.flatnonzero(hv) if hv is not None else np.arange(adata.n_vars)
+    blocks = []
+    for _, _, X in iter_row_chunks(adata, chunk_size):
+        X = sp.csr_matrix(X[:, cols], dtype=np.float32)
+        totals = np.asarray(X.sum(axis=1)).ravel()
+        scale = np.divide(TARGET_SUM, totals, out=np.zeros_like(totals), where=totals > 0)
+        X = sp.diags(scale) @ X
+        X.data = np.log1p(X.data)
+        blocks.append(X)
+    X = sp.vstack(blocks).tocsr()
+    mean = np.asarray(X.mean(axis=0)).ravel()
+    var = np.asarray(X.multiply(X).mean(axis=0)).ravel() - mean ** 2
+    std = np.sqrt(np.maximum(var, 0))
+    work = ad.AnnData(X @ sp.diags(np.divide(1.0, std, out=np.zeros_like(std), where=std > 0)).astype(np.float32))
+    n_comps = max(1, min(n_pcs, work.n_vars - 1, work.n_obs - 1))
+    sc.pp.pca(work, n_comps=n_comps, random_state=seed, svd_solver="arpack")
+    return np.asarray(work.obsm["X_pca"], dtype=np.float32)
+
+
+def unit_variance(F: np.ndarray) -> np.ndarray:
+    """Centred, scaled so the block's total variance is 1 (blocks of different widths weigh the same)."""
+    F = np.asarray(F, dtype=np.float64)
+    F = F - F.mean(axis=0)
+    total = np.sqrt((F ** 2).sum() / max(len(F), 1))
+    return F / total if total > 0 else F
+
+
+def fuse(expression: np.ndarray, embedding: np.ndarray, embedding_weight: float) -> np.ndarray:
+    """Both blocks at unit variance, the embedding with share ``embedding_weight`` of the total."""
+    w = float(embedding_weight)
+    return np.hstack([np.sqrt(1 - w) * unit_variance(expression), np.sqrt(w) * unit_variance(embedding)])
+
+
+def neighbour_mean(F: np.ndarray, coords: np.ndarray, k: int, seed: int = 0) -> np.ndarray:
+    """Mean of each spot's ``k`` nearest spots' features (the spot itself left out)."""
+    k = min(k, len(F) - 1)
+    idx = knn_indices(np.asarray(coords, dtype=np.float64), k, seed)
+    return F[idx].mean(axis=1)
+
+
+def with_neighbourhood(F: np.ndarray, coords: np.ndarray, *, spatial_weight: float, k: int,
+                       seed: int = 0) -> np.ndarray:
+    """BANKSY-style features: own block and neighbour-mean block, the latter with share ``spatial_weight``."""
+    if spatial_weight <= 0:
+        return F
+    F = unit_variance(F)
+    return np.hstack([np.sqrt(1 - spatial_weight) * F,
+                      np.sqrt(spatial_weight) * neighbour_mean(F, coords, k, seed)])
+
+
+def reduce(F: np.ndarray, n_pcs: int, seed: int = 0) -> np.ndarray:
+    """The first ``n_pcs`` principal components (all columns when there are fewer)."""
+    n = min(n_pcs, F.shape[1], F.shape[0] - 1)
+    if n >= F.shape[1]:
+        return np.asarray(F, dtype=np.float32)
+    return PCA(n_components=n, random_state=seed).fit_transform(F).astype(np.float32)
+
+
+def domain_features(*, expression: np.ndarray | None, embedding: np.ndarray | None, coords: np.ndarray,
+                    features: str, embedding_weight: float, spatial_weight: float, spatial_k: int, n_pcs: int,
+                    seed: int = 0) -> np.ndarray:
+    """The matrix spatial domains are clustered on (rows: the spots given, in order). The embedding
+    alone without neighbours is returned as the model gives it (the paper's zero-shot path)."""
+    if features == "embedding" and spatial_weight <= 0:
+        return np.asarray(embedding, dtype=np.float32)
+    if features == "embedding":
+        F = unit_variance(embedding)
+    elif features == "expression":
+        F = unit_variance(expression)
+    else:
+        F = fuse(expression, embedding, embedding_weight)
+    F = with_neighbourhood(F, coords, spatial_weight=spatial_weight, k=spatial_k, seed=seed)
+    return reduce(F, n_pcs, seed)
