@@ -54,7 +54,8 @@ def domains(adata, model="default", *, config: DomainsConfig | None = None, gene
     if progress is not None:
         progress.check()
     embed(work, model, key_added=embedding_key, gene_col=gene_col, modality=modality, n_top_genes=None,
-          batch_size=cfg.batch_size, seed=cfg.seed, empty="drop" if cfg.drop_empty else "error", progress=progress)
+          batch_size=cfg.batch_size, max_seq_len=cfg.max_seq_len, seed=cfg.seed,
+          empty="drop" if cfg.drop_empty else "error", progress=progress)
     record = work.uns[embedding_key]
     record["params"].update(n_top_genes=n_top_genes, counts_layer=counts_layer)
     record["gene_match"] = match.to_dict()  # the whole slide's genes, as tl.embed records them
@@ -71,7 +72,7 @@ def domains(adata, model="default", *, config: DomainsConfig | None = None, gene
     cluster(adata, use_rep=embedding_key, n_clusters=cfg.n_clusters, resolution=cfg.resolution, method=cfg.method,
             smooth_k=cfg.smooth_k, key_added=key_added, seed=cfg.seed)
     adata.uns[key_added]["params"].update(
-        n_top_genes=n_top_genes, finetune_epochs=cfg.finetune_epochs, batch_size=cfg.batch_size,
+        n_top_genes=n_top_genes, finetune_epochs=cfg.finetune_epochs, batch_size=cfg.batch_size, max_seq_len=cfg.max_seq_len,
         drop_empty=cfg.drop_empty,
         **({"finetune_lr": cfg.finetune_lr, "max_context": cfg.max_context} if cfg.finetune_epochs else {}))
     return adata
