@@ -25,7 +25,7 @@ import torch
 from torch.nn.parallel import DistributedDataParallel as DDP
 
 from ..atomic import atomic_path
-from .batch import make_batch
+from .batch import EpochBatches, batch_stream, make_batch
 from ..checkpoint.pretrained import SpGPT, load_model
 from ..checkpoint.spec import parse_random_spec
 from .config import TrainConfig
@@ -259,6 +259,9 @@ class Trainer:
         while self.epoch < cfg.epochs and not done:
             patches = self.train_sampler.rank_patches(self.epoch, self.rank, self.world)
             steps = len(patches) // self.accum
+            batches = EpochBatches(self.corpus, patches[: steps * self.accum], cfg, self.model.config, self.gene_means,
+                                   seed=cfg.seed, epoch=self.epoch, rank=self.rank, world=self.world)
+            stream = batch_stream(batches, self.step_in_epoch * self.accum, cfg.num_workers)
             while self.step_in_epoch < steps:
                 self.progress.check()
                 t0 = time.perf_counter()
@@ -269,10 +272,7 @@ class Trainer:
                 step_terms = torch.zeros(len(LOSS_TERMS), dtype=torch.float64)
                 n_tok = 0
                 for j in range(self.accum):
-                    i = self.step_in_epoch * self.accum + j
-                    key = [cfg.seed, self.epoch, i * self.world + self.rank]
-                    batch = make_batch(self.corpus, patches[i], cfg, self.model.config, self.gene_means, key)
-                    batch = batch.to(self.device)
+                    batch = next(stream).to(self.device)
                     sync = j == self.accum - 1 or self.world == 1
                     # DDP all-reduces gradients only on the last micro-batch of the step
                     ctx = self.net.no_sync() if (self.world > 1 and not sync) else contextlib.nullcontext()
