@@ -24,10 +24,12 @@ def init_distributed(device_pref: str = "auto") -> tuple[int, int, torch.device]
     """(rank, world size, this process's device); opens the process group when there are several."""
     rank, world, local = dist_info()
     device = resolve_device(device_pref)
-    if device.type == "cuda":
+    if world == 1:  # one process: the device as resolved, nothing to initialise
+        return rank, world, device
+    if device.type == "cuda":  # one GPU per process on its node
         device = torch.device("cuda", local)
         torch.cuda.set_device(device)
-    if world > 1 and not torch.distributed.is_initialized():
+    if not torch.distributed.is_initialized():
         torch.distributed.init_process_group(backend="nccl" if device.type == "cuda" else "gloo")
     return rank, world, device
 
