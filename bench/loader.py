@@ -20,6 +20,7 @@ import argparse
 import json
 import multiprocessing as mp
 import os
+import resource
 import sys
 import time
 from pathlib import Path
@@ -92,11 +93,12 @@ def _worker(corpus_dir: str, rank: int, world: int, seconds: float, max_context:
         cells += len(b.genes)
         n += 1
     dt, cpu = time.perf_counter() - t, time.process_time() - cpu
+    faults = resource.getrusage(resource.RUSAGE_SELF).ru_majflt  # reads that waited for the disk
     # per CPU-second as well: on a shared machine a process gets less than a core, and the CPU time it
     # did get is what one dedicated core would deliver
     queue.put({"rank": rank, "batches": n, "tokens": tokens, "cells": cells, "seconds": dt, "cpu_seconds": cpu,
                "setup_seconds": setup, "tokens_per_s": tokens / dt, "tokens_per_cpu_s": tokens / cpu,
-               "tokens_per_cell": tokens / max(cells, 1)})
+               "tokens_per_cell": tokens / max(cells, 1), "major_page_faults": faults})
 
 
 def measure(corpus_dir: Path, workers: list[int], seconds: float, max_context: int) -> list[dict]:
