@@ -190,8 +190,8 @@ def _train_config(c: Check, corpus: Path, run_dir: Path, grad_accum: int) -> Pat
            "seed": 0, "device": c.device}
     if c.dry:
         cfg.update(init="random:tiny", max_context=32, max_steps=3, log_every=1, num_threads=1)
-    else:  # the paper's model shape and context
-        cfg.update(init="random:scgpt-human", max_context=600, max_steps=50, log_every=10)
+    else:  # the paper's model shape and context; two loader processes per GPU build batches ahead of it
+        cfg.update(init="random:scgpt-human", max_context=600, max_steps=50, log_every=10, num_workers=2)
     path = run_dir.with_suffix(".yaml")
     path.write_text(yaml.safe_dump(cfg))
     return path
@@ -216,7 +216,7 @@ def step_pretrain(c: Check) -> dict:
     world = 2 if c.dry else max(1, c.n_gpus)
     grad_accum = world * math.ceil((2 if c.dry else 8) / world)  # a multiple of the process count
     backend = "gloo" if c.dry else "nccl" if world > 1 else "none (one GPU: one process)"
-    out = {"grad_accum": grad_accum, "processes": world, "backend": backend}
+    out = {"grad_accum": grad_accum, "processes": world, "backend": backend, "loader_workers": 0 if c.dry else 2}
     one = c.work / "pretrain_1"
     out["single"] = {**c.spgpt("pretrain", "--config", str(_train_config(c, corpus, one, grad_accum))),
                      **_training_numbers(one)}
