@@ -14,7 +14,6 @@ node sees, as the slides themselves must be. Process start-up and rendezvous are
 
 from __future__ import annotations
 
-import logging
 import shutil
 import time
 from pathlib import Path
@@ -31,7 +30,6 @@ from .pp.counts import with_counts
 from .progress import Progress
 from .tl._embed import context_genes, embed, embed_arrays, prepare_slide, store_embedding
 
-log = logging.getLogger(__name__)
 SHARD_DIR = ".spgpt_shards"
 
 
