@@ -298,3 +298,18 @@ def test_torchrun_two_processes_match_single_process(corpus_dir, tmp_path):
         for k in ("gep", "geps_intra", "geps_inter"):
             assert a[s][k] == pytest.approx(b[s][k], rel=1e-3), (s, k)
     assert json.loads((tmp_path / "two" / "model" / "metadata.json").read_text())["training"]["world_size"] == 2
+
+
+def test_loader_workers_build_the_same_batches(corpus_dir, tmp_path):
+    """num_workers > 0 moves batch building into DataLoader processes; the run is unchanged."""
+    pretrain(_cfg(corpus_dir, tmp_path / "w0", max_steps=4, eval_every=0))
+    pretrain(_cfg(corpus_dir, tmp_path / "w2", max_steps=4, eval_every=0, num_workers=2))
+    a = [r for r in _losses(tmp_path / "w0") if "gep" in r]
+    b = [r for r in _losses(tmp_path / "w2") if "gep" in r]
+    assert [r["step"] for r in a] == [r["step"] for r in b] == [1, 2, 3, 4]
+    for x, y in zip(a, b):
+        assert x["tokens_seen"] == y["tokens_seen"]
+        for k in ("gep", "geps_intra", "geps_inter"):
+            assert x[k] == pytest.approx(y[k], rel=1e-6), k
+    with pytest.raises(ConfigError, match="num_workers"):
+        TrainConfig(num_workers=-1)

@@ -29,3 +29,11 @@ def choose_device(device: str | torch.device | None, model=None) -> torch.device
         return resolve_device(device)
     dev = getattr(model, "device", None)
     return dev if isinstance(dev, torch.device) else torch.device("cpu")
+
+
+def out_of_memory(what: str, device, knobs: str) -> InputError:
+    """The message for a CUDA out-of-memory error: what ran out and which options make it fit.
+
+    Raised ``from`` the torch error, so ``SPGPT_DEBUG=1`` still shows torch's own account."""
+    return InputError(f"the {device} device ran out of memory while {what}; lower {knobs} and run again "
+                      "(or use --device cpu, slower but bounded by the machine's memory)")

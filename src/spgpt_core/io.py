@@ -216,8 +216,11 @@ def _finite_coordinates(xy: np.ndarray, where: str) -> np.ndarray:
     return xy
 
 
-def iter_row_chunks(adata: anndata.AnnData, chunk_size: int = 4096) -> Iterator[tuple[int, int, sp.csr_matrix]]:
-    """Yield ``(start, stop, X[start:stop])`` as float32 CSR, reading one chunk at a time (also when backed)."""
+def iter_row_chunks(adata: anndata.AnnData, chunk_size: int = 4096, first: int = 0,
+                    last: int | None = None) -> Iterator[tuple[int, int, sp.csr_matrix]]:
+    """Yield ``(start, stop, X[start:stop])`` as float32 CSR, reading one chunk at a time (also when backed).
+
+    ``first`` / ``last``: only rows ``first..last-1`` (a share of the slide, e.g. one rank's)."""
     if chunk_size < 1:
         raise InputError(f"chunk_size must be at least 1, got {chunk_size}.")
     X = adata.X
@@ -225,8 +228,9 @@ def iter_row_chunks(adata: anndata.AnnData, chunk_size: int = 4096) -> Iterator[
         raise InputError("The slide has no expression matrix (adata.X is None); put the counts in X.")
     if sp.issparse(X) and X.format == "csc":
         X = X.tocsr()  # row slices of CSC are slow; converting keeps it sparse
-    for start in range(0, adata.n_obs, chunk_size):
-        stop = min(start + chunk_size, adata.n_obs)
+    last = adata.n_obs if last is None else min(last, adata.n_obs)
+    for start in range(first, last, chunk_size):
+        stop = min(start + chunk_size, last)
         yield start, stop, sp.csr_matrix(X[start:stop], dtype=np.float32)
 
 

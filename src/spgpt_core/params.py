@@ -99,10 +99,15 @@ class MappingConfig(Config):
     density_prior: str = option("rna_count_based", "--density-prior", "Tangram density prior of the spots",
                                 choices=DENSITY_PRIORS)
     seed: int = option(0, "--seed", "seed of the mapping's start and every subsample", type=int)
-    batch_size: int = option(64, "--batch-size", "embedding batch size", type=int)
+    batch_size: int = option(64, "--batch-size", "embedding batch size (cells); lower it on a GPU out-of-memory "
+                             "error", type=int)
+    max_seq_len: int | None = option(None, "--max-seq-len", "at most this many tokens (<cls> + genes) per cell "
+                                     "when embedding, below the model's context; lower it on a GPU out-of-memory "
+                                     "error (default: the model's)", type=int, metavar="TOKENS")
 
     def __post_init__(self):
         _at_least("embedding_weight", self.embedding_weight, 0)
+        _at_least("max_seq_len", self.max_seq_len, 2)
         _at_least("num_epochs", self.num_epochs, 1, ": the mapping needs at least 1 epoch")
         _at_least("batch_size", self.batch_size, 1)
         if self.density_prior not in DENSITY_PRIORS:
@@ -186,7 +191,11 @@ class DomainsConfig(Config):
                                   "first, as the paper does (0 = zero-shot)", type=int, metavar="EPOCHS")
     finetune_lr: float = option(1e-3, "--lr", "fine-tuning learning rate", type=float)
     max_context: int = option(128, "--max-context", "expressed genes per cell while fine-tuning", type=int)
-    batch_size: int = option(64, "--batch-size", "cells per embedding batch", type=int)
+    batch_size: int = option(64, "--batch-size", "cells per embedding batch; lower it on a GPU out-of-memory error",
+                             type=int)
+    max_seq_len: int | None = option(None, "--max-seq-len", "at most this many tokens (<cls> + genes) per cell "
+                                     "when embedding, below the model's context; lower it on a GPU out-of-memory "
+                                     "error (default: the model's)", type=int, metavar="TOKENS")
     drop_empty: bool = option(False, "--drop-empty", "leave out spots that express no model gene (no domain) "
                               "instead of refusing the slide")
     seed: int = option(0, "--seed", "seed of binning ties, fine-tuning and clustering", type=int)
@@ -210,6 +219,7 @@ class DomainsConfig(Config):
         _at_least("finetune_epochs", self.finetune_epochs, 0, ": pass 0 (zero-shot) or a positive number of epochs")
         _at_least("batch_size", self.batch_size, 1)
         _at_least("max_context", self.max_context, 1)
+        _at_least("max_seq_len", self.max_seq_len, 2)
 
 
 # -------------------------------------------------------------------------------- the CLI

@@ -48,8 +48,11 @@ def add_counts_arg(p: argparse.ArgumentParser, reference: bool = False, several:
                    + ". The output keeps the input's X")
 
 
-def add_input_args(p: argparse.ArgumentParser) -> None:
-    p.add_argument("input", help="slide: .h5ad file or SpatialData .zarr directory")
+def add_input_args(p: argparse.ArgumentParser, several: bool = False) -> None:
+    if several:
+        p.add_argument("input", nargs="+", help="slides: .h5ad files or SpatialData .zarr directories")
+    else:
+        p.add_argument("input", help="slide: .h5ad file or SpatialData .zarr directory")
     add_store_args(p)
     add_counts_arg(p)
     p.add_argument("--gene-col", help="var column holding gene symbols (default: chosen automatically)")
@@ -67,6 +70,15 @@ def read_input(args, backed: bool):
 
     return read_slide(args.input, table=getattr(args, "table", None),
                       coordinate_system=getattr(args, "coordinate_system", None), backed=backed)
+
+
+def add_memory_args(p: argparse.ArgumentParser) -> None:
+    """The two knobs of the model's memory: cells per batch and tokens per cell."""
+    p.add_argument("--batch-size", type=positive_int, default=64,
+                   help="cells per batch at full context; lower it on a GPU out-of-memory error (default: %(default)s)")
+    p.add_argument("--max-seq-len", type=positive_int, default=None, metavar="TOKENS",
+                   help="at most this many tokens (<cls> + expressed genes) per cell, below the model's context; "
+                        "attention memory grows with its square (default: the model's context)")
 
 
 def add_hvg_arg(p: argparse.ArgumentParser) -> None:

@@ -15,8 +15,8 @@ from pathlib import Path
 from ..errors import InputError
 from ..params import DeconvolveConfig, ImputeConfig, add_options, from_args
 from ..progress import TqdmProgress
-from ._common import (add_counts_arg, add_hvg_arg, add_input_args, add_model_args, add_output_args, n_top_genes,
-                      positive_int, read_input)
+from ._common import (add_counts_arg, add_hvg_arg, add_input_args, add_memory_args, add_model_args, add_output_args,
+                      n_top_genes, positive_int, read_input)
 
 
 def _csv(text: str | None) -> list[str] | None:
@@ -75,7 +75,7 @@ def cmd_integrate(args) -> None:
     t0 = time.time()
     adata = tl.integrate(slides, args.model, batch_names=names, batch_key=args.batch_key, modality_key=args.modality_key,
                          modalities=mods, gene_cols=gene_cols, key_added=args.key_added, n_top_genes=n_top_genes(args),
-                         batch_size=args.batch_size,
+                         batch_size=args.batch_size, max_seq_len=args.max_seq_len,
                          seed=args.seed, device=args.device, n_clusters=args.n_clusters, resolution=args.resolution,
                          counts_layers=counts_layers, progress=_progress(args, "cell"))
     write_h5ad(adata, out, overwrite=args.overwrite)
@@ -258,7 +258,7 @@ def register(sub) -> None:
     g.add_argument("--n-clusters", type=positive_int, help="also cluster the joint embedding into K clusters (Leiden)")
     g.add_argument("--resolution", type=float, help="also cluster at this Leiden resolution")
     p.add_argument("--label-key", help="obs column to colour the UMAP by as well (with --plot)")
-    p.add_argument("--batch-size", type=int, default=64)
+    add_memory_args(p)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--plot", action="store_true", help="also write OUT.png: UMAP coloured by batch, modality, clusters")
     p.set_defaults(func=cmd_integrate)

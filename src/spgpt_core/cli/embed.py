@@ -6,36 +6,23 @@ Heavy modules are imported inside each command so ``spgpt --help`` stays fast.
 from __future__ import annotations
 
 import json
-import time
 from pathlib import Path
 
 from ..progress import TqdmProgress
-from ._common import (add_hvg_arg, add_input_args, add_model_args, add_output_args, n_top_genes, positive_int,
-                      read_input)
+from ._common import add_hvg_arg, add_input_args, add_memory_args, add_model_args, add_output_args, n_top_genes, positive_int
 
 
 def cmd_embed(args) -> None:
-    from .. import tl
-    from ..checkpoint.pretrained import load_model
-    from ..output import _check_free, write_results
+    from ..cohort import embed_cohort
+    from ..distributed import dist_info
 
-
-    _check_free(Path(args.out), args.overwrite)  # fail before the long work, not after
-    adata = read_input(args, backed=True)
-    model = load_model(args.model, device=args.device)
-    t0 = time.time()
-    tl.embed(adata, model, key_added=args.key_added, gene_col=args.gene_col, modality=args.modality,
-             n_top_genes=n_top_genes(args), batch_size=args.batch_size, seed=args.seed, empty="drop" if args.drop_empty else "error",
-             counts_layer=args.counts_layer, progress=TqdmProgress(disable=args.quiet, unit="cell"))
-    info = adata.uns[args.key_added]
-    obs = {f"{args.key_added}_empty": adata.obs[f"{args.key_added}_empty"]} if f"{args.key_added}_empty" in adata.obs else {}
-    write_results(adata, args.out, input_path=args.input, obsm={args.key_added: adata.obsm[args.key_added]},
-                  obs=obs, uns={args.key_added: info}, overwrite=args.overwrite)
-    gm = info["gene_match"]
-    used = info["summary"]["n_genes_used"]
-    hv = f", the {used:,} most variable used" if used < gm["n_matched"] else ""
-    print(f"embedded {adata.n_obs:,} cells with {gm['n_matched']:,}/{gm['n_total']:,} matched genes{hv} "
-          f"({info['params']['modality']}) in {time.time() - t0:.1f}s -> {args.out} obsm['{args.key_added}']")
+    # one slide, or many (one output each); under torchrun the cells are shared out over the ranks
+    embed_cohort(args.input, args.out, model=args.model, device=args.device, key_added=args.key_added,
+                 gene_col=args.gene_col, modality=args.modality, n_top_genes=n_top_genes(args),
+                 batch_size=args.batch_size, max_seq_len=args.max_seq_len, seed=args.seed,
+                 empty="drop" if args.drop_empty else "error", counts_layer=args.counts_layer, table=args.table,
+                 coordinate_system=args.coordinate_system, overwrite=args.overwrite,
+                 progress=TqdmProgress(disable=args.quiet or dist_info()[0] != 0, unit="cell"))
 
 
 def cmd_cluster(args) -> None:
@@ -78,13 +65,18 @@ def cmd_info(args) -> None:
 def register(sub) -> None:
 
     p = sub.add_parser("embed", help="zero-shot spot/cell embeddings", description="Embed every cell/spot of a slide "
-                       "with the model; writes a new .h5ad with obsm[KEY] (L2-normalised <cls> states).")
-    add_input_args(p)
+                       "with the model; writes a new .h5ad with obsm[KEY] (L2-normalised <cls> states). Several "
+                       "slides: --out DIR gets one <slide>_embedded.h5ad each. Under torchrun (torchrun "
+                       "--nproc_per_node=N -m spgpt_core.cli embed ...) the cells are shared out over the processes "
+                       "and the result equals a one-process run.")
+    add_input_args(p, several=True)
     add_model_args(p)
-    add_output_args(p)
+    p.add_argument("--out", required=True, help="output .h5ad for one slide, or a folder (one <slide>_embedded.h5ad "
+                   "per slide; the inputs are never modified)")
+    p.add_argument("--overwrite", action="store_true", help="replace outputs that exist")
     p.add_argument("--key-added", default="X_spgpt", help="obsm key for the embedding (default: %(default)s)")
     add_hvg_arg(p)
-    p.add_argument("--batch-size", type=int, default=64, help="cells per batch at full context (default: %(default)s)")
+    add_memory_args(p)
     p.add_argument("--seed", type=int, default=0, help="seed for binning ties and gene subsampling (default: 0)")
     p.add_argument("--drop-empty", action="store_true", help="leave cells with no expressed vocabulary gene out "
                    "(NaN rows, flagged in obs) instead of stopping with an error")

@@ -28,7 +28,7 @@ def cmd_corpus_build(args) -> None:
 
 def cmd_pretrain(args) -> None:
     from ..train import load_config, pretrain
-    from ..train.loop import dist_info
+    from ..distributed import dist_info
 
     cfg = load_config(args.config, args.overrides)
     rank = dist_info()[0]

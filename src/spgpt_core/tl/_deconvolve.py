@@ -148,7 +148,7 @@ def compute_proportions(spatial, reference, *, celltype_key: str, model="default
     if cfg.use_embeddings:
         G, S, _, model_info, timings["embedding_seconds"] = enriched_features(
             spatial, ref, train, E_sp, E_ref, model, spatial_rep=cfg.spatial_rep, reference_rep=cfg.reference_rep,
-            embedding_weight=cfg.embedding_weight, seed=cfg.seed, batch_size=cfg.batch_size, device=device,
+            embedding_weight=cfg.embedding_weight, seed=cfg.seed, batch_size=cfg.batch_size, max_seq_len=cfg.max_seq_len, device=device,
             progress=progress)
     else:
         G, S = E_sp, E_ref

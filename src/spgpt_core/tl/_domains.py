@@ -75,7 +75,8 @@ def domains(adata, model="default", *, config: DomainsConfig | None = None, gene
         **({"embedding_share": cfg.embedding_share} if cfg.features == "fused" else {}),
         **({"spatial_k": cfg.spatial_k} if cfg.spatial_weight > 0 else {}),
         **({"n_pcs": cfg.n_pcs} if use_rep != embedding_key else {}),
-        finetune_epochs=cfg.finetune_epochs, batch_size=cfg.batch_size, drop_empty=cfg.drop_empty,
+        finetune_epochs=cfg.finetune_epochs, batch_size=cfg.batch_size, max_seq_len=cfg.max_seq_len,
+        drop_empty=cfg.drop_empty,
         **({"finetune_lr": cfg.finetune_lr, "max_context": cfg.max_context} if cfg.finetune_epochs else {}))
     return adata
 
@@ -98,7 +99,8 @@ def _embed_for_domains(adata, work, model, cfg: DomainsConfig, *, gene_col, moda
     if progress is not None:
         progress.check()
     embed(work, model, key_added=embedding_key, gene_col=gene_col, modality=modality, n_top_genes=None,
-          batch_size=cfg.batch_size, seed=cfg.seed, empty="drop" if cfg.drop_empty else "error", progress=progress)
+          batch_size=cfg.batch_size, max_seq_len=cfg.max_seq_len, seed=cfg.seed,
+          empty="drop" if cfg.drop_empty else "error", progress=progress)
     record = work.uns[embedding_key]
     record["params"].update(n_top_genes=n_top_genes, counts_layer=counts_layer)
     record["gene_match"] = match.to_dict()  # the whole slide's genes, as tl.embed records them

@@ -198,7 +198,7 @@ def compute_imputation(spatial, reference, *, genes=None, all_missing: bool = Fa
         G, S, H_ref, model_info, timings["embedding_seconds"] = enriched_features(
             spatial, reference, train, E_sp, E_ref, model, spatial_rep=cfg.spatial_rep,
             reference_rep=cfg.reference_rep, embedding_weight=cfg.embedding_weight, seed=cfg.seed,
-            batch_size=cfg.batch_size, device=device, progress=progress)
+            batch_size=cfg.batch_size, max_seq_len=cfg.max_seq_len, device=device, progress=progress)
     else:
         H_ref = None
         G, S = E_sp, E_ref

@@ -75,8 +75,8 @@ def shared_vocab_genes(slides, vocab, gene_cols) -> tuple[np.ndarray, list]:
 
 def integrate(slides, model="default", *, batch_names=None, batch_key: str = "batch", modality_key: str = "modality",
               modalities=None, gene_cols=None, key_added: str = "X_spgpt", n_top_genes: int | None = DEFAULT_N_TOP_GENES,
-              batch_size: int = 64, seed: int = 0, device: str | None = None, empty: str = "drop",
-              counts_layers=None, layer: int = -1, n_clusters: int | None = None, resolution: float | None = None,
+              batch_size: int = 64, max_seq_len: int | None = None, seed: int = 0, device: str | None = None,
+              empty: str = "drop", counts_layers=None, layer: int = -1, n_clusters: int | None = None, resolution: float | None = None,
               cluster_key: str = "spgpt_cluster", progress: Progress | None = None):
     """Embed ``slides`` (AnnData list) jointly on their shared genes; returns a **new** concatenated AnnData
     (the inputs are not modified).
@@ -86,6 +86,7 @@ def integrate(slides, model="default", *, batch_names=None, batch_key: str = "ba
     ``counts_layers``: the layer holding each slide's raw counts (one name for all, or one per slide;
     None: ``X``), for slides whose ``X`` is normalised; the output's ``X`` holds those counts.
     ``layer``: the transformer layer whose ``<cls>`` state is the embedding (-1: the final one).
+    ``batch_size`` / ``max_seq_len``: cells per batch and tokens per cell (memory; see :func:`embed`).
     ``n_clusters`` / ``resolution``: also cluster the embedding (Leiden, :func:`spgpt_core.tl.cluster`)
     into ``obs[cluster_key]``."""
     slides = list(slides)
@@ -122,7 +123,7 @@ def integrate(slides, model="default", *, batch_names=None, batch_key: str = "ba
     embs, empties, coords, slide_info = [], [], [], {}
     for name, a, m, mod, part in zip(names, slides, matches, modalities, parts):
         emb, prep = compute_embedding(part, model, modality=mod, empty=empty, seed=seed, batch_size=batch_size, layer=layer,
-                          progress=progress)
+                                      max_seq_len=max_seq_len, progress=progress)
         part.obs[modality_key] = prep.modality.name
         part.obs[batch_key] = name
         embs.append(emb)
@@ -148,7 +149,7 @@ def integrate(slides, model="default", *, batch_names=None, batch_key: str = "ba
     out.uns[key_added] = run_record(
         {"batch_key": batch_key, "modality_key": modality_key, "batch_names": names, "gene_cols": gene_cols,
          "modalities": modalities, "counts_layers": counts_layers, "n_top_genes": n_top_genes,
-         "batch_size": batch_size, "seed": seed, "empty": empty, "layer": layer},
+         "batch_size": batch_size, "max_seq_len": max_seq_len, "seed": seed, "empty": empty, "layer": layer},
         model=model, n_shared_genes=int(len(ids)), n_genes_used=int(hv.sum()) if hv is not None else int(len(ids)), slides=slide_info, seconds=round(time.time() - t0, 2))
     if n_clusters is not None or resolution is not None:
         cluster(out, use_rep=key_added, n_clusters=n_clusters, resolution=resolution, key_added=cluster_key, seed=seed)

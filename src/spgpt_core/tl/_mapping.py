@@ -290,7 +290,7 @@ def column_cosine(pred: np.ndarray, obs: np.ndarray) -> np.ndarray:
 
 
 def embed_rows(adata, idx_genes: np.ndarray, model, *, rep: str | None, what: str, seed: int, batch_size: int,
-               progress: Progress | None) -> np.ndarray:
+               progress: Progress | None, max_seq_len: int | None = None) -> np.ndarray:
     """Embeddings of ``adata``'s rows: ``obsm[rep]`` if given, else the model on the selected genes only."""
     if rep is not None:
         if rep not in adata.obsm:
@@ -302,14 +302,15 @@ def embed_rows(adata, idx_genes: np.ndarray, model, *, rep: str | None, what: st
         return emb
     sub = adata[:, idx_genes]
     sub = sub.to_memory() if sub.isbacked else sub.copy()
-    emb, prep = compute_embedding(sub, model, empty="drop", seed=seed, batch_size=batch_size, progress=progress)
+    emb, prep = compute_embedding(sub, model, empty="drop", seed=seed, batch_size=batch_size, max_seq_len=max_seq_len,
+                                  progress=progress)
     log.info("%s embedding: %s", what, prep.match.report())
     return emb
 
 
 def enriched_features(spatial, reference, train: SharedGenes, E_sp: np.ndarray, E_ref: np.ndarray, model, *,
                       spatial_rep: str | None, reference_rep: str | None, embedding_weight: float | None, seed: int,
-                      batch_size: int, device=None, progress: Progress | None = None):
+                      batch_size: int, max_seq_len: int | None = None, device=None, progress: Progress | None = None):
     """The enriched feature matrices H'_s, H'_c of Eq. 13: expression blocks with the scaled embeddings beside.
 
     Embeddings come from ``obsm`` when both reps are named, else from ``model`` (loaded once) on the
@@ -320,9 +321,9 @@ def enriched_features(spatial, reference, train: SharedGenes, E_sp: np.ndarray, 
         mdl = load_model(model, device=device)
         model_info = mdl.describe()
     H_sp = embed_rows(spatial, train.a_idx, mdl, rep=spatial_rep, what="slide", seed=seed, batch_size=batch_size,
-                      progress=progress)
+                      max_seq_len=max_seq_len, progress=progress)
     H_ref = embed_rows(reference, train.b_idx, mdl, rep=reference_rep, what="reference", seed=seed,
-                       batch_size=batch_size, progress=progress)
+                       batch_size=batch_size, max_seq_len=max_seq_len, progress=progress)
     if H_sp.shape[1] != H_ref.shape[1]:
         raise InputError(f"slide and reference embeddings differ in width ({H_sp.shape[1]} vs {H_ref.shape[1]}); "
                          "embed both with the same model")

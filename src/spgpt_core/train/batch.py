@@ -15,6 +15,7 @@ tokeniser, so a batch is a pure function of its position in the run (exact resum
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from dataclasses import dataclass
 
 import numpy as np
@@ -107,7 +108,11 @@ def make_batch(corpus: Corpus, patch: Patch, cfg, model_cfg, gene_means: np.ndar
             if len(ok):
                 ok = rng.permutation(ok)[: max(E - n_q, 1)]
                 c_genes, c_vals = tg[ok], tv[ok]
-        zeros = np.setdiff1d(panel, rows_g[r])  # genes of the panel this cell does not express at all
+        # genes of the panel this cell does not express at all (sorted, as np.setdiff1d gives them, but
+        # a mask over the panel: setdiff1d's sorting was a third of the loader's time)
+        unexpressed = np.ones(len(panel), dtype=bool)
+        unexpressed[slide.panel_index[rows_g[r]]] = False
+        zeros = panel[unexpressed]
         n_z = min(n_q if n_q else 1, len(zeros))
         z = rng.choice(zeros, size=n_z, replace=False) if n_z else np.zeros(0, np.int64)
         ctx.append((c_genes, c_vals))
@@ -131,3 +136,31 @@ def make_batch(corpus: Corpus, patch: Patch, cfg, model_cfg, gene_means: np.ndar
     return Batch(torch.from_numpy(genes), torch.from_numpy(values), torch.from_numpy(cpad), torch.from_numpy(qg),
                  torch.from_numpy(qpad), torch.from_numpy(qt), torch.full((B,), mod, dtype=torch.long), coords,
                  int((~cpad).sum() + (~qpad).sum()))
+
+
+class EpochBatches(torch.utils.data.Dataset):
+    """One rank's micro-batches of one epoch: batch i is ``make_batch`` of patch i with the key
+    ``[seed, epoch, i * world + rank]``. A pure function of i, so data-loader worker processes that
+    build batches ahead of the model change nothing in the run."""
+
+    def __init__(self, corpus: Corpus, patches: list[Patch], cfg, model_cfg, gene_means: np.ndarray, *, seed: int,
+                 epoch: int, rank: int = 0, world: int = 1):
+        self.corpus, self.patches, self.cfg, self.model_cfg, self.gene_means = corpus, patches, cfg, model_cfg, gene_means
+        self.seed, self.epoch, self.rank, self.world = seed, epoch, rank, world
+
+    def __len__(self) -> int:
+        return len(self.patches)
+
+    def __getitem__(self, i: int) -> Batch:
+        return make_batch(self.corpus, self.patches[i], self.cfg, self.model_cfg, self.gene_means,
+                          [self.seed, self.epoch, i * self.world + self.rank])
+
+
+def batch_stream(batches: EpochBatches, first: int = 0, num_workers: int = 0) -> Iterator[Batch]:
+    """Batches ``first..`` in order: built in this process (0 workers) or by ``num_workers`` processes
+    ahead of the model (torch's DataLoader; each worker is one more CPU core feeding the GPU)."""
+    if num_workers == 0:
+        return (batches[i] for i in range(first, len(batches)))
+    loader = torch.utils.data.DataLoader(batches, batch_size=None, sampler=range(first, len(batches)),
+                                         num_workers=num_workers, prefetch_factor=4)
+    return iter(loader)

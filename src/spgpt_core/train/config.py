@@ -54,6 +54,7 @@ class TrainConfig:
     checkpoint_every: int = 100  # optimizer steps
     keep_checkpoints: int = 3
     num_threads: int = 0  # torch threads per process (0 = torch default)
+    num_workers: int = 0  # data-loader processes building batches ahead of the model (0 = in the training process)
 
     def __post_init__(self):
         self.validate()
@@ -85,6 +86,8 @@ class TrainConfig:
         weights = [self.w_gep, self.w_geps_intra, self.w_geps_inter, self.w_ecs, self.w_moe_balance]
         if any(w < 0 for w in weights) or sum(weights[:3]) == 0:
             problems.append("loss weights must be >= 0 and at least one of w_gep / w_geps_* > 0")
+        if self.num_workers < 0 or self.num_threads < 0:
+            problems.append("num_workers and num_threads must be >= 0")
         if self.log_every < 1 or self.checkpoint_every < 1 or self.eval_every < 0 or self.keep_checkpoints < 1:
             problems.append("log_every, checkpoint_every, keep_checkpoints must be >= 1 and eval_every >= 0")
         if problems:

@@ -172,27 +172,30 @@ def build_corpus(slides: list[SlideSpec], out: str | Path, *, vocab=None, val_fr
                     progress.update()
                     continue
                 ids = np.where(keep_genes, match.vocab_ids, -1)
-                indptr, genes, values = [np.zeros(1, dtype=np.int64)], [], []
-                for start, stop, X in iter_row_chunks(adata):
-                    X = X[keep_cells[start:stop]].tocsr()
-                    X.eliminate_zeros()
-                    rows = np.repeat(np.arange(X.shape[0]), np.diff(X.indptr))
-                    g = ids[X.indices]
-                    ok = g >= 0
-                    genes.append(g[ok].astype(np.int32))
-                    values.append((X.data[ok] / stats.nonzero_mean).astype(np.float32))
-                    indptr.append(indptr[-1][-1] + np.cumsum(np.bincount(rows[ok], minlength=X.shape[0])))
-                genes_a = np.concatenate(genes) if genes else np.zeros(0, np.int32)
-                values_a = np.concatenate(values) if values else np.zeros(0, np.float32)
-                np.add.at(gsum, genes_a, values_a.astype(np.float64))
-                np.add.at(gcnt, genes_a, 1)
-                coords = get_coordinates(adata)
-                coords = coords[keep_cells] if coords is not None else None
                 d = tmp / "slides" / sid
                 d.mkdir(parents=True)
+                # the expressed entries go to disk chunk by chunk: memory stays bounded by a chunk, not the slide
+                indptr, nnz = [np.zeros(1, dtype=np.int64)], 0
+                with open(d / "genes.bin", "wb") as fg, open(d / "values.bin", "wb") as fv:
+                    for start, stop, X in iter_row_chunks(adata):
+                        X = X[keep_cells[start:stop]].tocsr()
+                        X.eliminate_zeros()
+                        rows = np.repeat(np.arange(X.shape[0]), np.diff(X.indptr))
+                        g = ids[X.indices]
+                        ok = g >= 0
+                        g = g[ok].astype(np.int32)
+                        v = (X.data[ok] / stats.nonzero_mean).astype(np.float32)
+                        fg.write(g.tobytes())
+                        fv.write(v.tobytes())
+                        gsum += np.bincount(g, weights=v.astype(np.float64), minlength=len(vocab))
+                        gcnt += np.bincount(g, minlength=len(vocab))
+                        nnz += len(g)
+                        indptr.append(indptr[-1][-1] + np.cumsum(np.bincount(rows[ok], minlength=X.shape[0])))
+                _bin_to_npy(d / "genes.bin", np.int32, nnz)
+                _bin_to_npy(d / "values.bin", np.float32, nnz)
+                coords = get_coordinates(adata)
+                coords = coords[keep_cells] if coords is not None else None
                 np.save(d / "indptr.npy", np.concatenate(indptr).astype(np.int64))
-                np.save(d / "genes.npy", genes_a)
-                np.save(d / "values.npy", values_a)
                 np.save(d / "panel.npy", np.unique(ids[ids >= 0]).astype(np.int32))
                 if coords is not None:
                     np.save(d / "coords.npy", coords.astype(np.float64))
@@ -204,7 +207,7 @@ def build_corpus(slides: list[SlideSpec], out: str | Path, *, vocab=None, val_fr
                                 "modality_reason": reason, "n_cells": n, "n_cells_input": int(adata.n_obs),
                                 "n_genes": int((ids >= 0).sum()), "n_val": int(split.sum()),
                                 "has_coords": coords is not None, "gene_match": match.report(),
-                                "nnz": int(len(genes_a))})
+                                "nnz": nnz})
                 log.info("%s: %d cells, %d genes (%s)", sid, n, entries[-1]["n_genes"], mod.name)
                 progress.update()
             if not entries:
@@ -227,6 +230,19 @@ def build_corpus(slides: list[SlideSpec], out: str | Path, *, vocab=None, val_fr
     return out
 
 
+def _bin_to_npy(raw: Path, dtype, n: int, block: int = 1 << 24) -> None:
+    """Turn a raw array file into NAME.npy (memory-mapped copy in blocks), then remove the raw file."""
+    out = np.lib.format.open_memmap(raw.with_suffix(".npy"), mode="w+", dtype=dtype, shape=(n,))
+    if n:
+        src = np.memmap(raw, dtype=dtype, mode="r", shape=(n,))
+        for i in range(0, n, block):
+            out[i:i + block] = src[i:i + block]
+        del src
+    out.flush()
+    del out
+    raw.unlink()
+
+
 @dataclass
 class CorpusSlide:
     slide_id: str
@@ -245,6 +261,13 @@ class CorpusSlide:
     def cell(self, i: int) -> tuple[np.ndarray, np.ndarray]:
         a, b = self.indptr[i], self.indptr[i + 1]
         return self.genes[a:b], self.values[a:b]
+
+    @functools.cached_property
+    def panel_index(self) -> np.ndarray:
+        """Vocabulary id -> position in ``panel`` (-1: not measured); every stored gene is in the panel."""
+        index = np.full(int(self.panel.max()) + 1 if len(self.panel) else 0, -1, dtype=np.int64)
+        index[self.panel] = np.arange(len(self.panel))
+        return index
 
     @functools.cached_property
     def count_unit(self) -> float | None:

@@ -17,7 +17,6 @@ from __future__ import annotations
 import contextlib
 import json
 import logging
-import os
 import time
 from pathlib import Path
 
@@ -26,12 +25,13 @@ import torch
 from torch.nn.parallel import DistributedDataParallel as DDP
 
 from ..atomic import atomic_path
-from .batch import make_batch
+from .batch import EpochBatches, batch_stream, make_batch
 from ..checkpoint.pretrained import SpGPT, load_model
 from ..checkpoint.spec import parse_random_spec
 from .config import TrainConfig
 from .corpus import Corpus
-from ..device import resolve_device
+from ..device import out_of_memory
+from ..distributed import close, init_distributed
 from ..errors import ConfigError, InputError
 from .gene_init import init_gene_embeddings
 from ..model import ecs_loss, masked_mse
@@ -41,26 +41,6 @@ from .sampler import PatchSampler
 
 log = logging.getLogger(__name__)
 LOSS_TERMS = ("gep", "geps_intra", "geps_inter", "ecs", "moe_balance")
-
-
-# ---------------------------------------------------------------------------------------------
-# distributed helpers
-
-
-def dist_info() -> tuple[int, int, int]:
-    """(rank, world size, local rank) from torchrun's environment, (0, 1, 0) otherwise."""
-    return int(os.environ.get("RANK", 0)), int(os.environ.get("WORLD_SIZE", 1)), int(os.environ.get("LOCAL_RANK", 0))
-
-
-def _init_distributed(device_pref: str) -> tuple[int, int, torch.device]:
-    rank, world, local = dist_info()
-    device = resolve_device(device_pref)
-    if device.type == "cuda":
-        device = torch.device("cuda", local)
-        torch.cuda.set_device(device)
-    if world > 1 and not torch.distributed.is_initialized():
-        torch.distributed.init_process_group(backend="nccl" if device.type == "cuda" else "gloo")
-    return rank, world, device
 
 
 def _all_reduce_sum(t: torch.Tensor, world: int) -> torch.Tensor:
@@ -94,7 +74,7 @@ class Trainer:
     def __init__(self, cfg: TrainConfig, model=None, corpus: Corpus | None = None, progress: Progress | None = None):
         self.cfg = cfg
         self.progress = ensure_progress(progress)
-        self.rank, self.world, self.device = _init_distributed(cfg.device)
+        self.rank, self.world, self.device = init_distributed(cfg.device)
         if cfg.num_threads:
             torch.set_num_threads(cfg.num_threads)
         if cfg.grad_accum % self.world:
@@ -248,6 +228,17 @@ class Trainer:
 
     def train(self):
         """Run (or continue) training; returns the trained :class:`SpGPT` (also saved to run_dir/model)."""
+        try:
+            return self._train()
+        except torch.OutOfMemoryError as e:  # CUDA: say which knobs shrink a step instead of torch's dump
+            c = self.cfg
+            raise out_of_memory(
+                f"training on patches of {c.patch_size} cells with up to {c.max_context} expressed genes each",
+                self.device, f"max_context (now {c.max_context}; `spgpt finetune` / `spgpt domains`: --max-context) "
+                f"or patch_size (now {c.patch_size}; cells per micro-batch), and raise grad_accum to keep the step size"
+            ) from e
+
+    def _train(self):
         cfg = self.cfg
         if self.rank == 0:
             self.run_dir.mkdir(parents=True, exist_ok=True)
@@ -268,6 +259,9 @@ class Trainer:
         while self.epoch < cfg.epochs and not done:
             patches = self.train_sampler.rank_patches(self.epoch, self.rank, self.world)
             steps = len(patches) // self.accum
+            batches = EpochBatches(self.corpus, patches[: steps * self.accum], cfg, self.model.config, self.gene_means,
+                                   seed=cfg.seed, epoch=self.epoch, rank=self.rank, world=self.world)
+            stream = batch_stream(batches, self.step_in_epoch * self.accum, cfg.num_workers)
             while self.step_in_epoch < steps:
                 self.progress.check()
                 t0 = time.perf_counter()
@@ -278,10 +272,7 @@ class Trainer:
                 step_terms = torch.zeros(len(LOSS_TERMS), dtype=torch.float64)
                 n_tok = 0
                 for j in range(self.accum):
-                    i = self.step_in_epoch * self.accum + j
-                    key = [cfg.seed, self.epoch, i * self.world + self.rank]
-                    batch = make_batch(self.corpus, patches[i], cfg, self.model.config, self.gene_means, key)
-                    batch = batch.to(self.device)
+                    batch = next(stream).to(self.device)
                     sync = j == self.accum - 1 or self.world == 1
                     # DDP all-reduces gradients only on the last micro-batch of the step
                     ctx = self.net.no_sync() if (self.world > 1 and not sync) else contextlib.nullcontext()
@@ -361,6 +352,5 @@ def pretrain(cfg: TrainConfig, resume: bool = False, progress: Progress | None =
     try:
         return trainer.train()
     finally:
-        if trainer.world > 1 and torch.distributed.is_initialized():
-            torch.distributed.destroy_process_group()
+        close(trainer.world)
 
