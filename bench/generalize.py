@@ -2,6 +2,7 @@
 strongest simple baselines computed in the same run.
 
     python bench/generalize.py --set dev  [--quick]   # every candidate pipeline: defaults are chosen here
+    python bench/generalize.py --set dev --top 10     # all seeds for the 10 best candidates of the first seed
     python bench/generalize.py --set test [--quick]   # the default, its ablations and the baselines, report only
 
 Every (slide, pipeline, seed) result is appended to bench/results/generalize_<set>.jsonl as it
@@ -155,6 +156,11 @@ def main(argv=None) -> None:
     ap.add_argument("--quick", action="store_true", help="first seed only")
     ap.add_argument("--model", default="default")
     ap.add_argument("--slides", help="comma-separated subset of the set's slide names")
+    ap.add_argument("--dev-best", type=int, default=3, help="test: also run the N best dev candidates (first seed) "
+                                                             "and the best fused one (default: %(default)s)")
+    ap.add_argument("--methods", help="comma-separated clusterings of the candidates to run (default: all)")
+    ap.add_argument("--top", type=int, help="dev: run every seed only for the N candidates with the best mean ARI "
+                                             "on the first seed (run --quick first)")
     args = ap.parse_args(argv)
     proto = yaml.safe_load(PROTOCOL.read_text())
     seeds = proto["seeds"][:1] if args.quick else proto["seeds"]
@@ -162,11 +168,22 @@ def main(argv=None) -> None:
     b = proto["baselines"]
     pipelines = baselines(b) + [{"pipeline": "spgpt default", "kind": "spgpt", **spgpt_config()}]
     if args.set == "dev":
-        pipelines += candidates(proto["candidates"])
-    else:  # the default and its ablations: the same pipeline on one block only
+        pipelines += [p for p in candidates(proto["candidates"])
+                      if not args.methods or p["method"] in args.methods.split(",")]
+        if args.top:
+            pipelines = [p for p in pipelines if p["kind"] == "baseline" or p["pipeline"] == "spgpt default"
+                         or p["pipeline"] in best_on_first_seed(RESULTS / "generalize_dev.jsonl", seeds[0], args.top,
+                                                                args.methods.split(",") if args.methods else None)]
+    else:  # the default, its ablations (the same pipeline on one block only) and the dev's best candidates
         d = spgpt_config()
         pipelines += [{"pipeline": describe({**d, "features": f}) + " [ablation]", "kind": "spgpt", **d,
                        "features": f} for f in ("embedding", "expression", "fused") if f != d["features"]]
+        dev = RESULTS / "generalize_dev.jsonl"
+        if dev.exists():  # chosen on dev (first seed), never on test numbers
+            best = best_on_first_seed(dev, proto["seeds"][0], args.dev_best)
+            fused = best_on_first_seed(dev, proto["seeds"][0], 1, features="fused")
+            known = {p["pipeline"]: p for p in candidates(proto["candidates"])}
+            pipelines += [{**known[name], "kind": "spgpt"} for name in dict.fromkeys(best + fused) if name in known]
     out = RESULTS / f"generalize_{args.set}.jsonl"
     done = set()
     if out.exists():
@@ -190,6 +207,17 @@ def main(argv=None) -> None:
             with out.open("a") as f:
                 f.write(json.dumps(row, default=float) + "\n")
     report(out, args)
+
+
+def best_on_first_seed(path: Path, seed: int, n: int, methods: list[str] | None = None,
+                       features: str | None = None) -> list[str]:
+    df = pd.DataFrame([json.loads(line) for line in path.read_text().splitlines()])
+    df = df[(df.kind == "spgpt") & (df.seed == seed) & (df.pipeline != "spgpt default")]
+    if methods:
+        df = df[df.method.isin(methods)]
+    if features:
+        df = df[df.features == features]
+    return df.groupby("pipeline")["ari"].mean().sort_values(ascending=False).head(n).index.tolist()
 
 
 def _markdown(df: pd.DataFrame) -> str:
@@ -218,9 +246,10 @@ def report(path: Path, args) -> None:
                                                        f"Command: `python bench/generalize.py --set {args.set}"
                                                        f"{' --quick' if args.quick else ''}`\n\n{text}\n")
     if args.set == "test":
-        commit = subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True, cwd=ROOT).stdout.strip()
+        git = lambda *a: subprocess.run(["git", *a], capture_output=True, text=True, cwd=ROOT).stdout.strip()  # noqa: E731
+        commit, dirty = git("rev-parse", "HEAD"), bool(git("status", "--porcelain", "--untracked-files=no"))
         with (RESULTS / "test_runs.jsonl").open("a") as f:
-            f.write(json.dumps({"commit": commit, "time": time.strftime("%Y-%m-%d %H:%M"), "model": args.model,
+            f.write(json.dumps({"commit": commit, "dirty": dirty, "time": time.strftime("%Y-%m-%d %H:%M"), "model": args.model,
                                 "quick": args.quick, "mean_ari": per["mean"].round(4).to_dict()}) + "\n")
 
 
