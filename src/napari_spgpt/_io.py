@@ -31,10 +31,12 @@ FAST_POINTS = 50_000
 
 AUTO = "auto"  # pick the image automatically
 NO_IMAGE = ""  # load no image
+VENDOR_IMAGE = "tissue image"  # an instrument folder's image, chosen by _load_vendor
 
 
 def kind_of(path: str | Path) -> str | None:
-    """'zarr' for a SpatialData store, 'h5ad' for an AnnData file, None for anything else."""
+    """'zarr' for a SpatialData store, 'h5ad' for an AnnData file, 'vendor' for an instrument's output
+    folder (Xenium, Visium HD, MERSCOPE, CosMx), None for anything else."""
     p = Path(str(path).rstrip("/\\"))
     if p.suffix.lower() == ".h5ad" and p.is_file():
         return "h5ad"
@@ -42,6 +44,11 @@ def kind_of(path: str | Path) -> str | None:
         # SpatialData stores hold element groups; a plain OME-Zarr image is left to other readers.
         if any((p / g).is_dir() for g in ("tables", "table")):
             return "zarr"
+        return None
+    if p.is_dir():
+        from spgpt_core.vendors import detect_layout  # the core's detection: one list of layouts
+
+        return "vendor" if detect_layout(p) is not None else None
     return None
 
 
@@ -82,8 +89,14 @@ def inspect_store(path: str | Path) -> StoreInfo:
     kind = kind_of(path)
     if kind is None:
         raise InputError(
-            f"Cannot open {path}: expected an AnnData .h5ad file or a SpatialData .zarr directory with a table."
+            f"Cannot open {path}: expected an AnnData .h5ad file, a SpatialData .zarr directory with a table or an "
+            "instrument's output folder (Xenium, Visium HD, MERSCOPE, CosMx)."
         )
+    if kind == "vendor":
+        from spgpt_core.vendors import detect_layout, visium_hd
+
+        tables = visium_hd.tables(path) if detect_layout(path) == "visium_hd" else []
+        return StoreInfo(path, kind, tables=tables, table_systems={}, images={"": [VENDOR_IMAGE]})
     if kind == "h5ad":
         import h5py
 
@@ -171,7 +184,7 @@ class LoadedSlide:
     adata: Any
     name: str
     source: str | None
-    kind: str  # 'h5ad' | 'zarr' | 'memory'
+    kind: str  # 'h5ad' | 'zarr' | 'vendor' | 'memory'
     table: str | None
     coordinate_system: str | None
     image: ImageData | None
@@ -213,11 +226,14 @@ def load_slide(
     kind = kind_of(path)
     if kind is None:
         raise InputError(
-            f"Cannot open {path}: expected an AnnData .h5ad file or a SpatialData .zarr directory with a table."
+            f"Cannot open {path}: expected an AnnData .h5ad file, a SpatialData .zarr directory with a table or an "
+            "instrument's output folder (Xenium, Visium HD, MERSCOPE, CosMx)."
         )
     name = name or path.stem
     if kind == "h5ad":
         return choose_counts(_load_h5ad(path, image=image, max_points=max_points, name=name))
+    if kind == "vendor":
+        return _load_vendor(path, table=table, image=image, max_points=max_points, name=name)
     return choose_counts(_load_zarr(path, table=table, coordinate_system=coordinate_system, image=image,
                                     max_points=max_points, name=name))
 
@@ -299,6 +315,50 @@ def _from_visium_layout(adata, *, name, image, max_points, source, kind, notes) 
     index, notes = _subsample(adata.n_obs, max_points, notes)
     yx = (xy_px if index is None else xy_px[index])[:, ::-1].copy()
     return LoadedSlide(adata, name, source, kind, None, None, img, to_px, diameter, index, yx, notes)
+
+
+def _load_vendor(path: Path, *, table, image, max_points, name) -> LoadedSlide:
+    """An instrument's folder: the table as the core reads it (µm), the tissue image via spatialdata_io.
+
+    The image stays lazy (dask, multiscale where the instrument wrote a pyramid); cells are placed
+    on it with the folder's own micrometre-to-pixel transform composed with the image's.
+    """
+    from spgpt_core import vendors
+    from spgpt_core.io import read_slide
+
+    adata = read_slide(path, table=table)
+    layout, notes = adata.uns["spgpt_source"]["layout"], []
+    to_px, img = np.eye(3), None
+    if image != NO_IMAGE and layout == "cosmx":
+        notes.append("CosMx images are one per field of view; the cells are shown without them.")
+    elif image != NO_IMAGE:
+        try:
+            img, to_px = _vendor_image(adata, name, vendors)
+        except Exception as e:  # noqa: BLE001 - a missing or unreadable image must not stop the cells showing
+            notes.append(f"The tissue image of {path.name} could not be read ({type(e).__name__}: {e}); "
+                         "showing the cells without it.")
+    xy_px = _apply(to_px, adata.obsm["spatial"])
+    bin_um = adata.uns["spgpt_source"].get("bin_size_um")
+    diameter = bin_um * _linear_scale(to_px) if isinstance(bin_um, (int, float)) else _spacing(xy_px)
+    index, notes = _subsample(adata.n_obs, max_points, notes)
+    yx = (xy_px if index is None else xy_px[index])[:, ::-1].copy()
+    return LoadedSlide(adata, name, str(path), "vendor", adata.uns["spgpt_source"]["table"], None, img, to_px,
+                       diameter, index, yx, notes)
+
+
+def _vendor_image(adata, name, vendors) -> tuple[ImageData | None, np.ndarray]:
+    from spatialdata.transformations import get_transformation
+
+    system, um_to_system = vendors.um_to_global(adata)
+    sdata = vendors.spatialdata(adata)
+    names = [n for n, el in sdata.images.items() if system in get_transformation(el, get_all=True)]
+    chosen = _best_image(names)
+    if chosen is None:
+        return None, np.eye(3)
+    element = sdata.images[chosen]
+    to_system = get_transformation(element, to_coordinate_system=system)
+    a = np.asarray(to_system.to_affine_matrix(input_axes=("x", "y"), output_axes=("x", "y")), dtype=np.float64)
+    return _image_data(f"{name} {chosen}", element), np.linalg.inv(a) @ um_to_system
 
 
 def _load_zarr(path: Path, *, table, coordinate_system, image, max_points, name) -> LoadedSlide:

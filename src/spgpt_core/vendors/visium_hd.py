@@ -42,6 +42,15 @@ def root_of(folder: Path) -> Path | None:
     return None
 
 
+def tables(folder: Path) -> list[str]:
+    """The tables spgpt reads here, default first: square_008um, square_016um, cell_segmentations."""
+    root = root_of(Path(folder))
+    if root is None:
+        return []
+    have = [f"square_{s:03d}um" for s in SUPPORTED_BINS_UM if (root / BINNED / f"square_{s:03d}um").is_dir()]
+    return have + (["cell_segmentations"] if (root / SEGMENTED / CELL_MATRIX).is_file() else [])
+
+
 def parse_bin_size(bin_size) -> int | str:
     """8, 16, 'cells' from an int, '16', '16um', 'square_016um' or 'cell_segmentations'."""
     if bin_size is None:
