@@ -12,6 +12,7 @@ import warnings
 
 import anndata as ad
 import numpy as np
+import pandas as pd
 import pytest
 
 from spgpt_core.cli import main
@@ -153,7 +154,7 @@ def test_cosmx_matches_spatialdata_io(folders):
     # spatialdata_io names cells '{cell_ID}_{fov}', keeps cell 0 out (absent from the metadata) and the controls in X
     names = [f"{f}_{c}" for f, c in zip(s.obs["fov"], s.obs["cell_ID"])]
     assert sorted(names) == sorted(a.obs_names) and len(set(s.obs["fov"])) > 1
-    order = pd_index(names).get_indexer(a.obs_names)
+    order = pd.Index(names).get_indexer(a.obs_names)
     genes = [g for g in s.var_names if not g.startswith(("NegPrb", "SystemControl"))]
     np.testing.assert_allclose(a.obsm["spatial"], s.obsm["global"][order] * 0.12028)
     assert list(a.var_names) == genes
@@ -162,12 +163,6 @@ def test_cosmx_matches_spatialdata_io(folders):
     assert dropped["NegPrb"]["features"] == 10 and dropped["SystemControl"]["features"] == 3
     assert not any(n.endswith("_0") for n in a.obs_names)  # cell 0 (outside every cell) dropped
     assert list(truth["cosmx"].index) == list(a.obs_names)
-
-
-def pd_index(values):
-    import pandas as pd
-
-    return pd.Index(values)
 
 
 # --- command line ---------------------------------------------------------------------------------------

@@ -80,7 +80,7 @@ def read_slide(
         return read_vendor(path, table=table, coordinate_system=coordinate_system)  # records its own source
     else:
         raise InputError(
-            f"Cannot read {path}: expected an AnnData .h5ad file, a SpatialData .zarr directory or an instrument's "
+            f"Cannot read {path}: expected an AnnData .h5ad file or a SpatialData .zarr directory, or an instrument's "
             "output folder (Xenium, Visium HD, MERSCOPE, CosMx). Convert other data to .h5ad (e.g. with scanpy)."
         )
     adata.uns["spgpt_source"] = {"path": str(path.resolve()), "table": table, "coordinate_system": coordinate_system}

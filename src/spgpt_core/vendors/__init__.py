@@ -70,7 +70,7 @@ def read_vendor(path: str | Path, *, table: str | int | None = None, coordinate_
     return {"xenium": xenium.read, "merscope": merscope.read, "cosmx": cosmx.read}[layout](folder)
 
 
-def um_to_global(adata) -> tuple[str, "object"]:
+def um_to_global(adata) -> tuple[str, "numpy.ndarray"]:
     """(coordinate system, 3x3 affine from the slide's micrometres to it) in spatialdata_io's SpatialData."""
     source = adata.uns["spgpt_source"]
     folder, layout = Path(source["path"]), source["layout"]
