@@ -52,6 +52,20 @@ def kind_of(path: str | Path) -> str | None:
     return None
 
 
+def _path_and_kind(path: str | Path) -> tuple[Path, str]:
+    """The path (no trailing slash, ~ expanded) and its kind; InputError when the plugin cannot read it."""
+    from spgpt_core.errors import InputError
+
+    path = Path(str(path).rstrip("/\\")).expanduser()
+    kind = kind_of(path)
+    if kind is None:
+        raise InputError(
+            f"Cannot open {path}: expected an AnnData .h5ad file, a SpatialData .zarr directory with a table or an "
+            "instrument's output folder (Xenium, Visium HD, MERSCOPE, CosMx)."
+        )
+    return path, kind
+
+
 # --------------------------------------------------------------------------------------------
 # What a file holds (for the Load widget's choices)
 # --------------------------------------------------------------------------------------------
@@ -85,13 +99,7 @@ def inspect_store(path: str | Path) -> StoreInfo:
     """List what a slide file offers without loading any expression matrix."""
     from spgpt_core.errors import InputError
 
-    path = Path(str(path).rstrip("/\\")).expanduser()
-    kind = kind_of(path)
-    if kind is None:
-        raise InputError(
-            f"Cannot open {path}: expected an AnnData .h5ad file, a SpatialData .zarr directory with a table or an "
-            "instrument's output folder (Xenium, Visium HD, MERSCOPE, CosMx)."
-        )
+    path, kind = _path_and_kind(path)
     if kind == "vendor":
         from spgpt_core.vendors import detect_layout, visium_hd
 
@@ -220,15 +228,7 @@ def load_slide(
     name: str | None = None,
 ) -> LoadedSlide:
     """Read a slide file for display. ``image``: a name, ``AUTO`` (best guess) or ``NO_IMAGE``."""
-    from spgpt_core.errors import InputError
-
-    path = Path(str(path).rstrip("/\\")).expanduser()
-    kind = kind_of(path)
-    if kind is None:
-        raise InputError(
-            f"Cannot open {path}: expected an AnnData .h5ad file, a SpatialData .zarr directory with a table or an "
-            "instrument's output folder (Xenium, Visium HD, MERSCOPE, CosMx)."
-        )
+    path, kind = _path_and_kind(path)
     name = name or path.stem
     if kind == "h5ad":
         return choose_counts(_load_h5ad(path, image=image, max_points=max_points, name=name))
