@@ -28,6 +28,8 @@ log = logging.getLogger(__name__)
 DEFAULT_MAX_POINTS = 100_000
 #: Above this many points, spots are drawn without borders and with flat shading (faster).
 FAST_POINTS = 50_000
+#: Above this many cells, an instrument folder's cell outlines are not drawn (napari Shapes get slow).
+MAX_OUTLINES = 20_000
 
 AUTO = "auto"  # pick the image automatically
 NO_IMAGE = ""  # load no image
@@ -207,6 +209,7 @@ class LoadedSlide:
     busy: str | None = None  # name of the job running on this slide, if any
     gene_col: str | None = None  # var column with gene symbols (None: chosen automatically by spgpt_core)
     counts_layer: str | None = None  # layer with the raw counts when X is normalised (None: X; 'raw': .raw)
+    outlines: list | None = None  # cell polygons as napari (y, x) arrays in image pixels (instrument folders)
 
     def __repr__(self) -> str:
         return (f"LoadedSlide({self.name!r}, {self.adata.n_obs:,} x {self.adata.n_vars:,}, kind={self.kind!r}, "
@@ -321,44 +324,78 @@ def _load_vendor(path: Path, *, table, image, max_points, name) -> LoadedSlide:
     """An instrument's folder: the table as the core reads it (µm), the tissue image via spatialdata_io.
 
     The image stays lazy (dask, multiscale where the instrument wrote a pyramid); cells are placed
-    on it with the folder's own micrometre-to-pixel transform composed with the image's.
+    on it with the folder's own micrometre-to-pixel transform composed with the image's. Cell
+    outlines are drawn for up to MAX_OUTLINES cells (a napari Shapes layer slows down beyond).
     """
-    from spgpt_core import vendors
     from spgpt_core.io import read_slide
 
     adata = read_slide(path, table=table)
     layout, notes = adata.uns["spgpt_source"]["layout"], []
-    to_px, img = np.eye(3), None
+    to_px, img, outlines = np.eye(3), None, None
     if image != NO_IMAGE and layout == "cosmx":
         notes.append("CosMx images are one per field of view; the cells are shown without them.")
     elif image != NO_IMAGE:
         try:
-            img, to_px = _vendor_image(adata, name, vendors)
+            img, to_px, outlines = _vendor_image(adata, name)
         except Exception as e:  # noqa: BLE001 - a missing or unreadable image must not stop the cells showing
             notes.append(f"The tissue image of {path.name} could not be read ({type(e).__name__}: {e}); "
                          "showing the cells without it.")
+    if outlines is not None and len(outlines) > MAX_OUTLINES:
+        notes.append(f"{len(outlines):,} cell outlines: not drawn above {MAX_OUTLINES:,} (the points show the cells).")
+        outlines = None
     xy_px = _apply(to_px, adata.obsm["spatial"])
     bin_um = adata.uns["spgpt_source"].get("bin_size_um")
     diameter = bin_um * _linear_scale(to_px) if isinstance(bin_um, (int, float)) else _spacing(xy_px)
     index, notes = _subsample(adata.n_obs, max_points, notes)
     yx = (xy_px if index is None else xy_px[index])[:, ::-1].copy()
     return LoadedSlide(adata, name, str(path), "vendor", adata.uns["spgpt_source"]["table"], None, img, to_px,
-                       diameter, index, yx, notes)
+                       diameter, index, yx, notes, outlines=outlines)
 
 
-def _vendor_image(adata, name, vendors) -> tuple[ImageData | None, np.ndarray]:
+def _vendor_image(adata, name):
+    """(image, micrometres -> image pixels, cell outlines as napari (y, x) pixel polygons or None)."""
     from spatialdata.transformations import get_transformation
+
+    from spgpt_core import vendors
 
     system, um_to_system = vendors.um_to_global(adata)
     sdata = vendors.spatialdata(adata)
     names = [n for n, el in sdata.images.items() if system in get_transformation(el, get_all=True)]
     chosen = _best_image(names)
     if chosen is None:
-        return None, np.eye(3)
+        return None, np.eye(3), None
     element = sdata.images[chosen]
-    to_system = get_transformation(element, to_coordinate_system=system)
-    a = np.asarray(to_system.to_affine_matrix(input_axes=("x", "y"), output_axes=("x", "y")), dtype=np.float64)
-    return _image_data(f"{name} {chosen}", element), np.linalg.inv(a) @ um_to_system
+    px_from_system = np.linalg.inv(_affine(get_transformation(element, to_coordinate_system=system)))
+    to_px = px_from_system @ um_to_system
+    source = adata.uns["spgpt_source"]
+    if source["layout"] == "xenium":  # its reader gives boundaries only with the whole matrix: read them in core
+        polygons = vendors.xenium.cell_outlines(Path(source["path"]))
+        outlines = None if polygons is None else [_apply(to_px, p)[:, ::-1] for p in polygons]
+    elif source["layout"] == "visium_hd" and source["table"] != "cell_segmentations":
+        outlines = None  # bins: the points are the squares
+    else:
+        outlines = _polygon_outlines(sdata, system, px_from_system)
+    return _image_data(f"{name} {chosen}", element), to_px, outlines
+
+
+def _polygon_outlines(sdata, system, px_from_system) -> list[np.ndarray] | None:
+    """Exterior rings of the first polygon shapes element with a transformation into ``system``, in pixels."""
+    from spatialdata.transformations import get_transformation
+
+    for element in sdata.shapes.values():
+        if system not in get_transformation(element, get_all=True) or \
+                not element.geometry.geom_type.isin(["Polygon", "MultiPolygon"]).all():
+            continue
+        to_px = px_from_system @ _affine(get_transformation(element, to_coordinate_system=system))
+        rings = [np.asarray((g.geoms[0] if g.geom_type == "MultiPolygon" else g).exterior.coords)[:, :2]
+                 for g in element.geometry]
+        return [_apply(to_px, r)[:, ::-1] for r in rings]
+    return None
+
+
+def _affine(transformation) -> np.ndarray:
+    return np.asarray(transformation.to_affine_matrix(input_axes=("x", "y"), output_axes=("x", "y")),
+                      dtype=np.float64)
 
 
 def _load_zarr(path: Path, *, table, coordinate_system, image, max_points, name) -> LoadedSlide:

@@ -51,7 +51,18 @@ def test_reader_opens_vendor_folder_like_the_core(viewer, folders, layout):
     # points sit where the slide's micrometres map into the image's pixels
     xy_px = core.obsm["spatial"] @ slide.to_pixels[:2, :2].T + slide.to_pixels[:2, 2]
     np.testing.assert_allclose(points.data[:, ::-1], xy_px, rtol=1e-6)
-    images = [la for la in viewer.layers if la is not points]
+    images = [la for la in viewer.layers if la._type_string == "image"]
+    outlines = [la for la in viewer.layers if la._type_string == "shapes"]
+    if layout in ("xenium", "merscope"):  # polygons around the cells, in the same pixel frame
+        (shapes,) = outlines
+        assert len(shapes.data) == core.n_obs
+        from scipy.spatial import cKDTree
+
+        centres = np.array([poly[:-1].mean(axis=0) for poly in shapes.data])[:, ::-1]
+        dist, nearest = cKDTree(xy_px).query(centres)
+        assert dist.max() < 1.0 and len(set(nearest)) == core.n_obs  # one outline per cell, centred on it
+    else:
+        assert outlines == []  # Visium HD bins are their own squares; CosMx has none here
     if layout == "cosmx":
         assert images == [] and any("field of view" in n for n in slide.notes)
         return
@@ -89,3 +100,14 @@ def test_load_widget_offers_visium_hd_bin_sizes(viewer, folders, qtbot):
     from napari_spgpt._commands import input_args
 
     assert input_args(slide) == [str(folders["visium_hd"]), "--table", "square_016um"]
+
+
+def test_visium_hd_segmented_cells_come_with_their_outlines(folders):
+    from napari_spgpt._io import load_slide
+
+    slide = load_slide(folders["visium_hd"], table="cells")
+    core = read_slide(folders["visium_hd"], table="cells")
+    _same_as_core(slide, core)
+    assert len(slide.outlines) == core.n_obs
+    centres = np.array([poly[:-1].mean(axis=0) for poly in slide.outlines])[:, ::-1]
+    np.testing.assert_allclose(np.sort(centres[:, 0]), np.sort(slide.points_yx[:, 1]), atol=0.5)

@@ -94,22 +94,29 @@ def read_parquet(path: Path, columns: list[str] | None = None) -> pd.DataFrame:
     """A parquet table (only ``columns`` when given), with a clear error for missing columns or a broken file."""
     import pyarrow.parquet as pq
 
+    names = read_parquet_schema(path)
+    if columns is not None:
+        missing = [c for c in columns if c not in names]
+        if missing:
+            raise InputError(f"{path} has no column(s) {', '.join(missing)} (it has {', '.join(names)}); "
+                             "is it the instrument's original file?")
     try:
-        schema = pq.read_schema(path)
-        if columns is not None:
-            missing = [c for c in columns if c not in schema.names]
-            if missing:
-                raise InputError(f"{path} has no column(s) {', '.join(missing)} (it has {', '.join(schema.names)}); "
-                                 "is it the instrument's original file?")
         df = pq.read_table(path, columns=columns).to_pandas()
-    except InputError:
-        raise
     except Exception as e:  # noqa: BLE001 - pyarrow raises several types for a broken file
         raise broken(path, "a parquet table", e) from e
     for c in df.columns:  # older exports store ids as bytes
         if len(df) and isinstance(df[c].iloc[0], bytes):
             df[c] = df[c].str.decode("utf-8")
     return df
+
+
+def read_parquet_schema(path: Path) -> list[str]:
+    import pyarrow.parquet as pq
+
+    try:
+        return list(pq.read_schema(path).names)
+    except Exception as e:  # noqa: BLE001 - pyarrow raises several types for a broken file
+        raise broken(path, "a parquet table", e) from e
 
 
 def read_csv(path: Path, **kwargs) -> pd.DataFrame:

@@ -15,7 +15,7 @@ from pathlib import Path
 import numpy as np
 
 from ..errors import InputError
-from ._common import broken, make_slide, read_10x_h5, read_parquet, require, rows_of
+from ._common import broken, make_slide, read_10x_h5, read_parquet, read_parquet_schema, require, rows_of
 
 MATRIX = "cell_feature_matrix.h5"
 CELLS = "cells.parquet"
@@ -59,6 +59,24 @@ def um_to_global(folder: Path) -> tuple[str, np.ndarray]:
     """(coordinate system, 3x3 affine from micrometres to it) of spatialdata_io's xenium reader: image pixels."""
     s = 1.0 / pixel_size_um(folder)
     return "global", np.diag([s, s, 1.0])
+
+
+def cell_outlines(folder: Path) -> list[np.ndarray] | None:
+    """Cell polygons from cell_boundaries.parquet (x, y in µm, one array per cell), or None without the file.
+
+    Read here rather than through spatialdata_io, whose xenium reader reads boundaries only together
+    with the whole count matrix.
+    """
+    path = folder / "cell_boundaries.parquet"
+    if not path.is_file():
+        return None
+    schema = read_parquet_schema(path)
+    key = "label_id" if "label_id" in schema else "cell_id"
+    table = read_parquet(path, ["vertex_x", "vertex_y", key])
+    xy = table[["vertex_x", "vertex_y"]].to_numpy(np.float64)
+    ids = table[key].to_numpy()
+    starts = np.flatnonzero(np.concatenate([[True], ids[1:] != ids[:-1]]))  # vertices of a cell are contiguous
+    return np.split(xy, starts[1:])
 
 
 def spatialdata(folder: Path):
