@@ -114,7 +114,8 @@ def write_merscope(folder, n_cells: int = 300, n_genes: int = 300, n_domains: in
     counts = pd.DataFrame(X, index=pd.Index(entity, name="cell"), columns=cells.genes + blank)
     counts.to_csv(folder / "cell_by_gene.csv")
     x, y = cells.xy[:, 0], cells.xy[:, 1]
-    meta = pd.DataFrame({"fov": (x // 200).astype(int) + 10 * (y // 200).astype(int), "volume": 1500.0,
+    meta = pd.DataFrame({"fov": (x // 200).astype(int) + (int(x.max() // 200) + 1) * (y // 200).astype(int),
+                         "volume": 1500.0,
                          "center_x": x, "center_y": y, "min_x": x - 6, "max_x": x + 6, "min_y": y - 6, "max_y": y + 6,
                          "anisotropy": 1.1, "transcript_count": X.sum(axis=1), "perimeter_area_ratio": 0.33,
                          "solidity": 0.97}, index=pd.Index(entity, name="EntityID"))
@@ -151,7 +152,7 @@ def write_cosmx(folder, n_cells: int = 300, n_genes: int = 300, n_domains: int =
     folder.mkdir(parents=True, exist_ok=True)
     cells, rng = make_cells(n_cells, n_genes, n_domains, seed), np.random.default_rng(seed + 1)
     fov_xy = (cells.xy // fov_um).astype(int)
-    fov = 1 + fov_xy[:, 0] + 10 * fov_xy[:, 1]
+    fov = 1 + fov_xy[:, 0] + (fov_xy[:, 0].max() + 1) * fov_xy[:, 1]  # numbered row by row, from 1
     cell_id = np.zeros(n_cells, int)
     for f in np.unique(fov):  # cell_ID restarts at 1 in each FOV
         cell_id[fov == f] = np.arange(1, int((fov == f).sum()) + 1)
