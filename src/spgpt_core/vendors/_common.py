@@ -16,8 +16,8 @@ import scipy.sparse as sp
 
 from ..errors import InputError
 
-# Rows of the 10x matrix read per step: bounds the transient copy on top of the final matrix.
-_ROWS_PER_READ = 65_536
+# Stored values of the 10x matrix read per step: bounds the transient copies on top of the final matrix.
+_VALUES_PER_READ = 4_000_000
 
 
 def require(folder: Path, layout: str, files: list[str]) -> None:
@@ -41,8 +41,9 @@ def read_10x_h5(path: Path, keep_type: str = "Gene Expression") -> tuple[sp.csr_
     """Counts (cells x features of ``keep_type``, float32 CSR), barcodes, var and the dropped features.
 
     10x stores ``matrix/{data,indices,indptr,shape}`` column-major with features as rows, i.e. the
-    CSR of cells x features as is. Rows are read in blocks and the other feature types (control
-    probes, codewords) are filtered out on the way, so the peak is the final matrix plus a block.
+    CSR of cells x features as is. Rows are read in blocks of about 4M stored values and the other
+    feature types (control probes, codewords) are filtered out on the way, so the peak is the final
+    matrix plus a block.
     Returns ``dropped = {feature_type: {"features": n, "counts": total}}``.
     """
     try:
@@ -64,19 +65,22 @@ def read_10x_h5(path: Path, keep_type: str = "Gene Expression") -> tuple[sp.csr_
             indices = np.empty(int(indptr[-1]), np.int32)
             row_nnz = np.empty(n_cells, np.int64)
             dropped_counts = np.zeros(n_features, np.float64)
-            filled = 0
-            for start in range(0, n_cells, _ROWS_PER_READ):
-                stop = min(start + _ROWS_PER_READ, n_cells)
+            filled, start = 0, 0
+            while start < n_cells:
+                # rows up to a budget of stored values: a 5,000-gene panel has thousands per cell
+                stop = int(np.searchsorted(indptr, indptr[start] + _VALUES_PER_READ, side="right")) - 1
+                stop = min(max(stop, start + 1), n_cells)
                 lo, hi = indptr[start], indptr[stop]
                 d, j = m["data"][lo:hi], m["indices"][lo:hi]
                 kept = keep[j]
                 np.add.at(dropped_counts, j[~kept], d[~kept])
-                rows = np.repeat(np.arange(stop - start), np.diff(indptr[start:stop + 1]))
-                row_nnz[start:stop] = np.bincount(rows[kept], minlength=stop - start)
-                n = int(kept.sum())
+                kept_before = np.concatenate([[0], np.cumsum(kept)])
+                row_nnz[start:stop] = np.diff(kept_before[indptr[start:stop + 1] - lo])
+                n = int(kept_before[-1])
                 data[filled:filled + n] = d[kept]
                 indices[filled:filled + n] = new_col[j[kept]]
                 filled += n
+                start = stop
     except InputError:
         raise
     except (OSError, KeyError, ValueError) as e:
