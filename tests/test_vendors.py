@@ -213,6 +213,8 @@ def test_matrix_without_coordinates_names_the_missing_file(folders, tmp_path, la
     ("xenium", "cells.parquet"),
     ("visium_hd", "outs/binned_outputs/square_008um/spatial/tissue_positions.parquet"),
     ("visium_hd", "outs/binned_outputs/square_008um/filtered_feature_bc_matrix.h5"),
+    ("merscope", "cell_by_gene.csv"),
+    ("cosmx", "Run5573_S1_exprMat_file.csv"),
 ])
 def test_truncated_file_is_a_clear_error_and_nothing_is_written(folders, tmp_path, layout, broken, capsys):
     paths, _ = folders

@@ -157,6 +157,8 @@ def stack_counts(chunks, path: Path, controls: dict[str, tuple[str, ...]]):
     names, blocks, dropped, genes = [], [], {}, None
     try:
         for chunk in chunks:
+            if chunk.isna().to_numpy().any():  # a row cut short: the copy stopped mid-file
+                raise ValueError(f"{int(chunk.isna().any(axis=1).sum())} row(s) with missing counts")
             kept, drop = split_controls(chunk, controls)
             for kind, d in drop.items():
                 total = dropped.setdefault(kind, {"features": d["features"], "counts": 0.0})
