@@ -34,8 +34,8 @@ def folders(tmp_path_factory):
         "merscope": so.write_merscope(root / "merscope" / "region_0", n_cells=300),
         "cosmx": so.write_cosmx(root / "cosmx_export", n_cells=300),
     }
-    paths = {"xenium": root / "xenium_outs", "visium_hd": root / "visium_hd_run", "merscope": root / "merscope" / "region_0",
-             "cosmx": root / "cosmx_export"}
+    paths = {"xenium": root / "xenium_outs", "visium_hd": root / "visium_hd_run",
+             "merscope": root / "merscope" / "region_0", "cosmx": root / "cosmx_export"}
     return paths, truth
 
 

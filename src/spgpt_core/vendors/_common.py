@@ -53,8 +53,8 @@ def read_10x_h5(path: Path, keep_type: str = "Gene Expression") -> tuple[sp.csr_
             indptr = m["indptr"][:].astype(np.int64)
             barcodes = pd.Index(_strings(m["barcodes"][:]))
             feats = m["features"]
-            var = pd.DataFrame({"gene_ids": _strings(feats["id"][:]), "feature_types": _strings(feats["feature_type"][:])},
-                               index=_strings(feats["name"][:]))
+            var = pd.DataFrame({"gene_ids": _strings(feats["id"][:]),
+                                "feature_types": _strings(feats["feature_type"][:])}, index=_strings(feats["name"][:]))
             if len(indptr) != n_cells + 1 or len(barcodes) != n_cells or len(var) != n_features \
                     or indptr[-1] != m["data"].shape[0]:
                 raise ValueError("matrix/shape, indptr, barcodes and features disagree")
@@ -81,8 +81,6 @@ def read_10x_h5(path: Path, keep_type: str = "Gene Expression") -> tuple[sp.csr_
                 indices[filled:filled + n] = new_col[j[kept]]
                 filled += n
                 start = stop
-    except InputError:
-        raise
     except (OSError, KeyError, ValueError) as e:
         raise broken(path, "a 10x HDF5 matrix", e) from e
     X = sp.csr_matrix((data[:filled], indices[:filled], np.concatenate([[0], np.cumsum(row_nnz)])),

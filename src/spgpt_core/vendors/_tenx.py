@@ -11,7 +11,7 @@ import scipy.sparse as sp
 
 def write_10x_h5(path: Path, X: sp.csr_matrix, barcodes, *, ids, names, types, software: str,
                  genome: str = "GRCh38") -> None:
-    """Cell Ranger / Space Ranger / Xenium ``matrix`` group: features x barcodes in CSC, i.e. X (cells x features) in CSR."""
+    """The ``matrix`` group of Cell Ranger, Space Ranger and Xenium: features x barcodes in CSC, i.e. X in CSR."""
     X = sp.csr_matrix(X)
     X.sort_indices()
     with h5py.File(path, "w") as f:

@@ -121,7 +121,8 @@ def write_xenium(folder, n_cells: int = 300, n_genes: int = 300, n_domains: int 
         "transcript_counts": total - ctrl, "control_probe_counts": ctrl, "genomic_control_counts": np.zeros(n_cells),
         "control_codeword_counts": np.zeros(n_cells), "unassigned_codeword_counts": np.zeros(n_cells),
         "deprecated_codeword_counts": np.zeros(n_cells), "total_counts": total, "cell_area": area,
-        "nucleus_area": area / 3, "nucleus_count": np.ones(n_cells), "segmentation_method": ["Segmented by boundary stain"] * n_cells,
+        "nucleus_area": area / 3, "nucleus_count": np.ones(n_cells),
+        "segmentation_method": ["Segmented by boundary stain"] * n_cells,
     }), folder / "cells.parquet")
     if boundaries:
         for name, r in (("cell_boundaries.parquet", 6.0), ("nucleus_boundaries.parquet", 3.5)):

@@ -179,6 +179,7 @@ def write_cosmx(folder, n_cells: int = 300, n_genes: int = 300, n_domains: int =
     for sub in ("CellComposite", "CellLabels"):
         (folder / sub).mkdir(exist_ok=True)
     for f in fovs:  # small stand-ins for the per-FOV composite and label images
-        Image.fromarray(np.full((32, 32, 3), 90, np.uint8)).save(folder / "CellComposite" / f"CellComposite_F{f:03d}.jpg")
+        composite = folder / "CellComposite" / f"CellComposite_F{f:03d}.jpg"
+        Image.fromarray(np.full((32, 32, 3), 90, np.uint8)).save(composite)
         Image.fromarray(np.zeros((32, 32), np.uint16)).save(folder / "CellLabels" / f"CellLabels_F{f:03d}.tif")
     return pd.Series(cells.domain, index=pd.Index([f"{a}_{b}" for a, b in zip(fov, cell_id)]), name="domain")
