@@ -12,6 +12,8 @@ import anndata
 import h5py
 import numpy as np
 import pandas as pd
+import pyarrow as pa
+import pyarrow.parquet as pq
 import scipy.sparse as sp
 
 from ..errors import InputError
@@ -94,9 +96,6 @@ def read_10x_h5(path: Path, keep_type: str = "Gene Expression") -> tuple[sp.csr_
 
 def read_parquet(path: Path, columns: list[str] | None = None) -> pd.DataFrame:
     """A parquet table (only ``columns`` when given), with a clear error for missing columns or a broken file."""
-    import pyarrow as pa
-    import pyarrow.parquet as pq
-
     names = read_parquet_schema(path)
     if columns is not None:
         missing = [c for c in columns if c not in names]
@@ -119,8 +118,6 @@ def read_parquet(path: Path, columns: list[str] | None = None) -> pd.DataFrame:
 
 
 def read_parquet_schema(path: Path) -> list[str]:
-    import pyarrow.parquet as pq
-
     try:
         return list(pq.read_schema(path).names)
     except Exception as e:  # noqa: BLE001 - pyarrow raises several types for a broken file

@@ -12,6 +12,7 @@ from __future__ import annotations
 import re
 from pathlib import Path
 
+import anndata
 import pandas as pd
 
 from ..errors import InputError
@@ -38,7 +39,7 @@ def run_name(folder: Path) -> str:
     return names[0]
 
 
-def read(folder: Path) -> "anndata.AnnData":  # noqa: F821
+def read(folder: Path) -> anndata.AnnData:
     run = run_name(folder)
     counts_path, meta_path = folder / f"{run}{COUNTS_SUFFIX}", folder / f"{run}{METADATA_SUFFIX}"
     missing = [p.name for p in (counts_path, meta_path) if not p.exists()]

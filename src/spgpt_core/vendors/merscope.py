@@ -11,6 +11,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import anndata
 import numpy as np
 import pandas as pd
 
@@ -30,7 +31,7 @@ def is_merscope(folder: Path) -> bool:
     return (folder / COUNTS).is_file() or (folder / METADATA).is_file()
 
 
-def read(folder: Path) -> "anndata.AnnData":  # noqa: F821
+def read(folder: Path) -> anndata.AnnData:
     require(folder, "Vizgen MERSCOPE", REQUIRED)
     meta = read_csv(folder / METADATA, index_col=0)
     need_columns(meta, ["center_x", "center_y"], folder / METADATA)
@@ -58,6 +59,6 @@ def um_to_global(folder: Path) -> tuple[str, np.ndarray]:
 
 def spatialdata(folder: Path):
     """Mosaic images of the middle z plane (lazy, multiscale) and cell polygons, via spatialdata_io."""
-    from spatialdata_io import merscope
+    from spatialdata_io import merscope  # the spatialdata extra: only the plugin's image view needs it
 
     return merscope(folder, transcripts=False, cells_table=False, cells_boundaries=True, mosaic_images=True)

@@ -18,6 +18,8 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
+import pyarrow as pa
+import pyarrow.parquet as pq
 import scipy.sparse as sp
 
 from ..datasets import _cell_type_names, _pick_genes, _type_profiles
@@ -93,9 +95,6 @@ XENIUM_CONTROLS = {"Negative Control Probe": "NegControlProbe_", "Negative Contr
 def write_xenium(folder, n_cells: int = 300, n_genes: int = 300, n_domains: int = 5, seed: int = 0,
                  images: bool = True, boundaries: bool = True) -> pd.Series:
     """A Xenium Onboard Analysis 3.x ``outs/`` folder; returns the planted domain per cell id."""
-    import pyarrow as pa
-    import pyarrow.parquet as pq
-
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
     cells, rng = make_cells(n_cells, n_genes, n_domains, seed), np.random.default_rng(seed + 1)
@@ -134,7 +133,7 @@ def write_xenium(folder, n_cells: int = 300, n_genes: int = 300, n_domains: int 
                 "label_id": np.repeat(np.arange(1, n_cells + 1, dtype=np.uint32), per)}), folder / name)
     _write_cells_zarr(folder / "cells.zarr.zip", cells.xy, area)
     if images:
-        import tifffile
+        import tifffile  # from the spatialdata extra, like every reader of these folders' images
 
         (folder / "morphology_focus").mkdir(exist_ok=True)
         shape = tuple(int(v) for v in (cells.xy.max(axis=0)[::-1] + 20) / pixel)
@@ -145,7 +144,7 @@ def write_xenium(folder, n_cells: int = 300, n_genes: int = 300, n_domains: int 
 
 def _write_cells_zarr(path: Path, xy: np.ndarray, area: np.ndarray) -> None:
     """cells.zarr.zip (zarr v2 in a zip): cell ids as (prefix, dataset suffix), the cell summary, polygon sets."""
-    import zarr
+    import zarr  # from the spatialdata extra
 
     n = len(xy)
     store = zarr.storage.ZipStore(path, mode="w")

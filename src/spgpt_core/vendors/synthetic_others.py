@@ -5,9 +5,13 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import h5py
 import numpy as np
 import pandas as pd
+import pyarrow as pa
+import pyarrow.parquet as pq
 import scipy.sparse as sp
+from PIL import Image
 
 from ._tenx import write_10x_h5
 from .synthetic import _controls, _image, _polygon, make_cells
@@ -21,10 +25,6 @@ def write_visium_hd(folder, side_um: float = 200.0, n_genes: int = 300, n_domain
                     segmented: bool = True, n_cells: int = 150) -> dict[str, pd.Series]:
     """Space Ranger 4 ``outs/``: 8 and 16 µm bins (16 µm = sums of 2 x 2 bins of 8 µm), images, and
     ``segmented_outputs/`` cells. Returns the planted domain per barcode for each table."""
-    import pyarrow as pa
-    import pyarrow.parquet as pq
-    from PIL import Image
-
     outs = Path(folder)
     outs.mkdir(parents=True, exist_ok=True)
     n8 = int(side_um // 16) * 2  # even, so 16 µm bins pool whole 2 x 2 blocks
@@ -62,8 +62,6 @@ def write_visium_hd(folder, side_um: float = 200.0, n_genes: int = 300, n_domain
         rgb = np.full((size_px, size_px, 3), 235, np.uint8)
         rgb[..., 0] = 200 + 10 * (np.arange(size_px) * 5 // size_px)[:, None]
         Image.fromarray(rgb).save(outs / "spatial" / name)
-    import h5py
-
     layout = {"file_format": "1.0", "transform": [1, 0, 0, 0, 1, 0, 0, 0, 1]}
     with h5py.File(outs / "synthetic_feature_slice.h5", "w") as f:
         f.attrs["metadata_json"] = json.dumps({"hd_layout_json": json.dumps(layout), "transform_matrices": {}})
@@ -102,6 +100,7 @@ MERSCOPE_PX_PER_UM = 9.259259  # mosaic pixels per micrometre (0.108 µm pixels)
 def write_merscope(folder, n_cells: int = 300, n_genes: int = 300, n_domains: int = 5, seed: int = 0,
                    images: bool = True, n_blank: int = 10) -> pd.Series:
     """A MERSCOPE ``region_0/`` folder; returns the planted domain per EntityID."""
+    # MERSCOPE's cell_boundaries.parquet is GeoParquet; geopandas and shapely come with the spatialdata extra
     import geopandas as gpd
     from shapely.geometry import MultiPolygon, Polygon
 
@@ -129,7 +128,7 @@ def write_merscope(folder, n_cells: int = 300, n_genes: int = 300, n_domains: in
     transform = np.array([[MERSCOPE_PX_PER_UM, 0, offset], [0, MERSCOPE_PX_PER_UM, offset], [0, 0, 1]])
     np.savetxt(folder / "images" / "micron_to_mosaic_pixel_transform.csv", transform, fmt="%.6f", delimiter=" ")
     if images:
-        import tifffile
+        import tifffile  # from the spatialdata extra
 
         shape = tuple(int(v) for v in (cells.xy.max(axis=0)[::-1] + 20) * MERSCOPE_PX_PER_UM + offset)
         px = cells.xy * MERSCOPE_PX_PER_UM + offset
@@ -146,8 +145,6 @@ COSMX_PX_UM = 0.12028
 def write_cosmx(folder, n_cells: int = 300, n_genes: int = 300, n_domains: int = 5, seed: int = 0,
                 fov_um: float = 130.0, run: str = "Run5573_S1") -> pd.Series:
     """A CosMx flat-file export (AtoMx); returns the planted domain per '{fov}_{cell_ID}'."""
-    from PIL import Image
-
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
     cells, rng = make_cells(n_cells, n_genes, n_domains, seed), np.random.default_rng(seed + 1)

@@ -17,6 +17,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import anndata
 import numpy as np
 import pandas as pd
 
@@ -74,7 +75,7 @@ def parse_bin_size(bin_size) -> int | str:
     return size
 
 
-def read(folder: Path, bin_size=None) -> "anndata.AnnData":  # noqa: F821
+def read(folder: Path, bin_size=None) -> anndata.AnnData:
     root = root_of(folder)
     if root is None:
         raise InputError(f"{folder} has no binned_outputs/ folder (nor outs/binned_outputs/); is it Visium HD's outs?")
@@ -158,8 +159,6 @@ def _unique_names(var):
     """Space Ranger keeps duplicate symbols (several Ensembl ids per symbol); suffix them as scanpy does."""
     var = var.copy()
     if not var.index.is_unique:
-        import anndata
-
         tmp = anndata.AnnData(var=var)
         tmp.var_names_make_unique()
         var = tmp.var
@@ -185,6 +184,6 @@ def dataset_id(root: Path) -> str:
 
 def spatialdata(folder: Path):
     """Images (full resolution multiscale, hires, lowres) via spatialdata_io, without any bin table."""
-    from spatialdata_io import visium_hd
+    from spatialdata_io import visium_hd  # the spatialdata extra: only the plugin's image view needs it
 
     return visium_hd(root_of(folder), load_segmentations_only=True)

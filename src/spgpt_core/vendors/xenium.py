@@ -12,6 +12,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import anndata
 import numpy as np
 
 from ..errors import InputError
@@ -29,7 +30,7 @@ def is_xenium(folder: Path) -> bool:
     return (folder / SPECS).is_file() or (folder / MATRIX).is_file()
 
 
-def read(folder: Path) -> "anndata.AnnData":  # noqa: F821
+def read(folder: Path) -> anndata.AnnData:
     require(folder, "10x Xenium", REQUIRED)
     cells = read_parquet(folder / CELLS)  # checked before the (large) matrix is read
     for col in ("cell_id", "x_centroid", "y_centroid"):
@@ -85,7 +86,7 @@ def spatialdata(folder: Path):
     Neither the table nor the labels, transcripts or nucleus boundaries are read: the plugin takes
     the table from :func:`read` and only shows the image and the cells' outlines.
     """
-    from spatialdata_io import xenium
+    from spatialdata_io import xenium  # the spatialdata extra: only the plugin's image view needs it
 
     focus = (folder / "morphology_focus").is_dir() or (folder / "morphology_focus.ome.tif").is_file()
     return xenium(folder, cells_boundaries=False, nucleus_boundaries=False, cells_labels=False,
