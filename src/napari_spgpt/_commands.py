@@ -21,7 +21,7 @@ def input_args(slide) -> list[str]:
     if slide.source is None or slide.kind == "memory":
         return [f"{slide.name}.h5ad"]  # export it with the Export widget first
     args = [slide.source]
-    if slide.kind == "zarr" and slide.table:
+    if slide.kind in ("zarr", "vendor") and slide.table:  # vendor: a Visium HD bin size
         args += ["--table", slide.table]
     return args
 

@@ -13,7 +13,6 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from spgpt_core.errors import InputError
 
 def export_h5ad(slide, path: str | Path, *, overwrite: bool = False) -> Path:
     from spgpt_core.io import write_h5ad  # anndata (~2 s on import): only when a file is written

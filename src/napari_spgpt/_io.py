@@ -32,13 +32,17 @@ log = logging.getLogger(__name__)
 DEFAULT_MAX_POINTS = 100_000
 #: Above this many points, spots are drawn without borders and with flat shading (faster).
 FAST_POINTS = 50_000
+#: Above this many cells, an instrument folder's cell outlines are not drawn (napari Shapes get slow).
+MAX_OUTLINES = 20_000
 
 AUTO = "auto"  # pick the image automatically
 NO_IMAGE = ""  # load no image
+VENDOR_IMAGE = "tissue image"  # an instrument folder's image, chosen by _load_vendor
 
 
 def kind_of(path: str | Path) -> str | None:
-    """'zarr' for a SpatialData store, 'h5ad' for an AnnData file, None for anything else."""
+    """'zarr' for a SpatialData store, 'h5ad' for an AnnData file, 'vendor' for an instrument's output
+    folder (Xenium, Visium HD, MERSCOPE, CosMx), None for anything else."""
     p = Path(str(path).rstrip("/\\"))
     if p.suffix.lower() == ".h5ad" and p.is_file():
         return "h5ad"
@@ -46,7 +50,26 @@ def kind_of(path: str | Path) -> str | None:
         # SpatialData stores hold element groups; a plain OME-Zarr image is left to other readers.
         if any((p / g).is_dir() for g in ("tables", "table")):
             return "zarr"
+        return None
+    if p.is_dir():
+        from spgpt_core.vendors import detect_layout  # the core's detection: one list of layouts
+
+        return "vendor" if detect_layout(p) is not None else None
     return None
+
+
+def _path_and_kind(path: str | Path) -> tuple[Path, str]:
+    """The path (no trailing slash, ~ expanded) and its kind; InputError when the plugin cannot read it."""
+    from spgpt_core.errors import InputError
+
+    path = Path(str(path).rstrip("/\\")).expanduser()
+    kind = kind_of(path)
+    if kind is None:
+        raise InputError(
+            f"Cannot open {path}: expected an AnnData .h5ad file, a SpatialData .zarr directory with a table or an "
+            "instrument's output folder (Xenium, Visium HD, MERSCOPE, CosMx)."
+        )
+    return path, kind
 
 
 # --------------------------------------------------------------------------------------------
@@ -80,12 +103,12 @@ class StoreInfo:
 
 def inspect_store(path: str | Path) -> StoreInfo:
     """List what a slide file offers without loading any expression matrix."""
-    path = Path(str(path).rstrip("/\\")).expanduser()
-    kind = kind_of(path)
-    if kind is None:
-        raise InputError(
-            f"Cannot open {path}: expected an AnnData .h5ad file or a SpatialData .zarr directory with a table."
-        )
+    path, kind = _path_and_kind(path)
+    if kind == "vendor":
+        from spgpt_core.vendors import detect_layout, visium_hd  # h5py / pyarrow: only for instrument folders
+
+        tables = visium_hd.tables(path) if detect_layout(path) == "visium_hd" else []
+        return StoreInfo(path, kind, tables=tables, table_systems={}, images={"": [VENDOR_IMAGE]})
     if kind == "h5ad":
         import h5py  # only when a slide is read: napari starts fast
 
@@ -174,7 +197,7 @@ class LoadedSlide:
     adata: Any
     name: str
     source: str | None
-    kind: str  # 'h5ad' | 'zarr' | 'memory'
+    kind: str  # 'h5ad' | 'zarr' | 'vendor' | 'memory'
     table: str | None
     coordinate_system: str | None
     image: ImageData | None
@@ -189,6 +212,7 @@ class LoadedSlide:
     busy: str | None = None  # name of the job running on this slide, if any
     gene_col: str | None = None  # var column with gene symbols (None: chosen automatically by spgpt_core)
     counts_layer: str | None = None  # layer with the raw counts when X is normalised (None: X; 'raw': .raw)
+    outlines: list | None = None  # cell polygons as napari (y, x) arrays in image pixels (instrument folders)
 
     def __repr__(self) -> str:
         return (f"LoadedSlide({self.name!r}, {self.adata.n_obs:,} x {self.adata.n_vars:,}, kind={self.kind!r}, "
@@ -210,15 +234,12 @@ def load_slide(
     name: str | None = None,
 ) -> LoadedSlide:
     """Read a slide file for display. ``image``: a name, ``AUTO`` (best guess) or ``NO_IMAGE``."""
-    path = Path(str(path).rstrip("/\\")).expanduser()
-    kind = kind_of(path)
-    if kind is None:
-        raise InputError(
-            f"Cannot open {path}: expected an AnnData .h5ad file or a SpatialData .zarr directory with a table."
-        )
+    path, kind = _path_and_kind(path)
     name = name or path.stem
     if kind == "h5ad":
         return choose_counts(_load_h5ad(path, image=image, max_points=max_points, name=name))
+    if kind == "vendor":
+        return _load_vendor(path, table=table, image=image, max_points=max_points, name=name)
     return choose_counts(_load_zarr(path, table=table, coordinate_system=coordinate_system, image=image,
                                     max_points=max_points, name=name))
 
@@ -299,6 +320,84 @@ def _from_visium_layout(adata, *, name, image, max_points, source, kind, notes) 
     index, notes = _subsample(adata.n_obs, max_points, notes)
     yx = (xy_px if index is None else xy_px[index])[:, ::-1].copy()
     return LoadedSlide(adata, name, source, kind, None, None, img, to_px, diameter, index, yx, notes)
+
+
+def _load_vendor(path: Path, *, table, image, max_points, name) -> LoadedSlide:
+    """An instrument's folder: the table as the core reads it (µm), the tissue image via spatialdata_io.
+
+    The image stays lazy (dask, multiscale where the instrument wrote a pyramid); cells are placed
+    on it with the folder's own micrometre-to-pixel transform composed with the image's. Cell
+    outlines are drawn for up to MAX_OUTLINES cells (a napari Shapes layer slows down beyond).
+    """
+    from spgpt_core.io import read_slide
+
+    adata = read_slide(path, table=table)
+    layout, notes = adata.uns["spgpt_source"]["layout"], []
+    to_px, img, outlines = np.eye(3), None, None
+    if image != NO_IMAGE and layout == "cosmx":
+        notes.append("CosMx images are one per field of view; the cells are shown without them.")
+    elif image != NO_IMAGE:
+        try:
+            img, to_px, outlines = _vendor_image(adata, name)
+        except Exception as e:  # noqa: BLE001 - a missing or unreadable image must not stop the cells showing
+            notes.append(f"The tissue image of {path.name} could not be read ({type(e).__name__}: {e}); "
+                         "showing the cells without it.")
+    if outlines is not None and len(outlines) > MAX_OUTLINES:
+        notes.append(f"{len(outlines):,} cell outlines: not drawn above {MAX_OUTLINES:,} (the points show the cells).")
+        outlines = None
+    xy_px = _apply(to_px, adata.obsm["spatial"])
+    bin_um = adata.uns["spgpt_source"].get("bin_size_um")
+    diameter = bin_um * _linear_scale(to_px) if isinstance(bin_um, (int, float)) else _spacing(xy_px)
+    index, notes = _subsample(adata.n_obs, max_points, notes)
+    yx = (xy_px if index is None else xy_px[index])[:, ::-1].copy()
+    return LoadedSlide(adata, name, str(path), "vendor", adata.uns["spgpt_source"]["table"], None, img, to_px,
+                       diameter, index, yx, notes, outlines=outlines)
+
+
+def _vendor_image(adata, name):
+    """(image, micrometres -> image pixels, cell outlines as napari (y, x) pixel polygons or None)."""
+    from spatialdata.transformations import get_transformation
+
+    from spgpt_core import vendors
+
+    system, um_to_system = vendors.um_to_global(adata)
+    sdata = vendors.spatialdata(adata)
+    names = [n for n, el in sdata.images.items() if system in get_transformation(el, get_all=True)]
+    chosen = _best_image(names)
+    if chosen is None:
+        return None, np.eye(3), None
+    element = sdata.images[chosen]
+    px_from_system = np.linalg.inv(_affine(get_transformation(element, to_coordinate_system=system)))
+    to_px = px_from_system @ um_to_system
+    source = adata.uns["spgpt_source"]
+    if source["layout"] == "xenium":  # its reader gives boundaries only with the whole matrix: read them in core
+        polygons = vendors.xenium.cell_outlines(Path(source["path"]))
+        outlines = None if polygons is None else [_apply(to_px, p)[:, ::-1] for p in polygons]
+    elif source["layout"] == "visium_hd" and source["table"] != "cell_segmentations":
+        outlines = None  # bins: the points are the squares
+    else:
+        outlines = _polygon_outlines(sdata, system, px_from_system)
+    return _image_data(f"{name} {chosen}", element), to_px, outlines
+
+
+def _polygon_outlines(sdata, system, px_from_system) -> list[np.ndarray] | None:
+    """Exterior rings of the first polygon shapes element with a transformation into ``system``, in pixels."""
+    from spatialdata.transformations import get_transformation
+
+    for element in sdata.shapes.values():
+        if system not in get_transformation(element, get_all=True) or \
+                not element.geometry.geom_type.isin(["Polygon", "MultiPolygon"]).all():
+            continue
+        to_px = px_from_system @ _affine(get_transformation(element, to_coordinate_system=system))
+        rings = [np.asarray((g.geoms[0] if g.geom_type == "MultiPolygon" else g).exterior.coords)[:, :2]
+                 for g in element.geometry]
+        return [_apply(to_px, r)[:, ::-1] for r in rings]
+    return None
+
+
+def _affine(transformation) -> np.ndarray:
+    return np.asarray(transformation.to_affine_matrix(input_axes=("x", "y"), output_axes=("x", "y")),
+                      dtype=np.float64)
 
 
 def _load_zarr(path: Path, *, table, coordinate_system, image, max_points, name) -> LoadedSlide:

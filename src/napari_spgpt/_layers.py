@@ -38,8 +38,17 @@ BASE_COLOR = "#f0f0f0"
 
 
 def slide_layer_tuples(slide: LoadedSlide) -> list[tuple]:
-    """Image layer(s) first, then the spots: what the reader returns."""
-    return [*image_layer_tuples(slide), spots_layer_tuple(slide)]
+    """Image layer(s) first, then cell outlines if any, then the spots: what the reader returns."""
+    return [*image_layer_tuples(slide), *outline_layer_tuples(slide), spots_layer_tuple(slide)]
+
+
+def outline_layer_tuples(slide: LoadedSlide) -> list[tuple]:
+    if not slide.outlines:
+        return []
+    kwargs = {"name": f"{slide.name} cell outlines", "shape_type": "polygon", "edge_color": "#ffffff",
+              "face_color": "transparent", "edge_width": max(slide.spot_diameter / 25, 0.5), "opacity": 0.7,
+              "metadata": {RESULT_KEY: slide.uid, KIND_KEY: "outlines"}}
+    return [(slide.outlines, kwargs, "shapes")]
 
 
 def image_layer_tuples(slide: LoadedSlide) -> list[tuple]:

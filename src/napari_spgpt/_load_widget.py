@@ -26,8 +26,9 @@ class LoadWidget(Container):
     def __init__(self, viewer: napari.viewer.Viewer) -> None:
         self.viewer = viewer
         self.path = FileEdit(label="Slide", mode="r", filter="Slides (*.h5ad *.zarr)",
-                             tooltip="An .h5ad file, or a SpatialData .zarr folder (use 'Choose .zarr folder')")
-        self.folder_button = PushButton(text="Choose .zarr folder...")
+                             tooltip="An .h5ad file, a SpatialData .zarr folder or an instrument's output folder "
+                                     "(Xenium, Visium HD, MERSCOPE, CosMx; use 'Choose folder')")
+        self.folder_button = PushButton(text="Choose folder (.zarr or instrument output)...")
         self.table = dynamic(ComboBox, label="Table", tooltip="SpatialData table with the expression")
         self.coordinate_system = dynamic(ComboBox, label="Coordinate system")
         self.image = dynamic(ComboBox, [NONE], label="Image",
@@ -46,7 +47,7 @@ class LoadWidget(Container):
         self.controls.run_button.clicked.connect(self.load)
 
     def _choose_folder(self) -> None:
-        folder = QFileDialog.getExistingDirectory(self.native, "Choose a SpatialData .zarr folder")
+        folder = QFileDialog.getExistingDirectory(self.native, "Choose a SpatialData .zarr or instrument output folder")
         if folder:
             self.path.value = folder
 
@@ -65,7 +66,9 @@ class LoadWidget(Container):
             return
         self.slide_name.value = self.info.path.stem
         set_choices(self.table, self.info.tables)
-        self.table.visible = self.coordinate_system.visible = self.info.kind == "zarr"
+        self.coordinate_system.visible = self.info.kind == "zarr"
+        # an instrument folder has one table, or Visium HD's bin sizes
+        self.table.visible = self.info.kind == "zarr" or len(self.info.tables) > 1
         self._on_table()
 
     def _on_table(self, *_) -> None:
@@ -83,10 +86,11 @@ class LoadWidget(Container):
 
     def load(self) -> None:
         if self.path.value is None or self.info is None:
-            notifications.show_warning("Choose an .h5ad file or a SpatialData .zarr folder first.")
+            notifications.show_warning("Choose an .h5ad file, a SpatialData .zarr folder or an instrument's output "
+                                       "folder first.")
             return
         path = self.info.path
-        kwargs = {"table": self.table.value if self.info.kind == "zarr" else None,
+        kwargs = {"table": self.table.value if self.info.kind in ("zarr", "vendor") else None,
                   "coordinate_system": self.coordinate_system.value if self.info.kind == "zarr" else None,
                   "image": NO_IMAGE if self.image.value == NONE else (self.image.value or AUTO),
                   "max_points": int(self.max_points.value), "name": self.slide_name.value or None}

@@ -48,18 +48,21 @@ def read_slide(
     coordinate_system: str | None = None,
     backed: bool = False,
 ) -> anndata.AnnData:
-    """Read a slide from ``.h5ad`` or a SpatialData ``.zarr`` directory.
+    """Read a slide from ``.h5ad``, a SpatialData ``.zarr`` directory or an instrument's output folder.
 
     ``backed=True`` keeps an ``.h5ad`` matrix on disk (read-only); SpatialData tables are always
     loaded into memory. For SpatialData, ``table`` picks the table when the store has several.
     Coordinates are the table's ``obsm['spatial']`` if present and no ``coordinate_system`` is
     asked for; otherwise the centroids of the shapes / points / labels the table annotates, in
     ``coordinate_system`` (default: the element's first one). ``uns['spgpt_source']`` records
-    the path, table and coordinate system used.
+    the path, table and coordinate system used. Any other directory is read as a Xenium, Visium HD
+    (``table`` picks the bin size: 8, 16 or "cells"), MERSCOPE or CosMx output folder, in memory
+    (:mod:`spgpt_core.vendors`).
     """
     path = Path(path).expanduser()
     if not path.exists():
-        raise InputError(f"Input not found: {path}. Check the path (an .h5ad file or a SpatialData .zarr directory).")
+        raise InputError(f"Input not found: {path}. Check the path (an .h5ad file, a SpatialData .zarr directory "
+                         "or an instrument's output folder).")
     suffix = path.suffix.lower()
     if suffix == ".h5ad" and path.is_file():
         if table is not None or coordinate_system is not None:
@@ -70,10 +73,16 @@ def read_slide(
         adata = _read_h5ad(path, backed)
     elif suffix == ".zarr" and path.is_dir():
         adata, table, coordinate_system = _read_spatialdata_table(path, table, coordinate_system)
+    elif path.is_dir():
+        # An instrument's output folder (Xenium, Visium HD, MERSCOPE, CosMx). Imported here, not at the
+        # top: the vendor readers pull in pyarrow and h5py, which every CLI start would otherwise pay for.
+        from .vendors import read_vendor
+
+        return read_vendor(path, table=table, coordinate_system=coordinate_system)  # records its own source
     else:
         raise InputError(
-            f"Cannot read {path}: expected an AnnData .h5ad file or a SpatialData .zarr directory. "
-            "Convert the data to one of these (e.g. with scanpy or spatialdata-io) and pass that path."
+            f"Cannot read {path}: expected an AnnData .h5ad file or a SpatialData .zarr directory, or an instrument's "
+            "output folder (Xenium, Visium HD, MERSCOPE, CosMx). Convert other data to .h5ad (e.g. with scanpy)."
         )
     adata.uns["spgpt_source"] = {"path": str(path.resolve()), "table": table, "coordinate_system": coordinate_system}
     return adata

@@ -31,7 +31,8 @@ def add_model_args(p: argparse.ArgumentParser) -> None:
 
 def add_store_args(p: argparse.ArgumentParser) -> None:
     """Which table and coordinate system of a SpatialData store to read."""
-    p.add_argument("--table", help="SpatialData table to use when the store has several")
+    p.add_argument("--table", help="SpatialData table to use when the store has several; for a Visium HD folder the "
+                                   "bin size: 8 (default), 16 or cells (Space Ranger 4 segmentation)")
     p.add_argument("--coordinate-system", help="SpatialData coordinate system for the cell / spot centroids "
                                                "(default: the table's obsm['spatial'], else the first one)")
 
@@ -49,10 +50,12 @@ def add_counts_arg(p: argparse.ArgumentParser, reference: bool = False, several:
 
 
 def add_input_args(p: argparse.ArgumentParser, several: bool = False) -> None:
+    what = ("a .h5ad file, SpatialData .zarr directory, or an instrument's output folder (10x Xenium, 10x Visium HD "
+            "outs/, Vizgen MERSCOPE region, NanoString CosMx export)")
     if several:
-        p.add_argument("input", nargs="+", help="slides: .h5ad files or SpatialData .zarr directories")
+        p.add_argument("input", nargs="+", help=f"slides: each {what}")
     else:
-        p.add_argument("input", help="slide: .h5ad file or SpatialData .zarr directory")
+        p.add_argument("input", help=f"slide: {what}")
     add_store_args(p)
     add_counts_arg(p)
     p.add_argument("--gene-col", help="var column holding gene symbols (default: chosen automatically)")

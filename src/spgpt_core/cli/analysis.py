@@ -243,7 +243,7 @@ def register(sub) -> None:
     p = sub.add_parser("integrate", help="joint zero-shot embedding of several slides / modalities",
                        description="Embed several slides on their shared genes with the model (no fine-tuning, no "
                        "batch correction) into one new .h5ad: obsm[KEY], obs[batch], obs[modality].")
-    p.add_argument("slides", nargs="+", help="two or more slides (.h5ad or SpatialData .zarr)")
+    p.add_argument("slides", nargs="+", help="two or more slides (.h5ad, SpatialData .zarr or instrument output folders)")
     add_model_args(p)
     add_output_args(p)
     p.add_argument("--batch-names", help="comma-separated slide names (default: file names)")

@@ -120,7 +120,7 @@ def register(sub) -> None:
     p.set_defaults(func=cmd_pretrain)
 
     p = sub.add_parser("finetune", help="fine-tune a model on slides (GEP, GEPS, ECS)")
-    p.add_argument("slides", nargs="+", help=".h5ad / .zarr slides")
+    p.add_argument("slides", nargs="+", help=".h5ad / .zarr slides or instrument output folders")
     add_model_args(p)
     p.add_argument("--out", required=True, help="output model directory")
     p.add_argument("--overwrite", action="store_true")
@@ -128,7 +128,7 @@ def register(sub) -> None:
     p.set_defaults(func=cmd_finetune)
 
     p = sub.add_parser("domains", help="embed (optionally after fine-tuning) and cluster a slide into spatial domains")
-    p.add_argument("input", help="slide (.h5ad or SpatialData .zarr)")
+    p.add_argument("input", help="slide (.h5ad, SpatialData .zarr or an instrument output folder)")
     add_store_args(p)
     add_model_args(p)
     add_output_args(p)
