@@ -9,6 +9,7 @@ so napari starts fast.
 from __future__ import annotations
 
 import copy
+import dataclasses
 from typing import TYPE_CHECKING
 
 import numpy as np
@@ -142,6 +143,8 @@ class EmbedWidget(SlideWidget):
         params = self.params()
         reuse = self.reusable_embedding(slide)
         job = self.job_inputs(slide, {**params, "reused_embedding": reuse})
+        if reuse:  # recorded as what runs: the clustering of the existing embedding
+            job = dataclasses.replace(job, command=_commands.cluster(slide, config, key_added=DOMAIN_KEY))
         want_umap = bool(self.umap.value)
         adata = slide.adata
         gene_col, counts_layer, device = slide.gene_col, slide.counts_layer, job.model.device

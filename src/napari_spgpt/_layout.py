@@ -15,6 +15,7 @@ from qtpy.QtWidgets import QDockWidget, QFrame, QMainWindow, QScrollArea, QWidge
 
 #: marks the scroll areas (and so the docks) holding spgpt widgets
 SPGPT_DOCK = "spgpt_scroll"
+MAX_DOCK_WIDTH = 420  # px a docked widget asks for at most (1366 px screen: the canvas keeps ~600)
 
 
 class _FitWhenDocked(QObject):
@@ -42,9 +43,10 @@ class _FitWhenDocked(QObject):
         scroll.setObjectName(SPGPT_DOCK)
         scroll.setWidgetResizable(True)
         scroll.setFrameShape(QFrame.Shape.NoFrame)
-        scroll.setHorizontalScrollBarPolicy(Qt.ScrollBarPolicy.ScrollBarAlwaysOff)
+        # narrow enough to leave a laptop's canvas most of the width; a wider widget scrolls sideways too
+        scroll.setHorizontalScrollBarPolicy(Qt.ScrollBarPolicy.ScrollBarAsNeeded)
         scroll._magic_widget = self._container  # napari's inner_widget() / dock_widgets look for this
-        scroll.setMinimumWidth(native.minimumSizeHint().width() + 24)  # + the vertical scroll bar
+        scroll.setMinimumWidth(min(native.minimumSizeHint().width() + 24, MAX_DOCK_WIDTH))
         old = dock.widget()  # napari's wrapper (the widget itself, or a stretch container around it)
         dock.setWidget(scroll)
         scroll.setWidget(old)

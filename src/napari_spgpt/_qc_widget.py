@@ -246,8 +246,9 @@ class QCWidget(ReferenceSlideWidget):
                 value.append(v / lim if grid else v)
                 gene_col += [g] * len(v)
                 what_col += [what] * len(v)
-                titles.append(f"{g} {what}" + (f"  r = {_fmt(self.pearson.get(g, np.nan))}" if j else
-                                               f"  0-{lim:.2g}"))
+                # short on the left (the imputed panel's title follows at the panel's width), details right
+                titles.append(f"{g} measured" if not j else
+                              f"imputed  r = {_fmt(self.pearson.get(g, np.nan))}  (scale 0-{lim:.2g})")
                 title_pos.append((oy - 0.02 * h, ox))
         feats = pd.DataFrame({"gene": gene_col, "panel": what_col, "value": np.concatenate(value)})
         limits = (0.0, 1.0) if grid else (0.0, self.limits[rows[0]])

@@ -476,13 +476,19 @@ def test_imputation_qc_table_and_layouts(sample_viewer, qtbot, tmp_path):
 # ------------------------------------------------------------------------------------------------
 
 
-def test_export_formats_and_overwrite_confirmation(sample_viewer, qtbot, tmp_path, monkeypatch):
+def test_export_formats_and_overwrite_confirmation(viewer, sample_files, qtbot, tmp_path, monkeypatch):
+    import shutil
+
     import anndata as ad
     import spatialdata as sd
 
     import napari_spgpt._export_widget as ew
 
-    viewer = sample_viewer
+    # a copy of the sample store: the export below writes into the store itself, and the session's
+    # sample must stay as generated for the other tests
+    store = tmp_path / "store" / "sample_slide.zarr"
+    shutil.copytree(sample_files[0], store)
+    viewer.open(str(store), plugin="spgpt")
     _, slide = slide_of(viewer)
     slide.adata.obs["spgpt_domain"] = pd.Categorical(np.arange(slide.adata.n_obs) % 3)
     w = add_widget(viewer, "Export")
