@@ -60,3 +60,26 @@ def test_record_keeps_the_k_asked_beside_the_k_found():
     params = a.uns["spgpt_domain"]["params"]
     assert params["n_clusters"] == 5
     assert params["n_clusters_found"] == a.obs["spgpt_domain"].nunique()
+
+
+def test_stable_domains_keep_labels_and_colours_across_runs():
+    """A re-clustering keeps the earlier labels (and so colours) where the partitions overlap."""
+    from spgpt_core.pl import align_labels, category_colors, celltype_colors, stable_domains
+
+    previous = np.array(["0"] * 5 + ["1"] * 5 + ["2"] * 5, dtype=object)
+    # the same partition under other names, plus one spot split off into a new cluster
+    new = np.array(["2"] * 5 + ["0"] * 5 + ["1"] * 4 + ["3"], dtype=object)
+    assert align_labels(new, previous) == {"2": "0", "0": "1", "1": "2", "3": "3"}
+    cats, colors = stable_domains(new, previous)
+    assert list(cats[:15]) == list(previous[:14]) + ["3"]
+    palette = category_colors(10)
+    assert colors == palette[:4]
+    # a domain that disappears keeps the others' colours (label 1 gone: 0 and 2 keep theirs)
+    merged = np.array(["5"] * 10 + ["7"] * 5, dtype=object)
+    cats, colors = stable_domains(merged, previous)
+    assert set(cats.categories) == {"0", "2"} and colors == [palette[0], palette[2]]
+    # missing values stay missing; no previous run: labels as they are
+    cats, _ = stable_domains(np.array(["0", None, "1"], dtype=object))
+    assert cats.isna().sum() == 1 and list(cats.categories) == ["0", "1"]
+    # cell types never share the domains' colours
+    assert not set(celltype_colors(8)) & set(category_colors(10))

@@ -116,3 +116,32 @@ def test_imputation_scores():
     pred = np.column_stack([y[:, 0], -y[:, 1], np.zeros(50)])  # perfect, inverted, constant
     s = M.imputation_scores(y, pred)
     assert s == {"median_pearson": 0.0, "mean_pearson": 0.0, "n_genes": 3, "n_genes_scored": 2}
+
+
+def test_merge_imputed_accumulates_genes_and_keeps_their_records():
+    """Re-running Impute adds genes: a gene imputed again takes the new values, the others stay, and the
+    record of each run whose genes remain is kept (the plugin's Impute widget accumulates with this)."""
+    from spgpt_core.tl._impute import merge_imputed
+
+    idx = pd.Index(["c1", "c2", "c3"])
+    first = pd.DataFrame({"A": [1.0, 2, 3], "B": [4.0, 5, 6]}, index=idx)
+    rec1 = {"params": {"seed": 0}, "genes": np.array(["A", "B"], dtype=object)}
+    second = pd.DataFrame({"C": [7.0, 8, 9]}, index=idx)
+    table, rec = merge_imputed(first, rec1, second, {"params": {"seed": 1}, "genes": np.array(["C"], dtype=object)})
+    assert list(table.columns) == ["A", "B", "C"]
+    np.testing.assert_array_equal(table["A"], first["A"])
+    assert list(rec["genes"]) == ["A", "B", "C"] and list(rec["run_genes"]) == ["C"]
+    assert rec["params"]["seed"] == 1 and rec["earlier"]["run_1"]["params"]["seed"] == 0
+    # B again: new values; run 1 still owns A, so its record stays
+    third = pd.DataFrame({"B": [0.0, 0, 0]}, index=idx)
+    table, rec = merge_imputed(table, rec, third, {"params": {"seed": 2}, "genes": np.array(["B"], dtype=object)})
+    assert list(table.columns) == ["A", "C", "B"] and table["B"].sum() == 0
+    assert set(rec["earlier"]) == {"run_1", "run_2"} and list(rec["earlier"]["run_1"]["run_genes"]) == ["A"]
+    # A and C again: no earlier run contributes any more
+    fourth = pd.DataFrame({"A": [1.0, 1, 1], "C": [2.0, 2, 2]}, index=idx)
+    table, rec = merge_imputed(table, rec, fourth, {"params": {}, "genes": np.array(["A", "C"], dtype=object)})
+    assert list(table.columns) == ["B", "A", "C"] and set(rec["earlier"]) == {"run_3"}
+    # another slide's table (other cells) is replaced, not merged
+    other = pd.DataFrame({"Z": [1.0]}, index=["x"])
+    table, rec = merge_imputed(other, {}, second, {"genes": np.array(["C"], dtype=object)})
+    assert list(table.columns) == ["C"]

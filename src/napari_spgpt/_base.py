@@ -16,9 +16,14 @@ from napari.utils import notifications
 from qtpy.QtCore import Qt
 from qtpy.QtWidgets import (QAbstractItemView, QApplication, QGridLayout, QHeaderView, QLabel, QTableWidget,
                             QTableWidgetItem, QWidget)
+from spgpt_core.errors import SpgptError
 from spgpt_core.records import h5ad_safe
 
-from ._layers import MISSING, slide_choices
+from . import _guard as guard
+from ._layout import fit_when_docked
+from ._choices import dynamic, set_choices
+from ._reference import gene_name_columns
+from ._layers import MISSING, prune_results, slide_choices
 from ._state import get_state
 from ._worker import JobControls
 
@@ -128,6 +133,9 @@ class ResultTable(QTableWidget):
         return rows.pop() if len(rows) == 1 else None
 
 
+AUTO_GENES = "(automatic)"
+
+
 class SlideWidget(Container):
     """Base: a slide combo box kept in sync with the viewer's slide layers, job controls and the
     equivalent command. Subclasses add their parameters between the two."""
@@ -148,6 +156,8 @@ class SlideWidget(Container):
         self.slide_combo.changed.connect(self._on_slide_changed)
         viewer.layers.events.inserted.connect(self._refresh_slides)
         viewer.layers.events.removed.connect(self._refresh_slides)
+        guard.install(viewer, self.state)  # removing a slide's spots layer asks before results are lost
+        fit_when_docked(self)  # scrolls, in one tabbed dock with the other spgpt widgets
         self.state.model_changed.connect(self.update_command)
         for w in params:
             if hasattr(w, "changed"):
@@ -192,12 +202,41 @@ class SlideWidget(Container):
     def model_spec(self) -> tuple[str, str]:
         return self.state.spec, self.state.device
 
-    def adopt_model(self, result: dict) -> None:
-        """Keep a model the worker loaded as the session's model (main thread, after the run)."""
-        if result.get("model") is not None:
-            self.state.set_model(result["model"], self.state.spec, self.state.device)
+    def adopt_model(self, result: dict, choice: ModelChoice) -> None:
+        """Keep a model the worker loaded as the session's model (main thread, after the run), unless the
+        Model widget chose another one meanwhile: then the session keeps that one, under its own name."""
+        model = result.get("model")
+        state = self.state
+        if model is not None and state.model is None and (state.spec, state.device) == (choice.spec, choice.device):
+            state.set_model(model, choice.spec, choice.device)
 
-    def record(self, slide, params: dict, keys: list[str]) -> None:
+    def commit(self, slide, result: dict, job: JobInputs) -> bool:
+        """Apply a finished job's staged results to the slide's AnnData and draw them from it (GUI thread).
+
+        The single place where a job changes a slide; False (nothing applied) when the slide was closed
+        while the job ran."""
+        if slide.closed:
+            self.controls.status.value = f"{slide.name} was closed while {self.job_name} ran; its results were discarded."
+            notifications.show_warning(self.controls.status.value)
+            return False
+        result["staged"].apply(slide.adata)
+        slide.unsaved = list(dict.fromkeys([*slide.unsaved, self.job_name]))
+        prune_results(self.viewer, slide)  # no layer may show what the AnnData no longer holds
+        self.adopt_model(result, job.model)
+        self.record(slide, job.params, result["staged"].keys(), job.command)
+        self.render(slide)
+        self.update_command()
+        return True
+
+    def render(self, slide) -> None:  # pragma: no cover - overridden
+        """Draw (add / update / remove) this widget's result layers from ``slide.adata``."""
+
+    def job_inputs(self, slide, params: dict) -> JobInputs:
+        """The model, parameters and command of a run, fixed when it starts (GUI thread)."""
+        return JobInputs(ModelChoice(self.state.model, self.state.spec, self.state.device), dict(params),
+                         self.command_text())
+
+    def record(self, slide, params: dict, keys: list[str], command: str) -> None:
         """Note this run (widget, parameters, command, result keys) in ``uns['spgpt_napari']``.
 
         The results' own records (parameters, model, versions) are in ``uns[key]``, written by
@@ -206,7 +245,7 @@ class SlideWidget(Container):
         run_id = f"run_{len(runs):03d}"
         runs[run_id] = h5ad_safe({"widget": type(self).__name__, "job": self.job_name,
                                   "time": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "params": params,
-                                  "command": self.command_text(), "result_keys": keys})
+                                  "command": command, "result_keys": list(keys)})
 
 
 class ReferenceSlideWidget(SlideWidget):
@@ -230,6 +269,22 @@ class ReferenceSlideWidget(SlideWidget):
     def _on_reference(self, *_: Any) -> None:  # pragma: no cover - overridden
         pass
 
+    def reference_gene_control(self) -> ComboBox:
+        """'Reference gene names': the reference's var column with gene symbols (automatic by default)."""
+        self.reference_gene_col = dynamic(ComboBox, [AUTO_GENES], label="Reference gene names",
+                                          tooltip="var column of the reference holding gene symbols comparable "
+                                                  "to the slide's; automatic compares var_names and every text column")
+        return self.reference_gene_col
+
+    def fill_reference_gene_cols(self, path: str | None) -> None:
+        cols = []
+        if path is not None:
+            try:
+                cols = gene_name_columns(path)
+            except SpgptError:
+                cols = []
+        set_choices(self.reference_gene_col, [AUTO_GENES, "var_names", *cols])
+
     def mapping_job_inputs(self, choice: str, value, missing: str) -> MappingJob | None:
         """Everything a reference-mapping worker needs, captured on the GUI thread, or None after telling
         the user what is missing. ``choice``/``value``: the widget's own required input (cell-type column,
@@ -244,26 +299,59 @@ class ReferenceSlideWidget(SlideWidget):
         config = self.mapping_config()
         params = {"reference": ref_path, choice: value, "num_epochs": config.num_epochs, "seed": config.seed,
                   "model": self.state.spec, "device": self.state.device}
-        return MappingJob(self.state, slide, ref_path, params, config)
+        return MappingJob(self.job_inputs(slide, params), slide, ref_path, config)
 
     def mapping_config(self):
         """The mapping options the widget's controls set, as the core declares them (``config_class``)."""
-        return self.config_class(num_epochs=int(self.epochs.value), seed=int(self.seed.value))
+        ref_col = self.reference_gene_col.value
+        return self.config_class(num_epochs=int(self.epochs.value), seed=int(self.seed.value),
+                                 reference_gene_col=None if ref_col in (None, AUTO_GENES) else ref_col)
+
+
+@dataclass(frozen=True)
+class ModelChoice:
+    """The session's model when a job started. The job uses and records this one, whatever the Model
+    widget loads while it runs."""
+
+    model: Any  # spgpt_core.SpGPT, or None: the worker loads ``spec``
+    spec: str
+    device: str
+
+    def get(self, progress):
+        """(model, loaded here?), inside the worker."""
+        if self.model is not None:
+            return self.model, False
+        from spgpt_core.checkpoint.pretrained import load_model  # torch: only inside a worker, napari starts fast
+
+        progress.start(0, f"loading model {self.spec}")
+        return load_model(self.spec, device=self.device), True
+
+
+@dataclass(frozen=True)
+class JobInputs:
+    """What a run records, captured on the GUI thread when it starts."""
+
+    model: ModelChoice
+    params: dict
+    command: str
 
 
 @dataclass(frozen=True)
 class MappingJob:
     """A deconvolution / imputation run's inputs: the worker reads these, never the widgets."""
 
-    state: Any
+    inputs: JobInputs
     slide: Any
     ref_path: str
-    params: dict
     config: Any  # spgpt_core.params.DeconvolveConfig / ImputeConfig
 
     @property
-    def adata(self):
-        return self.slide.adata
+    def model(self) -> ModelChoice:
+        return self.inputs.model
+
+    @property
+    def params(self) -> dict:
+        return self.inputs.params
 
     @property
     def gene_col(self):
@@ -272,16 +360,3 @@ class MappingJob:
     @property
     def counts_layer(self):
         return self.slide.counts_layer
-
-
-
-def load_model_in_worker(state, progress):
-    """The session's model, or the session's spec loaded now (called inside a worker)."""
-    from spgpt_core.checkpoint.pretrained import load_model  # torch: only inside a worker, napari starts fast
-
-
-    model = state.model_for()
-    if model is not None:
-        return model, False
-    progress.start(0, f"loading model {state.spec}")
-    return load_model(state.spec, device=state.device), True

@@ -55,6 +55,15 @@ def domains(slide, spec: str, device: str, config: DomainsConfig) -> str:
                  "--out", f"{stem(slide)}_domains.h5ad"])
 
 
+def cluster(slide, config: DomainsConfig, key_added: str) -> str:
+    """``spgpt cluster ...``: a re-run that changed only clustering settings clusters the embedding the
+    previous run made (the ``spgpt domains`` output) again."""
+    how = ["--n-clusters", config.n_clusters] if config.n_clusters is not None else ["--resolution", config.resolution]
+    return join(["spgpt", "cluster", f"{stem(slide)}_domains.h5ad", *how, "--method", config.method, "--smooth-k",
+                 config.smooth_k, "--seed", config.seed, "--key-added", key_added,
+                 "--out", f"{stem(slide)}_domains_reclustered.h5ad"])
+
+
 def deconvolve(slide, spec: str, device: str, *, reference: str | None, celltype_key: str | None,
                config: DeconvolveConfig) -> str:
     return join(["spgpt", "deconvolve", *input_args(slide), "--reference", reference or "REFERENCE.h5ad",

@@ -18,7 +18,7 @@ from spgpt_core.errors import SpgptError
 from spgpt_core.params import DeconvolveConfig
 
 from . import _commands
-from ._base import Legend, ReferenceSlideWidget, add_native, load_model_in_worker
+from ._base import Legend, ReferenceSlideWidget, add_native
 from ._choices import dynamic, set_choices
 from ._layers import base_layer, categorical, categorical_colors, drawn, result_layers, robust_limits, upsert_result
 from ._reference import label_columns, obs_and_genes, read_reference
@@ -50,7 +50,8 @@ class DeconvolveWidget(ReferenceSlideWidget):
         self.legend = Legend()
         extras = Container(widgets=[self.show_layer], labels=True)
         extras.margins = (0, 0, 0, 0)
-        super().__init__(viewer, [self.reference, self.celltype_key, self.epochs, self.seed, self.scale],
+        super().__init__(viewer, [self.reference, self.celltype_key, self.reference_gene_control(), self.epochs, self.seed,
+                                  self.scale],
                          after=[extras])
         add_native(extras, self.legend)
         self.reference.changed.connect(self._on_reference)
@@ -66,13 +67,19 @@ class DeconvolveWidget(ReferenceSlideWidget):
         path = self.reference.value
         if path is None or str(path) in ("", "."):
             return
+        self.fill_reference_gene_cols(self.reference_path())
         try:
             obs, _ = obs_and_genes(path)
         except SpgptError as e:
             notifications.show_error(str(e))
             set_choices(self.celltype_key, [])
             return
-        set_choices(self.celltype_key, label_columns(obs))
+        columns = label_columns(obs)
+        if not columns:  # say why the box stays empty
+            notifications.show_warning(
+                f"The reference has no column usable as cell-type labels (text, categories or integer codes with "
+                f"2 to 500 values); its obs columns: {', '.join(map(str, obs.columns)) or 'none'}.")
+        set_choices(self.celltype_key, columns)
         self.update_command()
 
     def command_text(self) -> str:
@@ -89,24 +96,30 @@ class DeconvolveWidget(ReferenceSlideWidget):
             return
 
         def work(progress):
+            from ._staging import Staged, scratch
+
             progress.start(0, "reading the reference")
             reference = read_reference(job.ref_path)
             progress.check()
-            model, loaded = load_model_in_worker(job.state, progress)
+            model, loaded = job.model.get(progress)
             from spgpt_core import tl  # torch, scanpy: only inside the worker, napari starts fast
 
-
-            tl.deconvolve(job.adata, reference, key, model, config=job.config, key_added=KEY,
+            work_ad = scratch(job.slide.adata)  # the slide itself changes only in commit, after success
+            tl.deconvolve(work_ad, reference, key, model, config=job.config, key_added=KEY,
                           dominant_key=DOMINANT_KEY, gene_col=job.gene_col, counts_layer=job.counts_layer,
-                          device=job.state.device, progress=progress)
-            return {"model": model if loaded else None}
+                          device=job.model.device, progress=progress)
+            progress.check()
+            staged = Staged.collect(work_ad, obs=[DOMINANT_KEY], obsm=[KEY], uns=[KEY, f"{DOMINANT_KEY}_colors"])
+            return {"model": model if loaded else None, "staged": staged}
 
-        self.controls.start(work, on_done=lambda r: self._show(job.slide, r, job.params), slide=job.slide,
+        self.controls.start(work, on_done=lambda r: self.commit(job.slide, r, job.inputs), slide=job.slide,
                             what=self.job_name)
 
-    def _show(self, slide, result: dict, params: dict) -> None:
-        self.adopt_model(result)
+    def render(self, slide) -> None:
+        """The dominant-type layer, one proportion layer per cell type and the legend, from the AnnData."""
         adata = slide.adata
+        if KEY not in adata.obsm or DOMINANT_KEY not in adata.obs:
+            return
         props = adata.obsm[KEY]
         if not isinstance(props, pd.DataFrame):
             props = pd.DataFrame(np.asarray(props), index=adata.obs_names)
@@ -120,13 +133,13 @@ class DeconvolveWidget(ReferenceSlideWidget):
         dom_drawn = categorical(drawn(slide, pd.Categorical(dominant)), categories=dom_cats)
         upsert_result(self.viewer, slide, f"{slide.name} dominant type", pd.DataFrame({"spot": names,
                       "dominant_type": dom_drawn}), kind="dominant", column="dominant_type",
-                      categorical_map=mapping)
+                      categorical_map=mapping, extra_metadata={"source": ["obs", dom_col]})
         drawn_values = drawn(slide, values)
         for j, t in enumerate(types):
             feats = pd.DataFrame({"spot": names, "proportion": drawn_values[:, j]})
             upsert_result(self.viewer, slide, f"{slide.name} proportion: {t}", feats, kind="proportion",
                           column="proportion", colormap="viridis", limits=self._limits(drawn_values[:, j]),
-                          visible=False, extra_metadata={"cell_type": t}, colorbar=True)
+                          visible=False, extra_metadata={"cell_type": t, "source": ["obsm", KEY, t]}, colorbar=True)
         base = base_layer(self.viewer, slide)
         if base is not None:
             feats = base.features.copy()
@@ -137,8 +150,6 @@ class DeconvolveWidget(ReferenceSlideWidget):
         self._slide_for_layers = slide
         set_choices(self.show_layer, [DOMINANT, *types], DOMINANT)
         self._on_show(force=True)
-        self.record(slide, params, [KEY, dom_col])
-        self.update_command()
 
     def _limits(self, v) -> tuple[float, float]:
         if self.scale.value == SHARED:

@@ -8,15 +8,18 @@ so napari starts fast.
 
 from __future__ import annotations
 
+import copy
+import dataclasses
 from typing import TYPE_CHECKING
 
 import numpy as np
 import pandas as pd
-from magicgui.widgets import CheckBox, ComboBox, Container, FloatSpinBox, RadioButtons, SpinBox
+from magicgui.widgets import CheckBox, ComboBox, Container, FloatSpinBox, PushButton, RadioButtons, SpinBox
+from napari.utils import notifications
 from spgpt_core.params import DEFAULT_N_TOP_GENES, DomainsConfig
 
 from . import _commands
-from ._base import Legend, SlideWidget, add_native, load_model_in_worker
+from ._base import Legend, SlideWidget, add_native
 from ._layers import base_layer, categorical, categorical_colors, drawn, upsert_result
 from ._umap import UmapCanvas, umap_2d
 
@@ -29,6 +32,10 @@ BY_NUMBER = "number of domains"
 BY_RESOLUTION = "resolution"
 EMBED_KEY = "X_spgpt"
 DOMAIN_KEY = "spgpt_domain"
+KEPT_PREFIX = f"{DOMAIN_KEY}__"  # obs columns of clusterings kept as their own layers
+#: the run parameters that change the embedding; a run changing none of them only clusters again
+EMBED_SETTINGS = ("mode", "finetune_epochs", "n_top_genes", "batch_size", "seed", "drop_empty", "model", "device",
+                  "gene_col", "counts_layer")
 
 
 class EmbedWidget(SlideWidget):
@@ -55,6 +62,8 @@ class EmbedWidget(SlideWidget):
         self.seed = SpinBox(label="Seed", value=0, min=0, max=2**31 - 1)
         self.drop_empty = CheckBox(value=True, text="Leave out spots that express no model gene")
         self.umap = CheckBox(value=True, text="Show a UMAP of the embedding")
+        self.keep_button = PushButton(text="Keep these domains as their own layer", enabled=False,
+                                      tooltip="The next run then adds a new domains layer instead of replacing them")
         self.legend = Legend()
         self.umap_canvas = None
         extras = Container(widgets=[], labels=False)
@@ -62,7 +71,8 @@ class EmbedWidget(SlideWidget):
         super().__init__(viewer, [self.mode, self.epochs, self.by, self.n_domains, self.resolution, self.method,
                                   self.smooth_k, self.n_top_genes, self.batch_size, self.seed, self.drop_empty,
                                   self.umap],
-                         after=[extras])
+                         after=[self.keep_button, extras])
+        self.keep_button.clicked.connect(self.keep_clustering)
         add_native(extras, self.legend)
         self._extras = extras
         self.mode.changed.connect(self._on_mode)
@@ -90,12 +100,38 @@ class EmbedWidget(SlideWidget):
                              seed=int(self.seed.value))
 
     def params(self) -> dict:
+        slide = self.slide
         return {"mode": self.mode.value, **self.config().as_dict(), "model": self.state.spec,
-                "device": self.state.device}
+                "device": self.state.device, "gene_col": slide.gene_col if slide is not None else None,
+                "counts_layer": slide.counts_layer if slide is not None else None}
+
+    def last_run(self, slide, key: str) -> dict | None:
+        """This widget's last recorded run on the slide that wrote ``key``."""
+        runs = slide.adata.uns.get("spgpt_napari", {}) if slide is not None else {}
+        made = [r for _, r in sorted(runs.items()) if key in list(r.get("result_keys", []))]
+        return made[-1] if made else None
+
+    def reusable_embedding(self, slide) -> bool:
+        """Whether the slide's embedding was made with this form's embedding settings (model, genes,
+        fine-tuning, seed, batch size, empty spots): then only the clustering runs again."""
+        last = self.last_run(slide, EMBED_KEY)
+        if last is None or EMBED_KEY not in slide.adata.obsm:
+            return False
+        before, now = last.get("params", {}), self.params()
+        return all(str(before.get(k)) == str(now.get(k)) for k in EMBED_SETTINGS)
 
     def command_text(self) -> str:
+        """The command giving what Run gives now: the last run's own command while nothing changed,
+        ``spgpt cluster`` when only clustering settings did, else ``spgpt domains``."""
         spec, device = self.model_spec()
-        return _commands.domains(self.slide, spec, device, self.config())
+        slide = self.slide
+        if self.reusable_embedding(slide):
+            last = self.last_run(slide, DOMAIN_KEY)
+            now = self.params()
+            if last is not None and all(str(v) == str(last.get("params", {}).get(k)) for k, v in now.items()):
+                return str(last.get("command", ""))
+            return _commands.cluster(slide, self.config(), key_added=DOMAIN_KEY)
+        return _commands.domains(slide, spec, device, self.config())
 
     # -- run --------------------------------------------------------------------------------------
 
@@ -104,42 +140,75 @@ class EmbedWidget(SlideWidget):
         if slide is None:
             return
         config = self.config()
-        p = self.params()
-        state = self.state
+        params = self.params()
+        reuse = self.reusable_embedding(slide)
+        job = self.job_inputs(slide, {**params, "reused_embedding": reuse})
+        if reuse:  # recorded as what runs: the clustering of the existing embedding
+            job = dataclasses.replace(job, command=_commands.cluster(slide, config, key_added=DOMAIN_KEY))
         want_umap = bool(self.umap.value)
         adata = slide.adata
-        gene_col, counts_layer = slide.gene_col, slide.counts_layer
+        gene_col, counts_layer, device = slide.gene_col, slide.counts_layer, job.model.device
 
         def work(progress):
             # torch, scanpy: only inside the worker, napari starts fast
             from spgpt_core import tl
+            from spgpt_core.pl import stable_domains
             from spgpt_core.tl._cluster import check_domains_request
+
+            from ._staging import Staged, scratch
 
             # checked before the model is loaded; tl.domains checks again, at no cost
             check_domains_request(adata, n_clusters=config.n_clusters, resolution=config.resolution,
                                   method=config.method)
-            model, loaded = load_model_in_worker(state, progress)
-            progress.check()
-            tl.domains(adata, model, config=config, gene_col=gene_col, counts_layer=counts_layer, device=state.device,
-                       key_added=DOMAIN_KEY, embedding_key=EMBED_KEY, progress=progress)
+            work_ad = scratch(adata)  # the slide itself changes only in commit, after success
+            model, loaded = None, False
+            if reuse:  # only clustering settings changed: the embedding stays, as `spgpt cluster` does it
+                progress.start(0, "finding domains")
+                tl.cluster(work_ad, use_rep=EMBED_KEY, n_clusters=config.n_clusters, resolution=config.resolution,
+                           method=config.method, smooth_k=config.smooth_k, key_added=DOMAIN_KEY, seed=config.seed)
+            else:
+                model, loaded = job.model.get(progress)
+                progress.check()
+                tl.domains(work_ad, model, config=config, gene_col=gene_col, counts_layer=counts_layer, device=device,
+                           key_added=DOMAIN_KEY, embedding_key=EMBED_KEY, progress=progress)
+            # the previous run's labels (and so colours) where the partitions overlap
+            previous = adata.obs[DOMAIN_KEY].values if DOMAIN_KEY in adata.obs else None
+            work_ad.obs[DOMAIN_KEY], work_ad.uns[f"{DOMAIN_KEY}_colors"] = stable_domains(
+                work_ad.obs[DOMAIN_KEY].values, previous)
             xy = None
             if want_umap:
                 progress.check()
                 progress.start(0, "UMAP")
-                xy = umap_2d(adata.obsm[EMBED_KEY], seed=config.seed)
-            return {"model": model if loaded else None, "umap": xy}
+                xy = umap_2d(work_ad.obsm[EMBED_KEY], seed=config.seed)
+            progress.check()  # a Cancel up to here leaves the slide as it was
+            embedded = [] if reuse else [EMBED_KEY]
+            staged = Staged.collect(work_ad, obs=[DOMAIN_KEY, *([] if reuse else [f"{EMBED_KEY}_empty"])],
+                                    obsm=embedded, uns=[*embedded, DOMAIN_KEY, f"{DOMAIN_KEY}_colors"])
+            return {"model": model if loaded else None, "umap": xy, "staged": staged}
 
-        self.controls.start(work, on_done=lambda r: self._show(slide, r, p), slide=slide, what=self.job_name)
+        self.controls.start(work, on_done=lambda r: self._done(slide, r, job), slide=slide, what=self.job_name)
 
-    def _show(self, slide, result: dict, params: dict) -> None:
-        self.adopt_model(result)
+    def _done(self, slide, result: dict, job) -> None:
+        if not self.commit(slide, result, job):
+            return
+        if result.get("umap") is not None and DOMAIN_KEY in slide.adata.obs:
+            domains = slide.adata.obs[DOMAIN_KEY]
+            self._show_umap(result["umap"], categorical(domains), self.legend.items)
+        elif self.umap_canvas is not None:
+            self.umap_canvas.setVisible(False)  # an earlier run's UMAP must not sit beside this run's legend
+
+    def render(self, slide) -> None:
+        """The domains layer, the spots' hover column and the legend, from ``obs['spgpt_domain']``."""
         adata = slide.adata
+        if DOMAIN_KEY not in adata.obs:
+            self.legend.set_items({})
+            return
         domains = adata.obs[DOMAIN_KEY]
         mapping = categorical_colors(domains.cat.categories, adata.uns.get(f"{DOMAIN_KEY}_colors"))
         values = categorical(drawn(slide, domains), categories=list(domains.cat.categories))
         features = pd.DataFrame({"spot": drawn(slide, adata.obs_names.to_numpy()), DOMAIN_KEY: values})
         upsert_result(self.viewer, slide, f"{slide.name} domains", features, kind="domains", column=DOMAIN_KEY,
-                      categorical_map=mapping, extra_metadata={"legend": mapping})
+                      categorical_map=mapping, extra_metadata={"legend": mapping, "source": ["obs", DOMAIN_KEY]})
         base = base_layer(self.viewer, slide)
         if base is not None:
             feats = base.features.copy()
@@ -147,13 +216,47 @@ class EmbedWidget(SlideWidget):
             base.features = feats
         counts = pd.Series(np.asarray(categorical(domains))).value_counts().to_dict()
         self.legend.set_items(mapping, title=f"Domains ({len(domains.cat.categories)})", counts=counts)
-        if result.get("umap") is not None:
-            self._show_umap(result["umap"], categorical(domains), mapping)
-        self.record(slide, params, [EMBED_KEY, DOMAIN_KEY])
-        self.update_command()
+        for key in [c for c in adata.obs.columns if str(c).startswith(KEPT_PREFIX)]:
+            kept = adata.obs[key]
+            name = f"{slide.name} domains {clustering_label(adata.uns.get(key, {}))}"
+            existing = [la for la in self.viewer.layers if la.name == name]
+            upsert_result(self.viewer, slide, name, pd.DataFrame({"spot": features["spot"], key: categorical(
+                          drawn(slide, kept), categories=list(kept.cat.categories))}), kind="domains_kept", column=key,
+                          categorical_map=categorical_colors(kept.cat.categories, adata.uns.get(f"{key}_colors")),
+                          visible=existing[0].visible if existing else False, extra_metadata={"source": ["obs", key]})
+        self.keep_button.enabled = True
+
+    def keep_clustering(self) -> None:
+        """Copy the current domains to their own obs column and layer ("domains k=7, leiden"), so the next
+        run does not replace them and two clusterings can be compared (and are exported)."""
+        slide = self.require_slide()
+        if slide is None or DOMAIN_KEY not in slide.adata.obs:
+            return
+        if slide.busy:
+            notifications.show_warning(f"'{slide.busy}' is running on {slide.name}; wait for it or cancel it first.")
+            return
+        adata = slide.adata
+        label = clustering_label(adata.uns.get(DOMAIN_KEY, {}))
+        key = KEPT_PREFIX + "".join(ch if ch.isalnum() else "_" for ch in label).strip("_")
+        adata.obs[key] = adata.obs[DOMAIN_KEY].copy()
+        adata.uns[key] = copy.deepcopy(adata.uns.get(DOMAIN_KEY, {}))
+        adata.uns[f"{key}_colors"] = list(adata.uns.get(f"{DOMAIN_KEY}_colors", []))
+        slide.unsaved = list(dict.fromkeys([*slide.unsaved, "kept domains"]))
+        self.render(slide)
+        self.controls.status.value = f"Kept as layer '{slide.name} domains {label}' (obs['{key}'])."
 
     def _show_umap(self, xy: np.ndarray, labels: pd.Categorical, mapping: dict[str, str]) -> None:
         if self.umap_canvas is None:
             self.umap_canvas = UmapCanvas()
             add_native(self._extras, self.umap_canvas)
+        self.umap_canvas.setVisible(True)
         self.umap_canvas.plot(xy, labels, mapping)
+
+
+def clustering_label(record: dict) -> str:
+    """'k=7, leiden, smooth 6' (or 'resolution 0.8, ...') from a clustering's ``uns`` record."""
+    p = record.get("params", {}) if isinstance(record, dict) else {}
+    k = p.get("n_clusters")
+    what = f"k={k}" if k is not None and str(k) != "None" else f"resolution {p.get('resolution')}"
+    smooth = int(p.get("smooth_k", 0) or 0)
+    return f"{what}, {p.get('method', '?')}" + (f", smooth {smooth}" if smooth else "")

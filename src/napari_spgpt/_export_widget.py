@@ -35,7 +35,7 @@ class ExportWidget(SlideWidget):
         self.h5ad = CheckBox(value=True, text=".h5ad (AnnData with every result)")
         self.csv = CheckBox(value=True, text=".csv (one row per spot: coordinates, obs, results)")
         self.embedding = CheckBox(value=False, text="include the embedding columns in the .csv")
-        self.zarr = CheckBox(value=False, text=".zarr (SpatialData: the slide's store with the updated table)")
+        self.zarr = CheckBox(value=False, text=".zarr (SpatialData: the slide with its results)")
         super().__init__(viewer, [self.folder, self.basename, self.h5ad, self.csv, self.embedding, self.zarr])
         self._on_slide_changed()
 
@@ -44,7 +44,9 @@ class ExportWidget(SlideWidget):
         if slide is not None and not self.basename.value:
             self.basename.value = f"{slide.name}_spgpt"
         if slide is not None and slide.kind == "zarr":
-            self.zarr.text = f".zarr (SpatialData: {Path(slide.source).name} with table '{slide.table}' updated)"
+            # a new store unless the folder and name are the source's own (then only its table is rewritten)
+            self.zarr.text = (f".zarr (SpatialData: a copy of {Path(slide.source).name} with the results in table "
+                              f"'{slide.table}')")
         super()._on_slide_changed()
 
     def targets(self) -> list[tuple[str, Path]]:
@@ -109,10 +111,12 @@ class ExportWidget(SlideWidget):
                 progress.update(1)
             return written
 
-        self.controls.start(work, on_done=self._done, slide=slide, what=self.job_name)
+        self.controls.start(work, on_done=lambda written: self._done(slide, written), slide=slide, what=self.job_name)
 
-    def _done(self, written: list[Path]) -> None:
+    def _done(self, slide, written: list[Path]) -> None:
         self.written = written
+        if any(Path(p).suffix in (".h5ad", ".zarr") for p in written):
+            slide.unsaved = []  # every result is in the written file
         folders = {str(Path(p).parent) for p in written}
         where = f" to {folders.pop()}" if len(folders) == 1 else ""
         msg = "Wrote " + ", ".join(Path(p).name for p in written) + where

@@ -10,15 +10,15 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 import pandas as pd
-from magicgui.widgets import CheckBox, ComboBox, Container, FileEdit, Label, LineEdit, Select, SpinBox
+from magicgui.widgets import CheckBox, ComboBox, Container, FileEdit, Label, LineEdit, PushButton, Select, SpinBox
 from napari.utils import notifications
 from spgpt_core.errors import SpgptError
 from spgpt_core.params import ImputeConfig
 
 from . import _commands
-from ._base import MappingJob, ReferenceSlideWidget, load_model_in_worker
+from ._base import MappingJob, ReferenceSlideWidget
 from ._choices import dynamic, set_choices
-from ._layers import drawn, result_layers, robust_limits, upsert_result
+from ._layers import drawn, prune_results, result_layers, robust_limits, upsert_result
 from ._reference import obs_and_genes, read_reference
 
 if TYPE_CHECKING:
@@ -27,6 +27,7 @@ if TYPE_CHECKING:
 KEY = "spgpt_imputed"
 MAX_LISTED = 400
 COLORMAP = "viridis"
+UNITS = "log1p(counts per 10,000)"  # spgpt_core.tl.impute's scale (per 10,000 training-gene counts)
 
 
 def slide_gene_names(slide) -> pd.Index:
@@ -89,8 +90,14 @@ class ImputeWidget(ReferenceSlideWidget):
                               tooltip="Tangram optimisation epochs (spgpt default 1000)")
         self.seed = SpinBox(label="Seed", value=0, min=0, max=2**31 - 1)
         self.show_layer = dynamic(ComboBox, label="Show", tooltip="Which imputed gene is visible")
-        super().__init__(viewer, [self.reference, self.missing_only, self.picker, self.epochs, self.seed],
-                         after=[Container(widgets=[self.show_layer])])
+        self.scale_note = Label(value=f"Colour: 0 to the gene's 99th percentile, in {UNITS}; colourbar on the canvas")
+        self.scale_note.native.setWordWrap(True)
+        self.clear_button = PushButton(text="Clear imputed genes", enabled=False,
+                                       tooltip="Runs add genes to those imputed before; this removes them all")
+        super().__init__(viewer, [self.reference, self.reference_gene_control(), self.missing_only, self.picker,
+                                  self.epochs, self.seed],
+                         after=[Container(widgets=[self.show_layer, self.scale_note, self.clear_button])])
+        self.clear_button.clicked.connect(self.clear)
         self.reference.changed.connect(self._on_reference)
         self.missing_only.changed.connect(self._on_reference)
         self.picker.genes.changed.connect(self.update_command)
@@ -103,6 +110,7 @@ class ImputeWidget(ReferenceSlideWidget):
         path = self.reference_path()
         if path is None:
             return
+        self.fill_reference_gene_cols(path)
         try:
             _, genes = obs_and_genes(path)
         except SpgptError as e:
@@ -127,31 +135,54 @@ class ImputeWidget(ReferenceSlideWidget):
         job = self.mapping_job_inputs("genes", genes, "Choose a reference .h5ad and at least one gene to impute.")
         if job is None:
             return
-        self.controls.start(lambda progress: impute_in_worker(job, genes, progress),
-                            on_done=lambda r: self._show(job.slide, r, job.params, genes), slide=job.slide,
-                            what=self.job_name)
+        self.controls.start(lambda progress: impute_in_worker(job, genes, progress, accumulate=True),
+                            on_done=lambda r: self._done(job, r, genes), slide=job.slide, what=self.job_name)
 
-    def _show(self, slide, result: dict, params: dict, genes: list[str]) -> None:
-        self.adopt_model(result)
-        imputed = slide.adata.obsm[KEY]
+    def _done(self, job: MappingJob, result: dict, genes: list[str]) -> None:
+        if self.commit(job.slide, result, job.inputs):
+            self._on_show(force=True, gene=genes[0] if genes else None)
+
+    def clear(self) -> None:
+        """Drop every imputed gene of the slide (obsm / uns and their layers): Impute starts afresh."""
+        slide = self.require_slide()
+        if slide is None:
+            return
+        if slide.busy:
+            notifications.show_warning(f"'{slide.busy}' is running on {slide.name}; wait for it or cancel it first.")
+            return
+        for store in (slide.adata.obsm, slide.adata.uns):
+            store.pop(KEY, None)
+        prune_results(self.viewer, slide)
+        self.render(slide)
+        self.controls.status.value = f"Cleared the imputed genes of {slide.name}."
+
+    def render(self, slide) -> None:
+        """One hidden overlay per gene of ``obsm['spgpt_imputed']``; the 'Show' list offers exactly these."""
+        imputed = slide.adata.obsm.get(KEY)
+        self._slide_for_layers = slide
+        if imputed is None:
+            set_choices(self.show_layer, [], None)
+            self.clear_button.enabled = False
+            return
         if not isinstance(imputed, pd.DataFrame):
-            imputed = pd.DataFrame(np.asarray(imputed), index=slide.adata.obs_names, columns=genes[: imputed.shape[1]])
+            genes = [str(g) for g in np.atleast_1d(slide.adata.uns.get(KEY, {}).get("genes", []))]
+            imputed = pd.DataFrame(np.asarray(imputed), index=slide.adata.obs_names,
+                                   columns=genes[: np.shape(imputed)[1]])
         names = drawn(slide, slide.adata.obs_names.to_numpy())
-        shown = [g for g in genes if g in imputed.columns]
-        for g in shown:
+        for g in [str(c) for c in imputed.columns]:
             v = drawn(slide, np.asarray(imputed[g], dtype=float))
             upsert_result(self.viewer, slide, f"{slide.name} imputed: {g}", pd.DataFrame({"spot": names,
                           f"imputed {g}": v}), kind="imputed", column=f"imputed {g}", colormap=COLORMAP,
-                          limits=robust_limits(v, lower=None), visible=False, extra_metadata={"gene": g}, colorbar=True)
-        self._slide_for_layers = slide
+                          limits=robust_limits(v, lower=0.0), visible=False, colorbar=True,
+                          extra_metadata={"gene": g, "source": ["obsm", KEY, g], "units": UNITS})
         set_choices(self.show_layer, [layer.metadata["gene"] for layer in result_layers(self.viewer, slide, "imputed")],
-                    shown[0] if shown else None)
-        self._on_show(force=True)
-        self.record(slide, params, [KEY])
-        self.update_command()
+                    self.show_layer.value)
+        self.clear_button.enabled = True
 
-    def _on_show(self, *_, force: bool = False) -> None:
+    def _on_show(self, *_, force: bool = False, gene: str | None = None) -> None:
         slide = self._slide_for_layers
+        if gene is not None and gene in self.show_layer.choices:
+            self.show_layer.value = gene
         if slide is None or (self.show_layer.value == self._shown and not force):
             return  # a choices reset (napari does one on every layer change) must not re-show hidden layers
         self._shown = self.show_layer.value
@@ -159,16 +190,26 @@ class ImputeWidget(ReferenceSlideWidget):
             layer.visible = layer.metadata.get("gene") == self.show_layer.value
 
 
-def impute_in_worker(job: MappingJob, genes, progress, key: str = KEY) -> dict:
-    """Read the reference, get the session's model and impute ``genes`` into the slide
-    (``obsm[key]``; called inside a thread worker; shared by the Impute and Imputation QC widgets)."""
+def impute_in_worker(job: MappingJob, genes, progress, key: str = KEY, accumulate: bool = False) -> dict:
+    """Read the reference, get the job's model and impute ``genes`` on a scratch copy of the slide
+    (called inside a thread worker; shared by the Impute and Imputation QC widgets). Returns the staged
+    ``obsm[key]`` / ``uns[key]`` (with ``accumulate``: merged with the genes imputed before) and the
+    scratch AnnData."""
+    from ._staging import Staged, scratch
+
     progress.start(0, "reading the reference")
     reference = read_reference(job.ref_path)
     progress.check()
-    model, loaded = load_model_in_worker(job.state, progress)
+    model, loaded = job.model.get(progress)
     from spgpt_core import tl  # torch, scanpy: only inside the worker, napari starts fast
+    from spgpt_core.tl._impute import merge_imputed
 
-    tl.impute(
-job.adata, reference, genes, model, config=job.config, key_added=key, gene_col=job.gene_col,
-              counts_layer=job.counts_layer, device=job.state.device, progress=progress)
-    return {"model": model if loaded else None}
+    adata = job.slide.adata
+    work = scratch(adata)  # the slide itself changes only in commit, after success
+    tl.impute(work, reference, genes, model, config=job.config, key_added=key, gene_col=job.gene_col,
+              counts_layer=job.counts_layer, device=job.model.device, progress=progress)
+    if accumulate and key in adata.obsm:
+        work.obsm[key], work.uns[key] = merge_imputed(adata.obsm[key], adata.uns.get(key), work.obsm[key],
+                                                      work.uns[key])
+    progress.check()
+    return {"model": model if loaded else None, "staged": Staged.collect(work, obsm=[key], uns=[key]), "work": work}

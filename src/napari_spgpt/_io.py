@@ -213,6 +213,9 @@ class LoadedSlide:
     gene_col: str | None = None  # var column with gene symbols (None: chosen automatically by spgpt_core)
     counts_layer: str | None = None  # layer with the raw counts when X is normalised (None: X; 'raw': .raw)
     outlines: list | None = None  # cell polygons as napari (y, x) arrays in image pixels (instrument folders)
+    cancel_job: Any = None  # cancels the running job (set by the widget's job controls)
+    closed: bool = False  # its spots layer was removed for good: a finishing job must not commit to it
+    unsaved: list[str] = field(default_factory=list)  # results committed since it was opened or last exported
 
     def __repr__(self) -> str:
         return (f"LoadedSlide({self.name!r}, {self.adata.n_obs:,} x {self.adata.n_vars:,}, kind={self.kind!r}, "

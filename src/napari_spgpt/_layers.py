@@ -138,6 +138,35 @@ def base_layer(viewer: napari.Viewer, slide: LoadedSlide):
     return None
 
 
+def source_exists(adata, source) -> bool:
+    """Whether the AnnData still holds what a result layer shows (``metadata['source']``)."""
+    slot, key, *column = source
+    if slot == "obs":
+        return key in adata.obs
+    if slot == "obsm" and key in adata.obsm:
+        return not column or column[0] in {str(c) for c in getattr(adata.obsm[key], "columns", [])}
+    return False
+
+
+def source_values(adata, source) -> np.ndarray:
+    """The per-cell values a result layer shows, read from the AnnData (as strings for categories)."""
+    slot, key, *column = source
+    if slot == "obs":
+        values = adata.obs[key]
+        return values.astype(str).to_numpy() if not pd.api.types.is_numeric_dtype(values) else values.to_numpy()
+    table = adata.obsm[key]
+    return np.asarray(table.set_axis([str(c) for c in table.columns], axis=1)[column[0]], dtype=float)
+
+
+def prune_results(viewer: napari.Viewer, slide: LoadedSlide) -> list[str]:
+    """Remove the slide's result layers whose data the AnnData no longer holds; their names."""
+    stale = [layer for layer in result_layers(viewer, slide)
+             if "source" in layer.metadata and not source_exists(slide.adata, layer.metadata["source"])]
+    for layer in stale:
+        viewer.layers.remove(layer)
+    return [layer.name for layer in stale]
+
+
 def result_layers(viewer: napari.Viewer, slide: LoadedSlide, kind: str | None = None) -> list:
     return [layer for layer in viewer.layers
             if (layer.metadata or {}).get(RESULT_KEY) == slide.uid
@@ -214,17 +243,20 @@ def upsert_result(
     translate: tuple[float, float] = (0.0, 0.0),
     extra_metadata: dict | None = None,
     colorbar: bool = False,
+    data: np.ndarray | None = None,
 ):
     """Add (or update in place) a Points result layer coloured by ``features[column]`` (continuous
-    columns can show napari's colorbar for the layer's colormap and contrast limits)."""
+    columns can show napari's colorbar for the layer's colormap and contrast limits). ``data``: point
+    positions other than the slide's spots (the QC panels)."""
     layer = next((la for la in viewer.layers if la.name == name
                   and (la.metadata or {}).get(RESULT_KEY) == slide.uid), None)
     meta = {RESULT_KEY: slide.uid, KIND_KEY: kind, "column": column, **(extra_metadata or {})}
-    if layer is None or len(layer.data) != slide.n_drawn:
+    positions = slide.points_yx if data is None else data
+    if layer is None or len(layer.data) != len(positions):
         if layer is not None:
             viewer.layers.remove(layer)
         kwargs = point_style_kwargs(slide)
-        layer = viewer.add_points(slide.points_yx, name=name, features=features, face_color="white",
+        layer = viewer.add_points(positions, name=name, features=features, face_color="white",
                                   metadata=meta, visible=visible, translate=translate, **kwargs)
     else:
         layer.features = features

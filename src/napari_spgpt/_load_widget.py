@@ -13,6 +13,7 @@ from spgpt_core.errors import SpgptError
 from ._choices import dynamic, set_choices
 from ._io import AUTO, DEFAULT_MAX_POINTS, NO_IMAGE, _best_image, inspect_store, kind_of, load_slide
 from ._layers import slide_layer_tuples
+from ._layout import fit_when_docked
 from ._reader import attach_sample_reference
 from ._worker import JobControls
 
@@ -39,6 +40,7 @@ class LoadWidget(Container):
         self.controls = JobControls("Load")
         super().__init__(widgets=[self.path, self.folder_button, self.table, self.coordinate_system, self.image,
                                   self.max_points, self.slide_name, self.controls])
+        fit_when_docked(self)  # scrolls, in one tabbed dock with the other spgpt widgets
         self.info = None
         self.path.changed.connect(self._on_path)
         self.folder_button.clicked.connect(self._choose_folder)

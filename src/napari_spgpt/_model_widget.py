@@ -16,6 +16,7 @@ from ._base import CommandBox
 from ._choices import dynamic, set_choices
 from ._commands import join
 from ._layers import slide_choices
+from ._layout import fit_when_docked
 from ._state import get_state
 from ._worker import JobControls
 
@@ -67,6 +68,7 @@ class ModelWidget(Container):
         super().__init__(widgets=[self.source, self.directory, self.size, self.seed, self.device, self.notice,
                                   self.controls, self.slide_combo, self.gene_col, self.counts, self.info,
                                   self.command])
+        fit_when_docked(self)  # scrolls, in one tabbed dock with the other spgpt widgets
         self.source.changed.connect(self._on_source)
         self.controls.run_button.clicked.connect(self.load)
         self.slide_combo.changed.connect(self._on_slide)

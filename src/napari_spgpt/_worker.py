@@ -18,7 +18,7 @@ import threading
 import time
 from typing import Any, Callable
 
-from magicgui.widgets import Container, Label, ProgressBar, PushButton
+from magicgui.widgets import Container, Label, ProgressBar, PushButton, TextEdit
 from napari.qt.threading import FunctionWorker, create_worker
 from napari.utils import notifications
 from qtpy.QtCore import QObject, Signal
@@ -26,6 +26,29 @@ from spgpt_core.errors import Cancelled, SpgptError
 from spgpt_core.progress import Progress
 
 log = logging.getLogger(__name__)
+
+#: spgpt_core's messages name command-line flags; in the plugin the same setting is a widget control
+GUI_WORDS = {
+    "--reference-gene-col": "'Reference gene names' (this widget)",
+    "--gene-col": "'Gene names' (Model widget)",
+    "--reference-counts-layer": "the reference's counts layer",
+    "--counts-layer": "'Counts' (Model widget)",
+    "--n-clusters": "'Number of domains'",
+    "--resolution": "'Resolution'",
+    "--mapping-epochs": "'Mapping epochs'",
+    "--n-top-genes": "'Most variable genes'",
+    "--drop-empty": "'Leave out spots that express no model gene'",
+    "--batch-size": "'Batch size'",
+    "--device": "'Device' (Model widget)",
+    "--model": "the Model widget",
+}
+
+
+def gui_wording(message: str) -> str:
+    """A core message with its command-line flags replaced by the controls that set them."""
+    for flag, control in GUI_WORDS.items():  # longer flags first: --reference-gene-col before --gene-col
+        message = message.replace(f"pass {flag}", f"set {control}").replace(flag, control)
+    return message
 
 
 class _ProgressSignal(QObject):
@@ -62,17 +85,21 @@ class JobControls(Container):
     def __init__(self, run_text: str = "Run", tooltip: str | None = None):
         self.run_button = PushButton(text=run_text, tooltip=tooltip)
         self.cancel_button = PushButton(text="Cancel", enabled=False,
-                                        tooltip="Stop after the current batch; nothing is added to the viewer")
+                                        tooltip="Stop after the current batch; the slide and its layers stay as they were")
         self.progress_bar = ProgressBar(value=0, min=0, max=1, label="")
         self.progress_bar.native.setTextVisible(True)
         self.progress_bar.native.setFormat("")
         self.status = Label(value="")
         self.status.native.setWordWrap(True)
+        # the whole message of the last error (toasts and the status line show its beginning)
+        self.details = TextEdit(value="", visible=False)
+        self.details.read_only = True
+        self.details.native.setMaximumHeight(120)
         # room for three wrapped lines: a word-wrapped QLabel in a layout otherwise gets one line's height
         self.status.native.setMinimumHeight(3 * self.status.native.fontMetrics().lineSpacing() + 4)
         buttons = Container(widgets=[self.run_button, self.cancel_button], layout="horizontal", labels=False)
         buttons.margins = (0, 0, 0, 0)
-        super().__init__(widgets=[buttons, self.progress_bar, self.status], labels=False)
+        super().__init__(widgets=[buttons, self.progress_bar, self.status, self.details], labels=False)
         self.margins = (0, 0, 0, 0)
         self.cancel_button.clicked.connect(self.cancel)
         self._signal = _ProgressSignal()
@@ -86,6 +113,8 @@ class JobControls(Container):
         self.elapsed: float | None = None
         self._slide = None
         self._on_done: Callable[[Any], None] | None = None
+        self._what = "job"
+        self._unchanged = ""
         self._t0 = 0.0
         # Closing the widget (or the viewer) while a job runs cancels it at its next batch.
         running = self._running = {"progress": None}
@@ -110,11 +139,16 @@ class JobControls(Container):
         self._running["progress"] = progress
         self._on_done = on_done
         self._slide = slide
+        self._what = what
+        self._unchanged = "; the slide is unchanged" if slide is not None else ""
         if slide is not None:
             slide.busy = what
+            slide.cancel_job = progress.cancel  # closing the slide cancels its job (_guard.py)
         self.last_error = None
         self.last_result = None
         self.last_progress = None
+        self.details.value = ""
+        self.details.visible = False
         self.totals = {}
         self.elapsed = None
         self.run_button.enabled = False
@@ -174,6 +208,7 @@ class JobControls(Container):
             return
         self.elapsed = time.perf_counter() - self._t0
         self.last_result = result
+        freeze_long_lived_objects()
         self._release()
         self.status.value = f"Done in {self.elapsed:.1f} s."
         try:
@@ -191,15 +226,25 @@ class JobControls(Container):
         self.last_error = exc
         self._release()
         if isinstance(exc, Cancelled):
-            notifications.show_info(f"Cancelled: {exc}")
-            self.status.value = "Cancelled; nothing was changed."
+            # True by construction: a job writes into a scratch copy and only on_done commits it (_staging.py)
+            stage = self.last_progress[2] if self.last_progress else self._what
+            notifications.show_info(f"Cancelled {self._what} during '{stage}'; the slide and its layers are "
+                                    "unchanged.")
+            self.status.value = f"Cancelled during '{stage}'; the slide and its layers are as before."
         elif isinstance(exc, SpgptError):
-            notifications.show_error(str(exc))
-            self.status.value = f"Error: {exc}"
+            text = gui_wording(str(exc))
+            notifications.show_error(text)
+            self.status.value = f"Error (the whole message below{self._unchanged})."
+            self._show_details(text)
         else:
             log.error("spgpt job failed", exc_info=exc)
             notifications.notification_manager.receive_error(type(exc), exc, exc.__traceback__)
-            self.status.value = f"Unexpected error: {type(exc).__name__}: {exc}"
+            self.status.value = f"Unexpected error: {type(exc).__name__} (details below{self._unchanged})."
+            self._show_details(f"{type(exc).__name__}: {exc}")
+
+    def _show_details(self, text: str) -> None:
+        self.details.value = text
+        self.details.visible = True
 
     def _on_finished(self) -> None:
         self._release()
@@ -216,7 +261,28 @@ class JobControls(Container):
     def _release(self) -> None:
         if self._slide is not None:
             self._slide.busy = None
+            self._slide.cancel_job = None
             self._slide = None
+
+
+_frozen = {"done": False}
+
+
+def freeze_long_lived_objects() -> None:
+    """Once per process, after the first job imported the analysis stack: move every object alive now
+    out of reach of Python's cyclic garbage collector (``gc.freeze``).
+
+    With torch, scanpy and napari loaded a full collection walks millions of long-lived objects (module
+    contents, mostly) and pauses every thread, the GUI's included, for about a second, whichever thread
+    triggers it (measured in tests/gui/test_qc_view.py). After the freeze it walks only objects made
+    since. The price: reference cycles among objects alive now are never collected once they die
+    (ordinary reference counting still frees everything else), a one-off bounded by today's heap."""
+    import gc
+    import sys
+
+    if not _frozen["done"] and "torch" in sys.modules:
+        _frozen["done"] = True
+        gc.freeze()
 
 
 def _assert_main_thread() -> None:

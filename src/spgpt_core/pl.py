@@ -27,6 +27,60 @@ def category_colors(n: int) -> list[str]:
     return [matplotlib.colors.to_hex(cmap(i / n)) for i in range(n)]
 
 
+def celltype_colors(n: int) -> list[str]:
+    """Distinct hex colours for n cell types, from other palettes than the domains' (Set2 and Dark2, then
+    hues offset from :func:`category_colors`), so a domain map and a cell-type map never look alike."""
+    import matplotlib  # heavy on import: pl stays cheap, see the module docstring
+
+    if n <= 16:
+        cols = [matplotlib.colormaps[name](i) for name in ("Set2", "Dark2") for i in range(8)]
+        return [matplotlib.colors.to_hex(c) for c in cols[:n]]
+    cmap = matplotlib.colormaps["hsv"]
+    return [matplotlib.colors.to_hex(cmap((i + 0.5) / n)) for i in range(n)]
+
+
+def align_labels(new, previous) -> dict[str, str]:
+    """New cluster label -> the label to give it, so a re-clustering keeps an earlier partition's labels
+    where the two overlap: one-to-one by the largest overlaps (Hungarian on the contingency table).
+    Clusters without a partner take integer labels neither partition uses. Missing values are ignored."""
+    from scipy.optimize import linear_sum_assignment  # scipy: only when labels are aligned
+
+    new_s, prev_s = pd.Series(np.asarray(new, dtype=object)), pd.Series(np.asarray(previous, dtype=object))
+    ok = new_s.notna().to_numpy() & prev_s.notna().to_numpy()
+    new_cats = sorted({str(v) for v in new_s.dropna()}, key=lambda s: (len(s), s))
+    mapping: dict[str, str] = {}
+    if ok.any():
+        table = pd.crosstab(new_s[ok].astype(str), prev_s[ok].astype(str))
+        rows, cols = linear_sum_assignment(-table.to_numpy())
+        mapping = {str(table.index[r]): str(table.columns[c]) for r, c in zip(rows, cols, strict=True)
+                   if table.iat[r, c] > 0}
+    used = {str(v) for v in prev_s.dropna()} | set(mapping.values())
+    nxt = 1 + max((int(u) for u in used if u.lstrip("-").isdigit()), default=-1)
+    for c in new_cats:
+        if c not in mapping:
+            while str(nxt) in used:
+                nxt += 1
+            mapping[c] = str(nxt)
+            used.add(str(nxt))
+    return mapping
+
+
+def stable_domains(labels, previous=None) -> tuple[pd.Categorical, list[str]]:
+    """Domain labels renamed after an earlier run's (:func:`align_labels`) and their colours, one per
+    label value (label 3 is always the 4th domain colour), so re-running keeps colours where it can."""
+    values = np.asarray(labels, dtype=object)
+    mapping = align_labels(values, previous) if previous is not None else {}
+    renamed = np.array([None if v is None or v != v else mapping.get(str(v), str(v)) for v in values], dtype=object)
+    cats = sorted({v for v in renamed if v is not None}, key=lambda s: (len(s), s))
+    ints = [int(c) for c in cats if c.lstrip("-").isdigit() and int(c) >= 0]
+    if len(ints) == len(cats):
+        palette = category_colors(max(10, max(ints, default=0) + 1))  # tab10 while labels stay below 10
+        colors = [palette[int(c)] for c in cats]
+    else:
+        colors = category_colors(len(cats))
+    return pd.Categorical(renamed, categories=cats), colors
+
+
 def _tissue_image(adata):
     """(hires image, scale factor from coordinates to image pixels) of a Visium-style AnnData, or (None, 1)."""
     spatial = adata.uns.get("spatial")

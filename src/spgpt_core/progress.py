@@ -51,7 +51,9 @@ class Progress:
 
     def check(self) -> None:
         if self._cancel.is_set():
-            raise Cancelled(f"{self.desc or 'work'} was cancelled after {self.done}/{self.total} steps")
+            # a stage without a count (total 0, e.g. 'finding domains') has no 'n of m' to report
+            steps = f" after {self.done:,} of {self.total:,} steps" if self.total > 0 else ""
+            raise Cancelled(f"{self.desc or 'work'} was cancelled{steps}")
 
 
 class TqdmProgress(Progress):

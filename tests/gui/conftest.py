@@ -84,6 +84,17 @@ def viewer(make_napari_viewer, sample_files):
     return v
 
 
+@pytest.fixture(autouse=True)
+def no_modal_questions(monkeypatch):
+    """A modal question would wait forever under Xvfb: unless a test answers it, removing a slide's
+    spots layer keeps the slide (the layer is put back), and the question is recorded here."""
+    import napari_spgpt._guard as guard
+
+    asked: list[str] = []
+    monkeypatch.setattr(guard, "confirm_close", lambda parent, title, text: asked.append(text) or False)
+    return asked
+
+
 @pytest.fixture
 def sample_viewer(viewer):
     """A viewer with the sample slide opened through the plugin's sample-data command (the reader)."""

@@ -435,6 +435,7 @@ def test_imputation_qc_table_and_layouts(sample_viewer, qtbot, tmp_path):
     w.run()
     wait_job(qtbot, w, timeout=240_000)
     assert w.controls.last_error is None, w.controls.last_error
+    qtbot.waitUntil(lambda: w.view_ready, timeout=10_000)
     table = w.table.to_dataframe()
     assert sorted(table["gene"]) == sorted(genes)
     r = w.pearson
@@ -456,24 +457,17 @@ def test_imputation_qc_table_and_layouts(sample_viewer, qtbot, tmp_path):
     per_gene = json.loads((tmp_path / "qc.json").read_text())["per_gene"]
     assert per_gene.keys() == set(genes)
     np.testing.assert_allclose([per_gene[g] for g in r.index], r.to_numpy(), atol=1e-4)
-    # side by side: measured at the origin, imputed one panel to the right
+    # side by side: one gene, measured then imputed, right of the tissue (tests/gui/test_qc_view.py has more)
     g = w.gene.value
-    meas = viewer.layers[f"sample_slide QC measured: {g}"]
-    imp = viewer.layers[f"sample_slide QC imputed: {g}"]
-    assert meas.visible and imp.visible
-    assert tuple(meas.translate) == (0.0, 0.0) and imp.translate[1] > 2000
-    others = [la for la in viewer.layers if "QC measured" in la.name and la is not meas]
-    assert not any(la.visible for la in others)
-    # layers the user hides stay hidden when the layer list changes (napari resets widget choices then)
-    imp.visible = False
+    panels = next(la for la in viewer.layers if la.metadata.get("spgpt_kind") == "qc_panels")
+    assert set(panels.features["gene"]) == {g} and panels.data[:, 1].min() > slide.image.shape_yx[1]
+    # a layer change elsewhere (napari resets widget choices then) keeps the gene shown
     viewer.add_points(np.zeros((1, 2)), name="unrelated")
-    assert not imp.visible and w.gene.value == g
-    # grid: every gene in its own row
+    assert w.gene.value == g and set(panels.features["gene"]) == {g}
+    # grid: every gene in its own row, titled with its r
     w.layout_mode.value = GRID
-    rows = sorted(float(la.translate[0]) for la in viewer.layers if "QC measured" in la.name)
-    assert len(set(rows)) == 3
-    assert all(la.visible for la in viewer.layers if "QC " in la.name and "label" not in la.name)
-    labels = viewer.layers["sample_slide QC labels"]
+    assert set(panels.features["gene"]) == set(genes)
+    labels = viewer.layers["sample_slide QC titles"]
     assert len(labels.data) == 6 and any("r = " in t for t in labels.features["label"])
 
 
@@ -482,13 +476,19 @@ def test_imputation_qc_table_and_layouts(sample_viewer, qtbot, tmp_path):
 # ------------------------------------------------------------------------------------------------
 
 
-def test_export_formats_and_overwrite_confirmation(sample_viewer, qtbot, tmp_path, monkeypatch):
+def test_export_formats_and_overwrite_confirmation(viewer, sample_files, qtbot, tmp_path, monkeypatch):
+    import shutil
+
     import anndata as ad
     import spatialdata as sd
 
     import napari_spgpt._export_widget as ew
 
-    viewer = sample_viewer
+    # a copy of the sample store: the export below writes into the store itself, and the session's
+    # sample must stay as generated for the other tests
+    store = tmp_path / "store" / "sample_slide.zarr"
+    shutil.copytree(sample_files[0], store)
+    viewer.open(str(store), plugin="spgpt")
     _, slide = slide_of(viewer)
     slide.adata.obs["spgpt_domain"] = pd.Categorical(np.arange(slide.adata.n_obs) % 3)
     w = add_widget(viewer, "Export")

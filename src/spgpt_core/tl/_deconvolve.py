@@ -55,7 +55,7 @@ from ..device import choose_device
 from ..errors import InputError
 from ..metrics import valid_label_mask
 from ..params import MIN_SHARED_GENES, DeconvolveConfig, resolve
-from ..pl import category_colors
+from ..pl import celltype_colors
 from ..pp.counts import with_counts
 from ..progress import Progress
 from ..records import run_record
@@ -208,7 +208,7 @@ def deconvolve(adata, reference, celltype_key: str, model="default", *, config: 
     props.index = adata.obs_names
     adata.obsm[key_added] = props
     adata.obs[dominant_key] = pd.Categorical(res.dominant.to_numpy(), categories=list(res.dominant.cat.categories))
-    adata.uns[f"{dominant_key}_colors"] = category_colors(len(res.dominant.cat.categories))
+    adata.uns[f"{dominant_key}_colors"] = celltype_colors(len(res.dominant.cat.categories))
     info = dict(res.info)
     model_info = info.pop("model", None)
     params = {"celltype_key": celltype_key, "gene_col": gene_col, "counts_layer": counts_layer,

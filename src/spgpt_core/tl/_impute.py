@@ -256,6 +256,38 @@ def compute_imputation(spatial, reference, *, genes=None, all_missing: bool = Fa
     return ImputationResult(imputed, info, M if keep_mapping else None, clusters)
 
 
+def merge_imputed(previous, previous_record, new: pd.DataFrame, new_record: dict) -> tuple[pd.DataFrame, dict]:
+    """Add a run's imputed genes to an earlier table of the same cells (``obsm[key]``, ``uns[key]``).
+
+    Genes imputed again take the new values, the others keep theirs, so repeated runs accumulate genes
+    (the plugin's Impute widget). The record is the new run's with ``genes`` listing every column,
+    ``run_genes`` this run's genes and, under ``earlier``, the records of the runs whose genes are
+    still in the table (each gene's parameters stay known). A previous table of other cells (or
+    without gene names) is replaced, not merged.
+    """
+    if not isinstance(previous, pd.DataFrame) or not previous.index.equals(new.index):
+        return new, {**new_record, "run_genes": np.asarray(new.columns.astype(str), dtype=object)}
+    replaced = {str(c) for c in new.columns}
+    kept = [c for c in previous.columns if str(c) not in replaced]
+    table = pd.concat([previous[kept], new], axis=1)
+    earlier: dict = {}
+    if isinstance(previous_record, dict):
+        earlier = dict(previous_record.get("earlier", {}))
+        own = {k: v for k, v in previous_record.items() if k != "earlier"}
+        n = 1 + max((int(k.rsplit("_", 1)[1]) for k in earlier), default=0)
+        earlier[f"run_{n}"] = own
+    kept_set = {str(c) for c in kept}
+    still: dict = {}
+    for name, rec in earlier.items():  # each earlier run keeps the genes no later run imputed again
+        genes = [str(g) for g in np.atleast_1d(rec.get("run_genes", rec.get("genes", []))) if str(g) in kept_set]
+        if genes:
+            still[name] = {**rec, "run_genes": np.asarray(genes, dtype=object)}
+    earlier = still
+    record = {**new_record, "genes": np.asarray([str(c) for c in table.columns], dtype=object),
+              "run_genes": np.asarray([str(c) for c in new.columns], dtype=object), "earlier": earlier}
+    return table, record
+
+
 # ------------------------------------------------------------------------ the verb
 
 
