@@ -77,6 +77,7 @@ class Legend(QWidget):
         self._grid.setHorizontalSpacing(6)
         self._grid.setVerticalSpacing(2)
         self.items: dict[str, str] = {}
+        self.title = ""
         self.setVisible(False)
 
     def set_items(self, mapping: dict[str, str], title: str = "", counts: dict[str, int] | None = None,
@@ -86,6 +87,7 @@ class Legend(QWidget):
             if w is not None:
                 w.deleteLater()
         self.items = {k: v for k, v in mapping.items() if k != MISSING or (counts or {}).get(MISSING)}
+        self.title = title
         row = 0
         if title:
             head = QLabel(f"<b>{title}</b>")

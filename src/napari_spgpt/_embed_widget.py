@@ -215,7 +215,8 @@ class EmbedWidget(SlideWidget):
             feats[DOMAIN_KEY] = values
             base.features = feats
         counts = pd.Series(np.asarray(categorical(domains))).value_counts().to_dict()
-        self.legend.set_items(mapping, title=f"Domains ({len(domains.cat.categories)})", counts=counts)
+        self.legend.set_items(mapping, title=f"Domains ({len(domains.cat.categories)}; {how_found(adata)})",
+                              counts=counts)
         for key in [c for c in adata.obs.columns if str(c).startswith(KEPT_PREFIX)]:
             kept = adata.obs[key]
             name = f"{slide.name} domains {clustering_label(adata.uns.get(key, {}))}"
@@ -260,3 +261,12 @@ def clustering_label(record: dict) -> str:
     what = f"k={k}" if k is not None and str(k) != "None" else f"resolution {p.get('resolution')}"
     smooth = int(p.get("smooth_k", 0) or 0)
     return f"{what}, {p.get('method', '?')}" + (f", smooth {smooth}" if smooth else "")
+
+
+def how_found(adata) -> str:
+    """What the domains were found from and how, from their run record (e.g. "embedding, leiden")."""
+    params = (adata.uns.get(DOMAIN_KEY) or {}).get("params", {})
+    features = params.get("features", "embedding")
+    if float(params.get("spatial_weight", 0) or 0) > 0:
+        features += f" + neighbours {params['spatial_weight']}"
+    return f"{features}, {params.get('method', '?')}"
