@@ -59,8 +59,8 @@ def main() -> None:
         settle(app, 0.5)
         return widget
 
-    def shot(name):
-        viewer.reset_view()
+    def shot(name, frame=None):
+        viewer.fit_to_view(layers=frame)  # None: every layer
         settle(app, 1.0)
         viewer.window._qt_viewer.canvas.native.grab()
         path = HERE / f"{name}.png"
@@ -135,8 +135,12 @@ def main() -> None:
     w.pick_random()
     w.epochs.value = args.epochs
     w.run()
-    wait(app, lambda: not w.controls.busy)
-    shot("imputation_qc")
+    wait(app, lambda: not w.controls.busy and w.view_ready)  # the panels are drawn in short steps after Done
+    from napari_spgpt._qc_widget import GRID
+
+    w.layout_mode.value = GRID
+    settle(app, 1.0)
+    shot("imputation_qc", frame=[la for la in viewer.layers if la.metadata.get("spgpt_kind") == "qc_panels"])
 
     # Export
     for la in viewer.layers:
@@ -153,6 +157,18 @@ def main() -> None:
     w.run()
     wait(app, lambda: not w.controls.busy)
     shot("export")
+
+    # every widget docked on a 1366 x 768 laptop screen: one tabbed dock, each widget scrolls
+    for dw in docked:
+        viewer.window.remove_dock_widget(dw)
+    docked.clear()
+    for name in ("Load slide", "Model", "Embed & domains", "Deconvolve", "Impute", "Imputation QC", "Export"):
+        viewer.window.add_plugin_dock_widget("spgpt", name)
+    settle(app, 1.0)
+    viewer.window._qt_window.resize(1366, 768)
+    viewer.window.add_plugin_dock_widget("spgpt", "Embed & domains")[0].raise_()
+    viewer.layers["sample_slide domains"].visible = True
+    shot("laptop_layout", frame=[viewer.layers["sample_slide domains"]])
     viewer.close()
 
 
