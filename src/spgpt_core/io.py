@@ -298,10 +298,15 @@ def write_h5ad(
     if any(out.resolve() == s.expanduser().resolve() for s in sources):
         raise InputError(f"Refusing to write over the input file {out}; choose another output path.")
     _check_free(out, overwrite)
+    return write_atomically(out, adata.write_h5ad)
+
+
+def write_atomically(out: Path, write) -> Path:
+    """``write(tmp)`` into a temporary file renamed to ``out``: a failure leaves nothing behind."""
     out.parent.mkdir(parents=True, exist_ok=True)
     try:
         with atomic_path(out) as tmp:
-            adata.write_h5ad(tmp)
+            write(tmp)
     except Exception as e:
         raise InputError(f"Could not write {out} ({type(e).__name__}: {e}); nothing was written.") from e
     return out

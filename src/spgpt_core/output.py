@@ -19,7 +19,7 @@ import pandas as pd
 
 from .atomic import atomic_path
 from .errors import InputError
-from .io import _check_free, get_coordinates, to_spatialdata, write_h5ad, write_spatialdata
+from .io import _check_free, get_coordinates, to_spatialdata, write_atomically, write_h5ad, write_spatialdata
 
 
 def write_results(adata, out, *, input_path=None, obsm: dict | None = None, obs: dict | None = None,
@@ -107,14 +107,7 @@ def write_results_csv(adata, out, *, overwrite: bool = False, include_embedding:
     if out.suffix.lower() != ".csv":
         raise InputError(f"output {out} must end in .csv")
     _check_free(out, overwrite)
-    table = results_table(adata, include_embedding=include_embedding)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    try:
-        with atomic_path(out) as tmp:
-            table.to_csv(tmp)
-    except OSError as e:
-        raise InputError(f"could not write {out} ({type(e).__name__}: {e}); nothing was written") from e
-    return out
+    return write_atomically(out, results_table(adata, include_embedding=include_embedding).to_csv)
 
 
 def write_results_zarr(adata, out, *, source_store=None, table: str | None = None, overwrite: bool = False) -> Path:

@@ -16,7 +16,7 @@ FORMATS = (".csv", ".h5ad", ".zarr")
 
 
 def cmd_export(args) -> None:
-    from ..io import write_h5ad
+    from ..io import _check_free, write_h5ad
     from ..output import write_results_csv, write_results_zarr
 
     out = Path(args.out)
@@ -25,8 +25,7 @@ def cmd_export(args) -> None:
         raise InputError(f"--out {out}: the format follows the suffix; use one of {', '.join(FORMATS)}")
     if out.exists() and out.resolve() == Path(args.input).expanduser().resolve():
         raise InputError(f"refusing to write over the input {out}; choose another --out path")
-    if out.exists() and not args.overwrite:
-        raise InputError(f"Output {out} already exists; pass --overwrite or choose another path.")
+    _check_free(out, args.overwrite)  # before the slide is read
     if args.include_embedding and fmt != ".csv":
         raise InputError("--include-embedding only applies to .csv output (.h5ad and .zarr keep every obsm)")
     adata = read_input(args, backed=False)
