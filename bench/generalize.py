@@ -102,12 +102,13 @@ def spgpt_config(**kw) -> dict:
 
 def candidates(c: dict) -> list[dict]:
     out = []
-    for features, lam, k, method in itertools.product(c["features"], c["spatial_weight"], c["spatial_k"], c["method"]):
+    for features, lam, k, method, n_pcs in itertools.product(c["features"], c["spatial_weight"], c["spatial_k"],
+                                                             c["method"], c.get("n_pcs", [30])):
         if lam == 0 and k != c["spatial_k"][0]:
             continue  # k only matters with neighbours
         for share in (c["embedding_weight"] if features == "fused" else [0.5]):
             cfg = spgpt_config(features=features, embedding_share=share, spatial_weight=lam, spatial_k=k,
-                               method=method)
+                               method=method, n_pcs=n_pcs)
             out.append({"pipeline": describe(cfg), "kind": "spgpt", **cfg})
     return sorted(out, key=lambda p: p["method"] == "leiden")  # the slow searches last
 
@@ -115,7 +116,21 @@ def candidates(c: dict) -> list[dict]:
 def describe(cfg: dict) -> str:
     f = cfg["features"] + (f" (share {cfg['embedding_share']})" if cfg["features"] == "fused" else "")
     nb = f", neighbours lambda={cfg['spatial_weight']} k={cfg['spatial_k']}" if cfg["spatial_weight"] > 0 else ""
-    return f"spgpt {f}{nb}, {cfg['method']}, smooth {cfg['smooth_k']}"
+    pcs = f", {cfg['n_pcs']} PCs" if cfg["n_pcs"] != 30 else ""  # 30: the name rows measured before had
+    return f"spgpt {f}{nb}{pcs}, {cfg['method']}, smooth {cfg['smooth_k']}"
+
+
+def default_pipeline() -> dict:
+    """``spgpt domains`` as shipped; named by its settings, so rows of an earlier default are not reused."""
+    cfg = spgpt_config()
+    return {"pipeline": f"spgpt default = {describe(cfg)[len('spgpt '):]}", "kind": "spgpt", "default": True, **cfg}
+
+
+def ablations() -> list[dict]:
+    """The default pipeline on one block only: what the embedding and the expression each bring."""
+    d = spgpt_config()
+    return [{"pipeline": describe({**d, "features": f}) + " [ablation]", "kind": "spgpt", **d, "features": f}
+            for f in ("embedding", "expression", "fused") if f != d["features"]]
 
 
 def features_for(p: dict, slide: dict, b: dict, seed: int) -> np.ndarray:
@@ -166,18 +181,15 @@ def main(argv=None) -> None:
     seeds = proto["seeds"][:1] if args.quick else proto["seeds"]
     entries = [e for e in proto["domains"][args.set] if not args.slides or e["name"] in args.slides.split(",")]
     b = proto["baselines"]
-    pipelines = baselines(b) + [{"pipeline": "spgpt default", "kind": "spgpt", **spgpt_config()}]
+    pipelines = baselines(b) + [default_pipeline()] + ablations()
     if args.set == "dev":
         pipelines += [p for p in candidates(proto["candidates"])
                       if not args.methods or p["method"] in args.methods.split(",")]
-        if args.top:
-            pipelines = [p for p in pipelines if p["kind"] == "baseline" or p["pipeline"] == "spgpt default"
+        if args.top is not None:
+            pipelines = [p for p in pipelines if p["kind"] == "baseline" or p in [default_pipeline(), *ablations()]
                          or p["pipeline"] in best_on_first_seed(RESULTS / "generalize_dev.jsonl", seeds[0], args.top,
                                                                 args.methods.split(",") if args.methods else None)]
-    else:  # the default, its ablations (the same pipeline on one block only) and the dev's best candidates
-        d = spgpt_config()
-        pipelines += [{"pipeline": describe({**d, "features": f}) + " [ablation]", "kind": "spgpt", **d,
-                       "features": f} for f in ("embedding", "expression", "fused") if f != d["features"]]
+    else:  # the default, its ablations and the dev's best candidates
         dev = RESULTS / "generalize_dev.jsonl"
         if dev.exists():  # chosen on dev (first seed), never on test numbers
             best = best_on_first_seed(dev, proto["seeds"][0], args.dev_best)
@@ -206,13 +218,13 @@ def main(argv=None) -> None:
                    **{k: v for k, v in p.items()}, **res}
             with out.open("a") as f:
                 f.write(json.dumps(row, default=float) + "\n")
-    report(out, args)
+    report(out, args, pipelines)
 
 
 def best_on_first_seed(path: Path, seed: int, n: int, methods: list[str] | None = None,
                        features: str | None = None) -> list[str]:
     df = pd.DataFrame([json.loads(line) for line in path.read_text().splitlines()])
-    df = df[(df.kind == "spgpt") & (df.seed == seed) & (df.pipeline != "spgpt default")]
+    df = df[(df.kind == "spgpt") & (df.seed == seed) & ~df.pipeline.str.startswith("spgpt default")]
     if methods:
         df = df[df.method.isin(methods)]
     if features:
@@ -227,30 +239,53 @@ def _markdown(df: pd.DataFrame) -> str:
     return "\n".join(["| " + " | ".join(cols) + " |", "|" + "---|" * len(cols)] + ["| " + " | ".join(r) + " |" for r in rows])
 
 
-def report(path: Path, args) -> None:
+PUBLISHED_NAMES = {"DLPFC_151673": "DLPFC151673", "DLPFC_151674": "DLPFC151674",
+                   "STARmap_mPFC_BZ5": "mPFC20180417_BZ5_control", "STARmap_mPFC_BZ9": "mPFC20180419_BZ9_control"}
+
+
+def published(slides) -> pd.DataFrame:
+    """Published mean ARIs (BenchmarkST, 20 seeds) of the slides they cover, one row per method."""
+    path = DATA / "published" / "benchmarkst_mean_ari.tsv"
+    if not path.exists():
+        return pd.DataFrame()
+    t = pd.read_csv(path, sep="\t").set_index("dataset")
+    rows = {}
+    for method in ("GraphST", "STAGATE", "SpaGCN"):
+        rows[f"published {method} (BenchmarkST)"] = {
+            s: float(str(t.loc[PUBLISHED_NAMES[s], method]).split("±")[0]) for s in slides
+            if s in PUBLISHED_NAMES and PUBLISHED_NAMES[s] in t.index}
+    return pd.DataFrame.from_dict(rows, orient="index")
+
+
+def report(path: Path, args, pipelines: list[dict]) -> None:
+    """The table of this run's pipelines (rows of earlier defaults stay in the jsonl, not in the table)."""
     df = pd.DataFrame([json.loads(line) for line in path.read_text().splitlines()])
-    df = df[df.model == args.model]
+    df = df[(df.model == args.model) & df.pipeline.isin([p["pipeline"] for p in pipelines])]
     per = df.groupby(["pipeline", "slide"])["ari"].mean().unstack("slide")
     per["mean"] = per.mean(axis=1)
     per["n_seeds"] = df.groupby("pipeline")["seed"].nunique()
-    spread = df.groupby(["pipeline", "seed"])["ari"].mean().groupby("pipeline").std()
-    per["seed_sd"] = spread
+    per["seed_sd"] = df.groupby(["pipeline", "seed"])["ari"].mean().groupby("pipeline").std()
     per = per.sort_values("mean", ascending=False)
     kinds = df.drop_duplicates("pipeline").set_index("pipeline")["kind"]
-    show = per if args.set == "test" else pd.concat([per[kinds[per.index] == "baseline"],
-                                                     per.loc[["spgpt default"]],
-                                                     per[kinds[per.index] == "spgpt"].head(12)]).drop_duplicates()
+    fixed = [p["pipeline"] for p in pipelines if p["kind"] == "baseline" or p.get("default")
+             or p["pipeline"].endswith("[ablation]")]
+    show = pd.concat([per.loc[[i for i in per.index if i in fixed]],
+                      per[(kinds[per.index] == "spgpt").to_numpy()].head(12)])
+    show = pd.concat([show[~show.index.duplicated()], published([c for c in per.columns if c in PUBLISHED_NAMES])])
     text = _markdown(show.round(3))
     print(text)
-    (RESULTS / f"generalize_{args.set}.md").write_text(f"# Domains, {args.set} set (mean ARI over seeds)\n\n"
-                                                       f"Command: `python bench/generalize.py --set {args.set}"
-                                                       f"{' --quick' if args.quick else ''}`\n\n{text}\n")
+    command = f"python bench/generalize.py --set {args.set}{' --quick' if args.quick else ''}" + (
+        f" --model {args.model}" if args.model != "default" else "") + (f" --top {args.top}" if args.top is not None else "")
+    suffix = "" if args.model == "default" else "_" + Path(args.model).parent.name
+    (RESULTS / f"generalize_{args.set}{suffix}.md").write_text(
+        f"# Domains, {args.set} set (mean ARI over seeds)\n\nCommand: `{command}`\n\n{text}\n")
     if args.set == "test":
         git = lambda *a: subprocess.run(["git", *a], capture_output=True, text=True, cwd=ROOT).stdout.strip()  # noqa: E731
         commit, dirty = git("rev-parse", "HEAD"), bool(git("status", "--porcelain", "--untracked-files=no"))
         with (RESULTS / "test_runs.jsonl").open("a") as f:
-            f.write(json.dumps({"commit": commit, "dirty": dirty, "time": time.strftime("%Y-%m-%d %H:%M"), "model": args.model,
-                                "quick": args.quick, "mean_ari": per["mean"].round(4).to_dict()}) + "\n")
+            f.write(json.dumps({"commit": commit, "dirty": dirty, "time": time.strftime("%Y-%m-%d %H:%M"),
+                                "model": args.model, "quick": args.quick,
+                                "mean_ari": per["mean"].round(4).to_dict()}) + "\n")
 
 
 if __name__ == "__main__":

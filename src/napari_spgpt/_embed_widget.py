@@ -16,7 +16,7 @@ import numpy as np
 import pandas as pd
 from magicgui.widgets import CheckBox, ComboBox, Container, FloatSpinBox, PushButton, RadioButtons, SpinBox
 from napari.utils import notifications
-from spgpt_core.params import DEFAULT_N_TOP_GENES, DomainsConfig
+from spgpt_core.params import CLUSTER_METHODS, DEFAULT_N_TOP_GENES, DOMAIN_FEATURES, DomainsConfig
 
 from . import _commands
 from ._base import Legend, SlideWidget, add_native
@@ -32,10 +32,20 @@ BY_NUMBER = "number of domains"
 BY_RESOLUTION = "resolution"
 EMBED_KEY = "X_spgpt"
 DOMAIN_KEY = "spgpt_domain"
+FEATURES_KEY = f"{DOMAIN_KEY}_features"  # what tl.domains clustered, when not the embedding alone
 KEPT_PREFIX = f"{DOMAIN_KEY}__"  # obs columns of clusterings kept as their own layers
 #: the run parameters that change the embedding; a run changing none of them only clusters again
 EMBED_SETTINGS = ("mode", "finetune_epochs", "n_top_genes", "batch_size", "seed", "drop_empty", "model", "device",
                   "gene_col", "counts_layer")
+
+
+DEFAULTS = DomainsConfig(n_clusters=2)  # the core's defaults, shown as the controls' start values
+K_METHODS = ("kmeans", "gmm", "gmm-tied")  # give exactly K (spgpt_core.tl._cluster.K_METHODS; not imported: sklearn)
+
+
+def only_clusters(config: DomainsConfig) -> bool:
+    """Whether domains come from the embedding alone, so re-finding them is `spgpt cluster` of it."""
+    return config.features == "embedding" and config.spatial_weight <= 0
 
 
 class EmbedWidget(SlideWidget):
@@ -51,9 +61,13 @@ class EmbedWidget(SlideWidget):
                                orientation="horizontal")
         self.n_domains = SpinBox(label="Number of domains", value=7, min=2, max=60)
         self.resolution = FloatSpinBox(label="Resolution", value=1.0, min=0.01, max=10.0, step=0.1, visible=False)
-        self.method = ComboBox(label="Method", choices=["leiden", "louvain", "kmeans"], value="leiden",
-                               tooltip="Leiden searches the resolution giving that number; k-means gives it exactly")
-        self.smooth_k = SpinBox(label="Spatial smoothing (k)", value=6, min=0, max=50,
+        self.features = ComboBox(label="Domains from", choices=list(DOMAIN_FEATURES), value=DEFAULTS.features,
+                                 tooltip="The model's embedding, the slide's own expression (PCA) or both fused; "
+                                         "each beside its spatial neighbours' mean")
+        self.method = ComboBox(label="Method", choices=list(CLUSTER_METHODS), value=DEFAULTS.method,
+                               tooltip="Leiden / Louvain search the resolution giving that number; k-means and the "
+                                       "Gaussian mixtures give it exactly")
+        self.smooth_k = SpinBox(label="Spatial smoothing (k)", value=DEFAULTS.smooth_k, min=0, max=50,
                                 tooltip="Majority vote over each spot's k nearest spots (0 = off)")
         self.n_top_genes = SpinBox(label="Most variable genes", value=DEFAULT_N_TOP_GENES, min=0, max=100_000, step=500,
                                    tooltip="The model sees this many highly variable genes (0 = every matched "
@@ -68,7 +82,8 @@ class EmbedWidget(SlideWidget):
         self.umap_canvas = None
         extras = Container(widgets=[], labels=False)
         extras.margins = (0, 0, 0, 0)
-        super().__init__(viewer, [self.mode, self.epochs, self.by, self.n_domains, self.resolution, self.method,
+        super().__init__(viewer, [self.mode, self.epochs, self.by, self.n_domains, self.resolution, self.features,
+                                  self.method,
                                   self.smooth_k, self.n_top_genes, self.batch_size, self.seed, self.drop_empty,
                                   self.umap],
                          after=[self.keep_button, extras])
@@ -87,13 +102,14 @@ class EmbedWidget(SlideWidget):
         self.resolution.visible = self.by.value == BY_RESOLUTION
 
     def cluster_args(self) -> dict:
-        if self.by.value == BY_NUMBER or self.method.value == "kmeans":
+        if self.by.value == BY_NUMBER or self.method.value in K_METHODS:
             return {"n_clusters": int(self.n_domains.value), "resolution": None}
         return {"n_clusters": None, "resolution": float(self.resolution.value)}
 
     def config(self) -> DomainsConfig:
         """The controls' settings, as the core declares them (tl.domains and spgpt domains take the same)."""
-        return DomainsConfig(**self.cluster_args(), method=self.method.value, smooth_k=int(self.smooth_k.value),
+        return DomainsConfig(**self.cluster_args(), features=self.features.value, method=self.method.value,
+                             smooth_k=int(self.smooth_k.value),
                              n_top_genes=int(self.n_top_genes.value),
                              finetune_epochs=int(self.epochs.value) if self.mode.value == FINETUNE else 0,
                              batch_size=int(self.batch_size.value), drop_empty=bool(self.drop_empty.value),
@@ -130,7 +146,8 @@ class EmbedWidget(SlideWidget):
             now = self.params()
             if last is not None and all(str(v) == str(last.get("params", {}).get(k)) for k, v in now.items()):
                 return str(last.get("command", ""))
-            return _commands.cluster(slide, self.config(), key_added=DOMAIN_KEY)
+            if only_clusters(self.config()):
+                return _commands.cluster(slide, self.config(), key_added=DOMAIN_KEY)
         return _commands.domains(slide, spec, device, self.config())
 
     # -- run --------------------------------------------------------------------------------------
@@ -143,7 +160,7 @@ class EmbedWidget(SlideWidget):
         params = self.params()
         reuse = self.reusable_embedding(slide)
         job = self.job_inputs(slide, {**params, "reused_embedding": reuse})
-        if reuse:  # recorded as what runs: the clustering of the existing embedding
+        if reuse and only_clusters(config):  # recorded as what runs: the clustering of the existing embedding
             job = dataclasses.replace(job, command=_commands.cluster(slide, config, key_added=DOMAIN_KEY))
         want_umap = bool(self.umap.value)
         adata = slide.adata
@@ -162,10 +179,14 @@ class EmbedWidget(SlideWidget):
                                   method=config.method)
             work_ad = scratch(adata)  # the slide itself changes only in commit, after success
             model, loaded = None, False
-            if reuse:  # only clustering settings changed: the embedding stays, as `spgpt cluster` does it
+            if reuse and only_clusters(config):  # the embedding stays, as `spgpt cluster` does it
                 progress.start(0, "finding domains")
                 tl.cluster(work_ad, use_rep=EMBED_KEY, n_clusters=config.n_clusters, resolution=config.resolution,
                            method=config.method, smooth_k=config.smooth_k, key_added=DOMAIN_KEY, seed=config.seed)
+                work_ad.obsm.pop(FEATURES_KEY, None)
+            elif reuse:  # features from the same embedding (and the slide's expression): no model needed
+                tl.domains(work_ad, None, config=config, gene_col=gene_col, counts_layer=counts_layer,
+                           key_added=DOMAIN_KEY, embedding_key=EMBED_KEY, reuse_embedding=True, progress=progress)
             else:
                 model, loaded = job.model.get(progress)
                 progress.check()
@@ -179,11 +200,15 @@ class EmbedWidget(SlideWidget):
             if want_umap:
                 progress.check()
                 progress.start(0, "UMAP")
-                xy = umap_2d(work_ad.obsm[EMBED_KEY], seed=config.seed)
+                # of what the domains were found in: the features when not the embedding alone
+                xy = umap_2d(work_ad.obsm[FEATURES_KEY if FEATURES_KEY in work_ad.obsm else EMBED_KEY],
+                             seed=config.seed)
             progress.check()  # a Cancel up to here leaves the slide as it was
-            embedded = [] if reuse else [EMBED_KEY]
-            staged = Staged.collect(work_ad, obs=[DOMAIN_KEY, *([] if reuse else [f"{EMBED_KEY}_empty"])],
-                                    obsm=embedded, uns=[*embedded, DOMAIN_KEY, f"{DOMAIN_KEY}_colors"])
+            # an embedding this run did not make (reused, or domains from expression alone) stays as it was
+            embedded = [] if reuse or config.features == "expression" else [EMBED_KEY]
+            staged = Staged.collect(work_ad, obs=[DOMAIN_KEY, *([f"{EMBED_KEY}_empty"] if embedded else [])],
+                                    obsm=[*embedded, FEATURES_KEY],
+                                    uns=[*embedded, DOMAIN_KEY, f"{DOMAIN_KEY}_colors"])
             return {"model": model if loaded else None, "umap": xy, "staged": staged}
 
         self.controls.start(work, on_done=lambda r: self._done(slide, r, job), slide=slide, what=self.job_name)

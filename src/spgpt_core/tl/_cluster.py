@@ -31,16 +31,17 @@ log = logging.getLogger(__name__)
 
 GRAPH_METHODS = ("leiden", "louvain")
 #: Methods that need K and give exactly K clusters.
-K_METHODS = ("kmeans", "gmm")
+K_METHODS = ("kmeans", "gmm", "gmm-tied")
 
 
 def check_request(n_cells: int, *, n_clusters: int | None, resolution: float | None, method: str) -> None:
     """Refuse a clustering request that cannot run; called before any long work (embedding) starts."""
     if method not in (*GRAPH_METHODS, *K_METHODS):
-        raise InputError(f"unknown clustering method {method!r}; use 'leiden', 'louvain', 'kmeans' or 'gmm'")
+        raise InputError(f"unknown clustering method {method!r}; use one of {', '.join((*GRAPH_METHODS, *K_METHODS))}")
     if method in K_METHODS:
         if n_clusters is None:
-            raise InputError(f"{method} needs --n-clusters K")
+            raise InputError(f"{method} needs --n-clusters K; to search a Leiden resolution instead, pass "
+                             "--method leiden with --resolution R")
     elif (n_clusters is None) == (resolution is None):
         raise InputError("give exactly one of --n-clusters K (resolution searched) or --resolution R")
     if n_clusters is not None and not 1 <= n_clusters <= n_cells:
@@ -108,9 +109,11 @@ def kmeans_labels(emb: np.ndarray, n_clusters: int, seed: int = 0) -> np.ndarray
     return KMeans(n_clusters=n_clusters, n_init=10, random_state=seed).fit_predict(emb)
 
 
-def gmm_labels(emb: np.ndarray, n_clusters: int, seed: int = 0) -> np.ndarray:
-    """Gaussian mixture with full covariances (mclust's role in STAGATE / GraphST), k-means start, seeded."""
-    gmm = GaussianMixture(n_components=n_clusters, covariance_type="full", reg_covar=1e-4, max_iter=200,
+def gmm_labels(emb: np.ndarray, n_clusters: int, seed: int = 0, covariance: str = "full") -> np.ndarray:
+    """Gaussian mixture, k-means start, seeded. ``covariance="tied"`` shares one full covariance between
+    the components: mclust's EEE model, the one STAGATE and GraphST cluster with. With one covariance
+    estimated from every spot instead of one per domain, small domains of small slides stay stable."""
+    gmm = GaussianMixture(n_components=n_clusters, covariance_type=covariance, reg_covar=1e-4, max_iter=200,
                           random_state=seed)
     return gmm.fit_predict(np.asarray(emb, dtype=np.float64))
 
@@ -139,8 +142,8 @@ def cluster_embedding(emb: np.ndarray, *, n_clusters: int | None = None, resolut
     info: dict = {"method": method, "seed": seed, "smooth_k": smooth_k}
     if method == "kmeans":
         labels = kmeans_labels(emb, n_clusters, seed)
-    elif method == "gmm":
-        labels = gmm_labels(emb, n_clusters, seed)
+    elif method in ("gmm", "gmm-tied"):
+        labels = gmm_labels(emb, n_clusters, seed, covariance="tied" if method == "gmm-tied" else "full")
     else:
         if n_clusters is not None:
             labels, res = leiden_n_clusters(emb, n_clusters, n_neighbors, seed, method=method)

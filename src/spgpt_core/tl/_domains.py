@@ -15,6 +15,7 @@ import numpy as np
 
 from ..checkpoint import load_model
 from ..device import choose_device
+from ..errors import InputError
 from ..io import get_coordinates
 from ..params import DomainsConfig, resolve
 from ..pp.counts import with_counts
@@ -24,13 +25,13 @@ from ..progress import Progress
 from ..train import finetune
 from ._cluster import check_domains_request, cluster
 from ._embed import embed
-from ._features import domain_features, expression_pcs
+from ._features import EXPRESSION_PCS, domain_features, expression_pcs
 
 
 def domains(adata, model="default", *, config: DomainsConfig | None = None, gene_col: str | None = None,
             modality: str | None = None, counts_layer: str | None = None, device: str | None = None,
-            key_added: str = "spgpt_domain", embedding_key: str = "X_spgpt", progress: Progress | None = None,
-            **options):
+            key_added: str = "spgpt_domain", embedding_key: str = "X_spgpt", reuse_embedding: bool = False,
+            progress: Progress | None = None, **options):
     """Embed ``adata`` (zero-shot, or after ``finetune_epochs`` of fine-tuning) and cluster it into domains.
 
     Options: ``config`` (:class:`~spgpt_core.params.DomainsConfig`) or its fields as keyword arguments:
@@ -40,14 +41,21 @@ def domains(adata, model="default", *, config: DomainsConfig | None = None, gene
 
     Writes ``obsm[embedding_key]`` (with its record in ``uns``), the categorical ``obs[key_added]``,
     its colours and ``uns[key_added]`` (every parameter of this call). ``device=None`` uses the model's
-    device (CPU for a model loaded here). Returns ``adata``.
+    device (CPU for a model loaded here). ``reuse_embedding=True`` takes ``obsm[embedding_key]`` as an
+    earlier call with the same model, genes and seed left it and only finds domains again (the plugin
+    does so when only clustering settings changed). Returns ``adata``.
     """
     cfg = resolve(DomainsConfig, config, options)
     check_domains_request(adata, n_clusters=cfg.n_clusters, resolution=cfg.resolution, method=cfg.method)
     n_top_genes = cfg.n_top_genes or None
     work = with_counts(adata, counts_layer)
     emb = None
-    if cfg.features != "expression":
+    if cfg.features != "expression" and reuse_embedding:
+        if embedding_key not in adata.obsm:
+            raise InputError(f"reuse_embedding=True but the slide has no obsm['{embedding_key}']; run without it "
+                             "to embed the slide")
+        emb = np.asarray(adata.obsm[embedding_key])
+    elif cfg.features != "expression":
         emb = _embed_for_domains(adata, work, model, cfg, gene_col=gene_col, modality=modality,
                                  counts_layer=counts_layer, device=device, embedding_key=embedding_key,
                                  progress=progress)
@@ -60,7 +68,7 @@ def domains(adata, model="default", *, config: DomainsConfig | None = None, gene
         ok = np.isfinite(emb).all(axis=1) if emb is not None else np.ones(adata.n_obs, dtype=bool)
         expr = None
         if cfg.features != "embedding":
-            expr = expression_pcs(work, n_top_genes=n_top_genes, n_pcs=cfg.n_pcs, seed=cfg.seed)[ok]
+            expr = expression_pcs(work, n_top_genes=n_top_genes, n_pcs=EXPRESSION_PCS, seed=cfg.seed)[ok]
         F = domain_features(expression=expr, embedding=None if emb is None else emb[ok],
                             coords=get_coordinates(adata, required=True)[ok], features=cfg.features,
                             embedding_weight=cfg.embedding_share, spatial_weight=cfg.spatial_weight,
@@ -68,6 +76,8 @@ def domains(adata, model="default", *, config: DomainsConfig | None = None, gene
         full = np.full((adata.n_obs, F.shape[1]), np.nan, dtype=np.float32)
         full[ok] = F
         adata.obsm[use_rep] = full
+    else:
+        adata.obsm.pop(f"{key_added}_features", None)  # an earlier run's, not what these domains came from
     cluster(adata, use_rep=use_rep, n_clusters=cfg.n_clusters, resolution=cfg.resolution, method=cfg.method,
             smooth_k=cfg.smooth_k, key_added=key_added, seed=cfg.seed)
     adata.uns[key_added]["params"].update(

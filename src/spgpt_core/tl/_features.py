@@ -30,6 +30,9 @@ from ..pp.hvg import highly_variable_mask
 
 FEATURES = ("embedding", "expression", "fused")
 TARGET_SUM = 1e4
+#: principal components of the expression block, as the same-run baselines compute them; the combined
+#: features are reduced to ``n_pcs`` afterwards, so the block keeps its detail whatever ``n_pcs`` is
+EXPRESSION_PCS = 30
 
 
 def expression_pcs(adata, *, n_top_genes: int | None = 3000, n_pcs: int = 30, seed: int = 0,
