@@ -59,8 +59,10 @@ def test_bad_input(mpfc, tiny_model):
         integrate(mpfc, tiny_model, batch_names=["a", "a"])
     x = ad.AnnData(np.ones((5, 6), np.float32), var=pd.DataFrame(index=["GAPDH", "ACTB", "B2M", "CD3E", "CD19", "MS4A1"]))
     y = ad.AnnData(np.ones((5, 6), np.float32), var=pd.DataFrame(index=["EPCAM", "KRT8", "KRT18", "VWF", "PECAM1", "LYZ"]))
-    with pytest.raises(InputError, match="share only 0 vocabulary genes"):
+    with pytest.raises(InputError, match="needs coordinates on every slide"):  # the default uses neighbours
         integrate([x, y], tiny_model)
+    with pytest.raises(InputError, match="share only 0 vocabulary genes"):
+        integrate([x, y], tiny_model, spatial_weight=0)
 
 
 def _planted(n_per_type=60, shift=12.0, seed=0):

@@ -21,8 +21,8 @@ CHANGED = {
                        spatial_rep="E", reference_rep="E"),
     DomainsConfig: dict(n_clusters=5, method="kmeans", smooth_k=0, n_top_genes=0, finetune_epochs=2,
                         finetune_lr=1e-4, max_context=64, drop_empty=True, seed=7),
-    IntegrateConfig: dict(features="fused", embedding_share=0.25, per_slide="scale", spatial_weight=0.5, spatial_k=12,
-                          n_pcs=20, n_top_genes=None, n_clusters=4, batch_size=8, max_seq_len=100, seed=3),
+    IntegrateConfig: dict(features="expression", embedding_share=0.75, per_slide="scale", spatial_weight=0.0,
+                          spatial_k=12, n_pcs=20, n_top_genes=None, n_clusters=4, batch_size=8, max_seq_len=100, seed=3),
 }
 
 

@@ -242,16 +242,20 @@ class IntegrateConfig(Config):
                                     "(Leiden)", type=int, metavar="K", group="k")
     resolution: float | None = option(None, "--resolution", "also cluster at this Leiden resolution", type=float,
                                       metavar="R", group="k")
-    features: str = option("embedding", "--features", "what the slides are joined on: the model's embedding, the "
+    # defaults chosen on the dev group of bench/protocols/unseen_tissue.yaml (HER2ST A1 + B1 + C1, 5 seeds): the
+    # highest mean AvgBIO (0.394; PCA 0.317, slide-centred PCA 0.253) among candidates with mean AvgBATCH >= 0.9
+    # (0.901). bench/results/generalize_integration_dev.md
+    features: str = option("fused", "--features", "what the slides are joined on: the model's embedding, the "
                            "expression PCs of the shared genes (computed on all slides together) or both fused",
                            choices=DOMAIN_FEATURES)
-    embedding_share: float = option(0.5, "--embedding-share", "share of the fused features' variance given to "
+    embedding_share: float = option(0.25, "--embedding-share", "share of the fused features' variance given to "
                                      "the embedding (with --features fused)", type=float, metavar="W")
-    per_slide: str = option("none", "--per-slide", "correct each slide's features on their own: none, centre "
+    per_slide: str = option("centre", "--per-slide", "correct each slide's features on their own: none, centre "
                             "(subtract the slide's mean) or scale (centre and scale the slide to unit total "
                             "variance)", choices=PER_SLIDE)
-    spatial_weight: float = option(0.0, "--spatial-weight", "share of the features' variance given to the mean of "
-                                   "each spot's spatial neighbours on its own slide (BANKSY-style; 0 = off)",
+    spatial_weight: float = option(0.5, "--spatial-weight", "share of the features' variance given to the mean of "
+                                   "each spot's spatial neighbours on its own slide (BANKSY-style; 0 = off, e.g. "
+                                   "for inputs without coordinates)",
                                    type=float, metavar="LAMBDA")
     spatial_k: int = option(6, "--spatial-k", "spatial neighbours averaged for --spatial-weight", type=int,
                             metavar="K")

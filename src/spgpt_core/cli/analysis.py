@@ -210,9 +210,12 @@ def cmd_evaluate(args) -> None:
         t, p = obs_col(args.labels, "--labels COL (truth)"), obs_col(args.pred, "--pred COL (clusters)")
         res.update(ari=M.ari(t, p), nmi=M.nmi(t, p))
     elif args.task == "integration":
-        if args.use_rep not in adata.obsm:
-            raise InputError(f"obsm['{args.use_rep}'] not found; pass --use-rep naming the embedding")
-        emb = np.asarray(adata.obsm[args.use_rep])
+        # default: the joint representation spgpt integrate recorded (the raw embedding when it is that)
+        rep = args.use_rep or adata.uns.get("X_spgpt", {}).get("integrated_key", "X_spgpt")
+        if rep not in adata.obsm:
+            raise InputError(f"obsm['{rep}'] not found; pass --use-rep naming the embedding")
+        res["use_rep"] = str(rep)
+        emb = np.asarray(adata.obsm[rep])
         ok = np.isfinite(emb).all(axis=1)
         labels = obs_col(args.labels, "--labels COL (cell types / domains)")[ok]
         batch = obs_col(args.batch, "--batch COL (slide / modality)")[ok] if args.batch else None
@@ -305,7 +308,8 @@ def register(sub) -> None:
     p.add_argument("--labels", help="obs column with true labels (domains, integration)")
     p.add_argument("--pred", help="obs column (domains) or obsm key (deconvolution, imputation) with the predictions")
     p.add_argument("--batch", help="obs column with the batch (integration)")
-    p.add_argument("--use-rep", default="X_spgpt", help="obsm embedding (integration; default: %(default)s)")
+    p.add_argument("--use-rep", help="obsm embedding (integration; default: the joint representation spgpt "
+                   "integrate recorded, else X_spgpt)")
     p.add_argument("--cluster-method", default="leiden", choices=["leiden", "louvain"])
     p.add_argument("--truth", help="deconvolution: obsm key of true proportions or obs column of true dominant types; "
                                    "imputation: .h5ad measuring the imputed genes (default: INPUT)")
