@@ -179,8 +179,6 @@ def choose_default(path: Path, min_batch: float, model: str) -> dict | None:
 
 
 def main(set_name: str, quick: bool, model: str = "default") -> None:
-    from spgpt_core.params import IntegrateConfig
-
     proto = yaml.safe_load(PROTOCOL.read_text())
     c = proto["integration_candidates"]
     seeds = proto["seeds"][:1] if quick else proto["seeds"]
@@ -222,17 +220,18 @@ def main(set_name: str, quick: bool, model: str = "default") -> None:
             row = {"set": set_name, "group": gname, "seed": seed, "model": model, **p, **res}
             with out.open("a") as f:
                 f.write(json.dumps(row, default=float) + "\n")
-    report(out, set_name, quick, model, c["min_avg_batch"], IntegrateConfig())
+    report(out, set_name, quick, model, c["min_avg_batch"], [p["pipeline"] for p in pipelines])
 
 
 COLS = ["avg_bio", "avg_batch", "ari", "nmi", "asw_label", "asw_batch", "graph_connectivity"]
 
 
-def report(path: Path, set_name: str, quick: bool, model: str, min_batch: float, cfg) -> None:
+def report(path: Path, set_name: str, quick: bool, model: str, min_batch: float, names: list[str]) -> None:
+    """The table of this run's pipelines (rows of an earlier default or its ablations stay in the jsonl only)."""
     from generalize import _markdown
 
     df = pd.DataFrame([json.loads(line) for line in path.read_text().splitlines()])
-    df = df[df.model == model]
+    df = df[(df.model == model) & df.pipeline.isin(names)]
     per_group = df.groupby(["pipeline", "group"])[COLS].mean()  # seeds first, then groups weigh the same
     table = per_group.groupby("pipeline").mean()
     for g in df.group.unique():
