@@ -247,7 +247,8 @@ def report(path: Path, set_name: str, quick: bool, model: str, min_batch: float,
     ok = table.avg_batch >= min_batch
     show = pd.concat([table[kinds[table.index] == "baseline"], table[table.index.str.startswith("spgpt default")],
                       table[(kinds[table.index] == "spgpt") & ok].head(15),
-                      table[table.index.str.contains("ablation|as returned")]]).drop_duplicates()
+                      table[table.index.str.contains("ablation|as returned")]])
+    show = show[~show.index.duplicated()]
     text = _markdown(show.round(3))
     chosen = choose_default(RESULTS / "generalize_integration_dev.jsonl", min_batch, model)
     cmd = f"python bench/generalize.py --family integration --set {set_name}{' --quick' if quick else ''}"
@@ -256,7 +257,7 @@ def report(path: Path, set_name: str, quick: bool, model: str, min_batch: float,
             f"dev rule: highest mean AvgBIO with mean AvgBATCH >= {min_batch}; dev's choice: "
             f"{chosen['pipeline'] if chosen else 'no dev run yet'}\n\n"
             f"{len(table)} pipelines; shown: baselines, the default, the best {min(15, int(ok.sum()))} with "
-            f"AvgBATCH >= {min_batch}, the ablations.\n\n{text}\n")
+            f"AvgBATCH >= {min_batch} (on this set), the ablations and the embedding as the model returns it.\n\n{text}\n")
     print(body)
     (RESULTS / f"generalize_integration_{set_name}.md").write_text(body)
     if set_name == "test":
