@@ -264,7 +264,9 @@ def report(path: Path, set_name: str, quick: bool, model: str, min_batch: float,
         def git(*a):
             return subprocess.run(["git", *a], capture_output=True, text=True, cwd=ROOT).stdout.strip()
 
-        commit, dirty = git("rev-parse", "HEAD"), bool(git("status", "--porcelain", "--untracked-files=no"))
+        # dirty: the code differs from the commit (this run's own result files do not count)
+        commit = git("rev-parse", "HEAD")
+        dirty = bool(git("status", "--porcelain", "--untracked-files=no", "--", ".", ":!bench/results"))
         with (RESULTS / "test_runs.jsonl").open("a") as f:
             f.write(json.dumps({"family": "integration", "commit": commit, "dirty": dirty,
                                 "time": time.strftime("%Y-%m-%d %H:%M"), "model": model, "quick": quick,
