@@ -176,7 +176,11 @@ def main(argv=None) -> None:
     ap.add_argument("--methods", help="comma-separated clusterings of the candidates to run (default: all)")
     ap.add_argument("--top", type=int, help="dev: run every seed only for the N candidates with the best mean ARI "
                                              "on the first seed (run --quick first)")
+    ap.add_argument("--family", choices=["domains", "integration"], default="domains")
     args = ap.parse_args(argv)
+    if args.family == "integration":  # its own module: slide groups, not slides
+        from _integration_family import main as integration
+        return integration(args.set, args.quick, args.model)
     proto = yaml.safe_load(PROTOCOL.read_text())
     seeds = proto["seeds"][:1] if args.quick else proto["seeds"]
     entries = [e for e in proto["domains"][args.set] if not args.slides or e["name"] in args.slides.split(",")]

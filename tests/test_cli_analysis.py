@@ -106,6 +106,24 @@ def test_integrate_then_evaluate(tmp_path, files, capsys):
     assert "ari" in json.loads(capsys.readouterr().out)
 
 
+def test_integrate_options_from_the_command_line_are_recorded(tmp_path, files, capsys):
+    out = tmp_path / "int.h5ad"
+    assert main(["-q", "integrate", str(files["bz5"]), str(files["bz9"]), "--model", "random:tiny", "--out", str(out),
+                 "--batch-names", "BZ5,BZ9", "--features", "fused", "--embedding-share", "0.25", "--per-slide",
+                 "centre", "--spatial-weight", "0.2", "--spatial-k", "8", "--n-pcs", "8", "--n-clusters", "4"]) == 0
+    assert "X_spgpt_integrated" in capsys.readouterr().out
+    a = ad.read_h5ad(out)
+    rec = a.uns["X_spgpt"]
+    assert rec["integrated_key"] == "X_spgpt_integrated" and a.obsm["X_spgpt_integrated"].shape == (a.n_obs, 8)
+    assert {k: rec["params"][k] for k in ("features", "embedding_share", "per_slide", "spatial_weight", "spatial_k",
+                                          "n_pcs")} == dict(features="fused", embedding_share=0.25, per_slide="centre",
+                                                            spatial_weight=0.2, spatial_k=8, n_pcs=8)
+    assert a.obs["spgpt_cluster"].nunique() == 4  # clustered on the joint representation
+    missing = str(tmp_path / "never_read.h5ad")  # a bad option is refused before any slide is read
+    assert main(["integrate", missing, missing, "--embedding-share", "2", "--out", str(tmp_path / "x.h5ad")]) == 2
+    assert "embedding_share=2.0 must be between 0 and 1" in capsys.readouterr().err
+
+
 @pytest.mark.parametrize("args,msg", [
     (["deconvolve", "SPOTS", "--reference", "BZ9", "--celltype-key", "celltype", "--no-embeddings"],
      "no obs column 'celltype'"),

@@ -11,8 +11,8 @@ import pandas as pd
 import pytest
 
 from spgpt_core.errors import InputError
-from spgpt_core.params import (DeconvolveConfig, DomainsConfig, ImputeConfig, add_options, from_args, resolve,
-                               to_flags)
+from spgpt_core.params import (DeconvolveConfig, DomainsConfig, ImputeConfig, IntegrateConfig, add_options,
+                               from_args, resolve, to_flags)
 
 CHANGED = {
     DeconvolveConfig: dict(use_embeddings=False, num_epochs=50, lambda_g2=0.0, density_prior="uniform", seed=3,
@@ -21,6 +21,8 @@ CHANGED = {
                        spatial_rep="E", reference_rep="E"),
     DomainsConfig: dict(n_clusters=5, method="kmeans", smooth_k=0, n_top_genes=0, finetune_epochs=2,
                         finetune_lr=1e-4, max_context=64, drop_empty=True, seed=7),
+    IntegrateConfig: dict(features="expression", embedding_share=0.75, per_slide="scale", spatial_weight=0.0,
+                          spatial_k=12, n_pcs=20, n_top_genes=None, n_clusters=4, batch_size=8, max_seq_len=100, seed=3),
 }
 
 
@@ -36,6 +38,20 @@ def test_flags_round_trip(cls):
     for cfg in (cls(**default_required), cls(**CHANGED[cls])):
         args = _parser(cls).parse_args(to_flags(cfg))
         assert from_args(cls, args) == cfg
+
+
+def test_integrate_verb_builds_its_flags_from_the_config():
+    """`spgpt integrate` parses exactly the declared options: a config written as flags comes back equal."""
+    from spgpt_core.cli import build_parser
+
+    cfg = IntegrateConfig(**CHANGED[IntegrateConfig])
+    args = build_parser().parse_args(["integrate", "a.h5ad", "b.h5ad", "--out", "o.h5ad", *to_flags(cfg)])
+    assert from_args(IntegrateConfig, args) == cfg
+    assert IntegrateConfig(n_top_genes=0) == IntegrateConfig(n_top_genes=None)  # one spelling of "every gene"
+    with pytest.raises(InputError, match="per_slide='mean'"):
+        IntegrateConfig(per_slide="mean")
+    with pytest.raises(InputError, match="not both"):
+        IntegrateConfig(n_clusters=3, resolution=1.0)
 
 
 def test_flags_hold_only_what_changed():

@@ -270,13 +270,14 @@ def avg_batch(emb, batch, labels) -> float:
     return float(np.mean([asw_batch(emb, batch, labels), graph_connectivity(emb, labels)]))
 
 
-def integration_scores(emb, labels, batch=None, method: str = "leiden") -> dict[str, float]:
+def integration_scores(emb, labels, batch=None, method: str = "leiden", seed: int = 0) -> dict[str, float]:
     """All integration metrics at once (one clustering search, shared by ARI and NMI).
 
     Returns ``ari``, ``nmi``, ``asw_label``, ``avg_bio`` and, when ``batch`` is given,
-    ``asw_batch``, ``graph_connectivity`` and ``avg_batch``.
+    ``asw_batch``, ``graph_connectivity`` and ``avg_batch``. ``seed``: of the clustering search
+    (benchmarks report the spread over seeds).
     """
-    clusters = cluster_for_metrics(emb, labels, method=method)
+    clusters = cluster_for_metrics(emb, labels, method=method, seed=seed)
     scores = {"ari": ari(labels, clusters), "nmi": nmi(labels, clusters), "asw_label": asw_label(emb, labels)}
     scores["avg_bio"] = float(np.mean([scores["ari"], scores["nmi"], scores["asw_label"]]))
     if batch is not None:

@@ -227,6 +227,86 @@ class DomainsConfig(Config):
         _at_least("max_seq_len", self.max_seq_len, 2)
 
 
+# ---------------------------------------------------------------------------- integration
+
+#: How each slide's features are corrected before they are joined: as they are, centred on the slide's own
+#: mean, or centred and scaled to the slide's own unit total variance.
+PER_SLIDE = ("none", "centre", "scale")
+
+
+@dataclass(frozen=True)
+class IntegrateConfig(Config):
+    """Multi-slide integration (``tl.integrate``): genes, embedding, the joint features and optional clusters.
+
+    The model embeds every slide zero-shot on the shared genes; the joint representation is built from that
+    embedding, the slides' expression PCs (computed on all slides together) or both fused, each slide
+    corrected on its own (``per_slide``), optionally beside each spot's own-slide neighbourhood, and reduced
+    to ``n_pcs`` components."""
+
+    n_clusters: int | None = option(None, "--n-clusters", "also cluster the joint representation into K clusters "
+                                    "(Leiden)", type=int, metavar="K", group="k")
+    resolution: float | None = option(None, "--resolution", "also cluster at this Leiden resolution", type=float,
+                                      metavar="R", group="k")
+    # defaults chosen on the dev group of bench/protocols/unseen_tissue.yaml (HER2ST A1 + B1 + C1, 5 seeds): the
+    # highest mean AvgBIO (0.394; PCA 0.317, slide-centred PCA 0.253) among candidates with mean AvgBATCH >= 0.9
+    # (0.901). bench/results/generalize_integration_dev.md
+    features: str = option("fused", "--features", "what the slides are joined on: the model's embedding, the "
+                           "expression PCs of the shared genes (computed on all slides together) or both fused",
+                           choices=DOMAIN_FEATURES)
+    embedding_share: float = option(0.25, "--embedding-share", "share of the fused features' variance given to "
+                                     "the embedding (with --features fused)", type=float, metavar="W")
+    per_slide: str = option("centre", "--per-slide", "correct each slide's features on their own: none, centre "
+                            "(subtract the slide's mean) or scale (centre and scale the slide to unit total "
+                            "variance)", choices=PER_SLIDE)
+    spatial_weight: float = option(0.5, "--spatial-weight", "share of the features' variance given to the mean of "
+                                   "each spot's spatial neighbours on its own slide (BANKSY-style; 0 = off, e.g. "
+                                   "for inputs without coordinates)",
+                                   type=float, metavar="LAMBDA")
+    spatial_k: int = option(6, "--spatial-k", "spatial neighbours averaged for --spatial-weight", type=int,
+                            metavar="K")
+    n_pcs: int = option(30, "--n-pcs", "principal components of the expression and of the joint features",
+                        type=int)
+    n_top_genes: int | None = option(DEFAULT_N_TOP_GENES, "--n-top-genes", "embed every slide on the N most "
+                                     "variable shared genes, chosen on all slides together (0 = every shared "
+                                     "gene)", type=int, metavar="N", none_as=0)
+    batch_size: int = option(64, "--batch-size", "cells per embedding batch; lower it on a GPU out-of-memory error",
+                             type=int)
+    max_seq_len: int | None = option(None, "--max-seq-len", "at most this many tokens (<cls> + genes) per cell "
+                                     "when embedding, below the model's context; lower it on a GPU out-of-memory "
+                                     "error (default: the model's)", type=int, metavar="TOKENS")
+    seed: int = option(0, "--seed", "seed of binning ties, the PCAs and the clustering", type=int)
+
+    def __post_init__(self):
+        if self.features not in DOMAIN_FEATURES:
+            raise InputError(f"features={self.features!r}: use one of {', '.join(DOMAIN_FEATURES)}")
+        if self.per_slide not in PER_SLIDE:
+            raise InputError(f"per_slide={self.per_slide!r}: use one of {', '.join(PER_SLIDE)}")
+        for name in ("embedding_share", "spatial_weight"):
+            if not 0 <= getattr(self, name) <= 1:
+                raise InputError(f"{name}={getattr(self, name)} must be between 0 and 1")
+        if self.n_clusters is not None and self.resolution is not None:
+            raise InputError("give n_clusters or resolution, not both")
+        if self.resolution is not None and not self.resolution > 0:
+            raise InputError(f"resolution={self.resolution} (--resolution) must be a positive number")
+        if self.n_top_genes == 0:  # 0 and None both mean every shared gene; one spelling keeps configs comparable
+            object.__setattr__(self, "n_top_genes", None)
+        _at_least("n_clusters", self.n_clusters, 1)
+        _at_least("spatial_k", self.spatial_k, 1)
+        _at_least("n_pcs", self.n_pcs, 2)
+        _at_least("n_top_genes", self.n_top_genes, 1, " (0 = every shared gene)")
+        _at_least("batch_size", self.batch_size, 1)
+        _at_least("max_seq_len", self.max_seq_len, 2)
+
+    @property
+    def uses_embedding(self) -> bool:
+        return self.features != "expression"
+
+    @property
+    def is_raw_embedding(self) -> bool:
+        """True when the joint representation is the model's embedding as returned (the paper's zero-shot path)."""
+        return self.features == "embedding" and self.per_slide == "none" and self.spatial_weight <= 0
+
+
 # -------------------------------------------------------------------------------- the CLI
 
 

@@ -13,10 +13,9 @@ import time
 from pathlib import Path
 
 from ..errors import InputError
-from ..params import DeconvolveConfig, ImputeConfig, add_options, from_args
+from ..params import DeconvolveConfig, ImputeConfig, IntegrateConfig, add_options, from_args
 from ..progress import TqdmProgress
-from ._common import (add_counts_arg, add_hvg_arg, add_input_args, add_memory_args, add_model_args, add_output_args,
-                      n_top_genes, positive_int, read_input)
+from ._common import add_counts_arg, add_input_args, add_model_args, add_output_args, read_input
 
 
 def _csv(text: str | None) -> list[str] | None:
@@ -61,6 +60,7 @@ def cmd_integrate(args) -> None:
     from .. import tl
     from ..io import _check_free, read_slide, write_h5ad
 
+    config = from_args(IntegrateConfig, args)  # a bad option fails here, before any slide is read
     out = Path(args.out)
     _check_free(out, args.overwrite)
     if any(out.resolve() == Path(s).expanduser().resolve() for s in args.slides):
@@ -73,15 +73,17 @@ def cmd_integrate(args) -> None:
     slides = [read_slide(s) for s in args.slides]
     gene_cols, mods, counts_layers = (_one_or_per_slide(v) for v in (args.gene_col, args.modality, args.counts_layer))
     t0 = time.time()
-    adata = tl.integrate(slides, args.model, batch_names=names, batch_key=args.batch_key, modality_key=args.modality_key,
-                         modalities=mods, gene_cols=gene_cols, key_added=args.key_added, n_top_genes=n_top_genes(args),
-                         batch_size=args.batch_size, max_seq_len=args.max_seq_len,
-                         seed=args.seed, device=args.device, n_clusters=args.n_clusters, resolution=args.resolution,
-                         counts_layers=counts_layers, progress=_progress(args, "cell"))
+    adata = tl.integrate(slides, args.model, config=config, batch_names=names, batch_key=args.batch_key,
+                         modality_key=args.modality_key, modalities=mods, gene_cols=gene_cols,
+                         key_added=args.key_added, device=args.device, counts_layers=counts_layers,
+                         progress=_progress(args, "cell"))
     write_h5ad(adata, out, overwrite=args.overwrite)
     rec = adata.uns[args.key_added]
+    rep = rec["integrated_key"]
     print(f"integrated {adata.n_obs:,} cells from {len(slides)} slides on {rec['n_shared_genes']:,} shared genes in "
-          f"{time.time() - t0:.1f}s -> {out} obsm['{args.key_added}'], obs['{args.batch_key}'], obs['{args.modality_key}']")
+          f"{time.time() - t0:.1f}s -> {out} obsm['{rep}'] (features: {config.features}, per slide: "
+          f"{config.per_slide}, neighbours: {config.spatial_weight}), obs['{args.batch_key}'], "
+          f"obs['{args.modality_key}']")
     if args.plot:
         from ..pl import save_umap_panels
 
@@ -93,7 +95,7 @@ def cmd_integrate(args) -> None:
                 raise InputError(f"--label-key {args.label_key!r} is not an obs column of the slides "
                                  f"(have: {', '.join(map(str, adata.obs.columns))})")
             colors.append(args.label_key)
-        png = save_umap_panels(adata, colors, out.with_suffix(".png"), use_rep=args.key_added)
+        png = save_umap_panels(adata, colors, out.with_suffix(".png"), use_rep=rep)
         print(f"figure: {png}")
 
 
@@ -208,9 +210,12 @@ def cmd_evaluate(args) -> None:
         t, p = obs_col(args.labels, "--labels COL (truth)"), obs_col(args.pred, "--pred COL (clusters)")
         res.update(ari=M.ari(t, p), nmi=M.nmi(t, p))
     elif args.task == "integration":
-        if args.use_rep not in adata.obsm:
-            raise InputError(f"obsm['{args.use_rep}'] not found; pass --use-rep naming the embedding")
-        emb = np.asarray(adata.obsm[args.use_rep])
+        # default: the joint representation spgpt integrate recorded (the raw embedding when it is that)
+        rep = args.use_rep or adata.uns.get("X_spgpt", {}).get("integrated_key", "X_spgpt")
+        if rep not in adata.obsm:
+            raise InputError(f"obsm['{rep}'] not found; pass --use-rep naming the embedding")
+        res["use_rep"] = str(rep)
+        emb = np.asarray(adata.obsm[rep])
         ok = np.isfinite(emb).all(axis=1)
         labels = obs_col(args.labels, "--labels COL (cell types / domains)")[ok]
         batch = obs_col(args.batch, "--batch COL (slide / modality)")[ok] if args.batch else None
@@ -241,8 +246,10 @@ def cmd_evaluate(args) -> None:
 
 def register(sub) -> None:
     p = sub.add_parser("integrate", help="joint zero-shot embedding of several slides / modalities",
-                       description="Embed several slides on their shared genes with the model (no fine-tuning, no "
-                       "batch correction) into one new .h5ad: obsm[KEY], obs[batch], obs[modality].")
+                       description="Embed several slides on their shared genes with the model (no fine-tuning) into "
+                       "one new .h5ad: obsm[KEY], obs[batch], obs[modality]; the joint representation (embedding, "
+                       "expression PCs or both, each slide corrected on its own, optionally with its spatial "
+                       "neighbourhood) in obsm[KEY_integrated].")
     p.add_argument("slides", nargs="+", help="two or more slides (.h5ad, SpatialData .zarr or instrument output folders)")
     add_model_args(p)
     add_output_args(p)
@@ -252,14 +259,10 @@ def register(sub) -> None:
     add_counts_arg(p, several=True)
     p.add_argument("--batch-key", default="batch", help="obs column for the slide name (default: %(default)s)")
     p.add_argument("--modality-key", default="modality", help="obs column for the technology (default: %(default)s)")
-    p.add_argument("--key-added", default="X_spgpt", help="obsm key of the embedding (default: %(default)s)")
-    add_hvg_arg(p)
-    g = p.add_mutually_exclusive_group()
-    g.add_argument("--n-clusters", type=positive_int, help="also cluster the joint embedding into K clusters (Leiden)")
-    g.add_argument("--resolution", type=float, help="also cluster at this Leiden resolution")
+    p.add_argument("--key-added", default="X_spgpt", help="obsm key of the embedding; the joint representation goes "
+                   "to KEY_integrated unless it is the embedding itself (default: %(default)s)")
+    add_options(p, IntegrateConfig)
     p.add_argument("--label-key", help="obs column to colour the UMAP by as well (with --plot)")
-    add_memory_args(p)
-    p.add_argument("--seed", type=int, default=0)
     p.add_argument("--plot", action="store_true", help="also write OUT.png: UMAP coloured by batch, modality, clusters")
     p.set_defaults(func=cmd_integrate)
 
@@ -305,7 +308,8 @@ def register(sub) -> None:
     p.add_argument("--labels", help="obs column with true labels (domains, integration)")
     p.add_argument("--pred", help="obs column (domains) or obsm key (deconvolution, imputation) with the predictions")
     p.add_argument("--batch", help="obs column with the batch (integration)")
-    p.add_argument("--use-rep", default="X_spgpt", help="obsm embedding (integration; default: %(default)s)")
+    p.add_argument("--use-rep", help="obsm embedding (integration; default: the joint representation spgpt "
+                   "integrate recorded, else X_spgpt)")
     p.add_argument("--cluster-method", default="leiden", choices=["leiden", "louvain"])
     p.add_argument("--truth", help="deconvolution: obsm key of true proportions or obs column of true dominant types; "
                                    "imputation: .h5ad measuring the imputed genes (default: INPUT)")
