@@ -285,7 +285,9 @@ def report(path: Path, args, pipelines: list[dict]) -> None:
         f"# Domains, {args.set} set (mean ARI over seeds)\n\nCommand: `{command}`\n\n{text}\n")
     if args.set == "test":
         git = lambda *a: subprocess.run(["git", *a], capture_output=True, text=True, cwd=ROOT).stdout.strip()  # noqa: E731
-        commit, dirty = git("rev-parse", "HEAD"), bool(git("status", "--porcelain", "--untracked-files=no"))
+        # dirty: the code differs from the commit (this run's own result files do not count)
+        commit = git("rev-parse", "HEAD")
+        dirty = bool(git("status", "--porcelain", "--untracked-files=no", "--", ".", ":!bench/results"))
         with (RESULTS / "test_runs.jsonl").open("a") as f:
             f.write(json.dumps({"commit": commit, "dirty": dirty, "time": time.strftime("%Y-%m-%d %H:%M"),
                                 "model": args.model, "quick": args.quick,
