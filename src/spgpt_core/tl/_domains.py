@@ -80,6 +80,8 @@ def domains(adata, model="default", *, config: DomainsConfig | None = None, gene
         adata.obsm.pop(f"{key_added}_features", None)  # an earlier run's, not what these domains came from
     cluster(adata, use_rep=use_rep, n_clusters=cfg.n_clusters, resolution=cfg.resolution, method=cfg.method,
             smooth_k=cfg.smooth_k, key_added=key_added, seed=cfg.seed)
+    if progress is not None:
+        progress.close()  # the CLI's bar of this stage ends here, not at the end of the program
     adata.uns[key_added]["params"].update(
         n_top_genes=n_top_genes, features=cfg.features, spatial_weight=cfg.spatial_weight,
         **({"embedding_share": cfg.embedding_share} if cfg.features == "fused" else {}),
