@@ -16,12 +16,12 @@ import numpy as np
 import pandas as pd
 from magicgui.widgets import CheckBox, ComboBox, Container, FloatSpinBox, PushButton, RadioButtons, SpinBox
 from napari.utils import notifications
-from spgpt_core.params import DEFAULT_N_TOP_GENES, DomainsConfig
+from spgpt_core.params import DEFAULT_N_TOP_GENES, DOMAIN_FEATURES, DomainsConfig
 
 from . import _commands
 from ._base import Legend, SlideWidget, add_native
-from ._layers import base_layer, categorical, categorical_colors, drawn, upsert_result
-from ._umap import UmapCanvas, umap_2d
+from ._layers import base_layer, categorical, categorical_colors, as_values, upsert_result
+from ._umap import UmapCanvas
 
 if TYPE_CHECKING:
     import napari.viewer
@@ -53,6 +53,9 @@ class EmbedWidget(SlideWidget):
         self.resolution = FloatSpinBox(label="Resolution", value=1.0, min=0.01, max=10.0, step=0.1, visible=False)
         self.method = ComboBox(label="Method", choices=["leiden", "louvain", "kmeans"], value="leiden",
                                tooltip="Leiden searches the resolution giving that number; k-means gives it exactly")
+        self.features = ComboBox(label="Domains from", choices=list(DOMAIN_FEATURES), value="embedding",
+                                 tooltip="embedding: the model's; expression: the slide's own (PCA, no model, fast); "
+                                         "fused: both")
         self.smooth_k = SpinBox(label="Spatial smoothing (k)", value=6, min=0, max=50,
                                 tooltip="Majority vote over each spot's k nearest spots (0 = off)")
         self.n_top_genes = SpinBox(label="Most variable genes", value=DEFAULT_N_TOP_GENES, min=0, max=100_000, step=500,
@@ -69,7 +72,7 @@ class EmbedWidget(SlideWidget):
         extras = Container(widgets=[], labels=False)
         extras.margins = (0, 0, 0, 0)
         super().__init__(viewer, [self.mode, self.epochs, self.by, self.n_domains, self.resolution, self.method,
-                                  self.smooth_k, self.n_top_genes, self.batch_size, self.seed, self.drop_empty,
+                                  self.features, self.smooth_k, self.n_top_genes, self.batch_size, self.seed, self.drop_empty,
                                   self.umap],
                          after=[self.keep_button, extras])
         self.keep_button.clicked.connect(self.keep_clustering)
@@ -93,7 +96,8 @@ class EmbedWidget(SlideWidget):
 
     def config(self) -> DomainsConfig:
         """The controls' settings, as the core declares them (tl.domains and spgpt domains take the same)."""
-        return DomainsConfig(**self.cluster_args(), method=self.method.value, smooth_k=int(self.smooth_k.value),
+        return DomainsConfig(**self.cluster_args(), method=self.method.value, features=self.features.value,
+                             smooth_k=int(self.smooth_k.value),
                              n_top_genes=int(self.n_top_genes.value),
                              finetune_epochs=int(self.epochs.value) if self.mode.value == FINETUNE else 0,
                              batch_size=int(self.batch_size.value), drop_empty=bool(self.drop_empty.value),
@@ -115,7 +119,7 @@ class EmbedWidget(SlideWidget):
         """Whether the slide's embedding was made with this form's embedding settings (model, genes,
         fine-tuning, seed, batch size, empty spots): then only the clustering runs again."""
         last = self.last_run(slide, EMBED_KEY)
-        if last is None or EMBED_KEY not in slide.adata.obsm:
+        if self.features.value != "embedding" or last is None or EMBED_KEY not in slide.adata.obsm:
             return False
         before, now = last.get("params", {}), self.params()
         return all(str(before.get(k)) == str(now.get(k)) for k in EMBED_SETTINGS)
@@ -150,41 +154,43 @@ class EmbedWidget(SlideWidget):
         gene_col, counts_layer, device = slide.gene_col, slide.counts_layer, job.model.device
 
         def work(progress):
-            # torch, scanpy: only inside the worker, napari starts fast
-            from spgpt_core import tl
+            # scanpy: only inside the worker, napari starts fast. The analysis runs in a child process
+            # (kNN, Leiden, k-means and UMAP hold the GIL for long at 1M cells): this thread only waits.
+            from spgpt_core.child import run_in_child
             from spgpt_core.pl import stable_domains
             from spgpt_core.tl._cluster import check_domains_request
 
+            from ._jobs import domains_job, lean_copy
             from ._staging import Staged, scratch
 
-            # checked before the model is loaded; tl.domains checks again, at no cost
+            # checked before anything starts; tl.domains checks again, at no cost
             check_domains_request(adata, n_clusters=config.n_clusters, resolution=config.resolution,
                                   method=config.method)
+            progress.start(0, "starting the analysis process")
+            model = job.model.model if job.model.model is not None else job.model.spec
+            lean = lean_copy(adata, counts_layer=counts_layer, obsm=("spatial", EMBED_KEY) if reuse else ("spatial",),
+                             with_matrix=not reuse)
+            out = run_in_child(domains_job, lean, model, config, gene_col=gene_col, counts_layer=counts_layer,
+                               device=device, key_added=DOMAIN_KEY, embedding_key=EMBED_KEY, reuse=reuse,
+                               want_umap=want_umap, progress=progress)
+            del lean
             work_ad = scratch(adata)  # the slide itself changes only in commit, after success
-            model, loaded = None, False
-            if reuse:  # only clustering settings changed: the embedding stays, as `spgpt cluster` does it
-                progress.start(0, "finding domains")
-                tl.cluster(work_ad, use_rep=EMBED_KEY, n_clusters=config.n_clusters, resolution=config.resolution,
-                           method=config.method, smooth_k=config.smooth_k, key_added=DOMAIN_KEY, seed=config.seed)
-            else:
-                model, loaded = job.model.get(progress)
-                progress.check()
-                tl.domains(work_ad, model, config=config, gene_col=gene_col, counts_layer=counts_layer, device=device,
-                           key_added=DOMAIN_KEY, embedding_key=EMBED_KEY, progress=progress)
+            for slot in ("obs", "obsm", "uns"):
+                target = getattr(work_ad, slot)
+                for key, value in out[slot].items():
+                    if value is not None:
+                        target[key] = value
+                    elif key in target:  # e.g. a stale empty-spot mark from an earlier run
+                        del target[key]
             # the previous run's labels (and so colours) where the partitions overlap
             previous = adata.obs[DOMAIN_KEY].values if DOMAIN_KEY in adata.obs else None
             work_ad.obs[DOMAIN_KEY], work_ad.uns[f"{DOMAIN_KEY}_colors"] = stable_domains(
                 work_ad.obs[DOMAIN_KEY].values, previous)
-            xy = None
-            if want_umap:
-                progress.check()
-                progress.start(0, "UMAP")
-                xy = umap_2d(work_ad.obsm[EMBED_KEY], seed=config.seed)
             progress.check()  # a Cancel up to here leaves the slide as it was
-            embedded = [] if reuse else [EMBED_KEY]
-            staged = Staged.collect(work_ad, obs=[DOMAIN_KEY, *([] if reuse else [f"{EMBED_KEY}_empty"])],
+            embedded = [EMBED_KEY] if EMBED_KEY in out["obsm"] else []
+            staged = Staged.collect(work_ad, obs=[DOMAIN_KEY, *[f"{EMBED_KEY}_empty" for _ in embedded]],
                                     obsm=embedded, uns=[*embedded, DOMAIN_KEY, f"{DOMAIN_KEY}_colors"])
-            return {"model": model if loaded else None, "umap": xy, "staged": staged}
+            return {"model": None, "umap": out["umap"], "staged": staged}
 
         self.controls.start(work, on_done=lambda r: self._done(slide, r, job), slide=slide, what=self.job_name)
 
@@ -205,8 +211,8 @@ class EmbedWidget(SlideWidget):
             return
         domains = adata.obs[DOMAIN_KEY]
         mapping = categorical_colors(domains.cat.categories, adata.uns.get(f"{DOMAIN_KEY}_colors"))
-        values = categorical(drawn(slide, domains), categories=list(domains.cat.categories))
-        features = pd.DataFrame({"spot": drawn(slide, adata.obs_names.to_numpy()), DOMAIN_KEY: values})
+        values = categorical(as_values(domains), categories=list(domains.cat.categories))
+        features = pd.DataFrame({"spot": as_values(adata.obs_names.to_numpy()), DOMAIN_KEY: values})
         upsert_result(self.viewer, slide, f"{slide.name} domains", features, kind="domains", column=DOMAIN_KEY,
                       categorical_map=mapping, extra_metadata={"legend": mapping, "source": ["obs", DOMAIN_KEY]})
         base = base_layer(self.viewer, slide)
@@ -222,7 +228,7 @@ class EmbedWidget(SlideWidget):
             name = f"{slide.name} domains {clustering_label(adata.uns.get(key, {}))}"
             existing = [la for la in self.viewer.layers if la.name == name]
             upsert_result(self.viewer, slide, name, pd.DataFrame({"spot": features["spot"], key: categorical(
-                          drawn(slide, kept), categories=list(kept.cat.categories))}), kind="domains_kept", column=key,
+                          as_values(kept), categories=list(kept.cat.categories))}), kind="domains_kept", column=key,
                           categorical_map=categorical_colors(kept.cat.categories, adata.uns.get(f"{key}_colors")),
                           visible=existing[0].visible if existing else False, extra_metadata={"source": ["obs", key]})
         self.keep_button.enabled = True
