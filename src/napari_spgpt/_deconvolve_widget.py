@@ -142,7 +142,7 @@ class DeconvolveWidget(ReferenceSlideWidget):
                           column="proportion", colormap="viridis", limits=self._limits(all_values[:, j]),
                           visible=False, extra_metadata={"cell_type": t, "source": ["obsm", KEY, t]}, colorbar=True)
         base = base_layer(self.viewer, slide)
-        if base is not None:
+        if base is not None and slide.raster is None:  # a raster's overlay layer hovers it (its features)
             feats = base.features.copy()
             feats["dominant_type"] = dom_values
             base.features = feats

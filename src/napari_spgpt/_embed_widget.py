@@ -216,7 +216,7 @@ class EmbedWidget(SlideWidget):
         upsert_result(self.viewer, slide, f"{slide.name} domains", features, kind="domains", column=DOMAIN_KEY,
                       categorical_map=mapping, extra_metadata={"legend": mapping, "source": ["obs", DOMAIN_KEY]})
         base = base_layer(self.viewer, slide)
-        if base is not None:
+        if base is not None and slide.raster is None:  # a raster's overlay layer hovers it (its features)
             feats = base.features.copy()
             feats[DOMAIN_KEY] = values
             base.features = feats

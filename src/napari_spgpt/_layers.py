@@ -315,9 +315,11 @@ def _upsert_raster(viewer, slide: LoadedSlide, name: str, features: pd.DataFrame
         if layer is None:
             return viewer.add_labels(data, name=name, colormap=cmap, features=feats, metadata=meta, visible=visible,
                                      **r.layer_kwargs)
+        if not _same_colors(layer.colormap.color_dict, cmap.color_dict):  # a change maps every pixel again
+            layer.colormap = cmap
         layer.data = data
-        layer.colormap = cmap
-        layer.features = feats
+        if not layer.features.equals(feats):
+            layer.features = feats
     else:
         v = np.asarray(values, dtype=np.float64)
         lo, hi = limits or robust_limits(v)
@@ -338,6 +340,10 @@ def _upsert_raster(viewer, slide: LoadedSlide, name: str, features: pd.DataFrame
     layer.metadata.update(meta)
     layer.visible = visible
     return layer
+
+
+def _same_colors(a: dict, b: dict) -> bool:
+    return a.keys() == b.keys() and all(np.allclose(np.asarray(a[k]), np.asarray(b[k])) for k in a)
 
 
 def upsert_result(

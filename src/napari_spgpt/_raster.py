@@ -122,9 +122,8 @@ def _place_lost(ids: np.ndarray, cy, cx, label) -> int:
 def category_raster(raster: CellRaster, codes: np.ndarray) -> np.ndarray:
     """Per-pixel ``codes + 1`` (0 background) from per-cell integer codes (-1 = missing -> 0 as well)."""
     codes = np.asarray(codes)
-    k = int(codes.max(initial=-1)) + 2
-    dtype = np.uint8 if k <= 255 else np.uint16 if k <= 65535 else np.int32
-    lut = np.zeros(raster.n_cells + 1, dtype=dtype)
+    # int32 like the cell ids: napari compiles its label-colour mapping (numba) once per dtype, ~5-10 s
+    lut = np.zeros(raster.n_cells + 1, dtype=np.int32)
     lut[1:] = np.where(codes >= 0, codes + 1, 0)
     return lut[raster.ids]
 
