@@ -164,6 +164,85 @@ def measure_one(rep: str, n_cells: int, frames: int, workdir: Path) -> dict:
     return out
 
 
+def measure_job(n_cells: int, workdir: Path, method: str = "kmeans", features: str = "expression") -> dict:
+    """Open the slide, run Embed & domains (``features``, ``method``, no UMAP) while a 10 ms QTimer ticks
+    on the GUI thread, time the drawing of the result, then cancel a second run once its child computes."""
+    import napari
+    from qtpy.QtWidgets import QApplication
+
+    sys.path.insert(0, str(ROOT.parent / "tests"))
+    from _xenium_like import xenium_like_path
+    from helpers.gui_latency import Heartbeat
+
+    from napari_spgpt._layers import slide_layers
+    from spgpt_core import child
+
+    path = xenium_like_path(n_cells, workdir)
+    viewer = napari.Viewer(show=True)
+    viewer.window._qt_window.resize(1280, 900)
+    app = QApplication.instance()
+
+    def wait(pred, timeout_s):
+        end = time.perf_counter() + timeout_s
+        while not pred():
+            if time.perf_counter() > end:
+                raise TimeoutError("job did not finish")
+            app.processEvents()
+            time.sleep(0.002)
+
+    t0 = time.perf_counter()
+    viewer.open(str(path), plugin="spgpt")
+    app.processEvents()
+    opened = time.perf_counter() - t0
+    slide = slide_layers(viewer)[0].metadata["spgpt_slide"]
+    _, w = viewer.window.add_plugin_dock_widget("spgpt", "Embed & domains")
+    w.features.value, w.method.value, w.n_domains.value, w.umap.value = features, method, 5, False
+    phase = {"now": "job"}
+    drawing: list[float] = []
+    show = w._done
+
+    def timed_done(*a):
+        phase["now"] = "drawing"
+        t = time.perf_counter()
+        show(*a)
+        drawing.append(time.perf_counter() - t)
+
+    w._done = timed_done
+    statuses: list[str] = []
+    w.controls.status.changed.connect(lambda v: statuses.append(str(v)))
+    beat = Heartbeat(lambda: phase["now"])
+    wait(lambda: False if time.perf_counter() - t0 < opened + 1 else True, 5)
+    beat.start()
+    t = time.perf_counter()
+    w.run()
+    wait(lambda: not w.controls.busy, 3600)
+    job_s = time.perf_counter() - t
+    beat.stop()
+    if w.controls.last_error is not None:
+        raise RuntimeError(getattr(w.controls.last_error, "child_traceback", str(w.controls.last_error)))
+    from sklearn.metrics import adjusted_rand_score
+
+    ari = adjusted_rand_score(slide.adata.obs["domain"], slide.adata.obs["spgpt_domain"])
+    w.n_domains.value = 4
+    w.run()
+    wait(lambda: (w.controls.last_progress or (0, 0, ""))[2] == "finding domains", 600)
+    time.sleep(2.0)
+    warm = child._warm["process"]
+    t = time.perf_counter()
+    w.controls.cancel()
+    wait(lambda: not w.controls.busy, 60)
+    cancel_s = time.perf_counter() - t
+    unchanged = slide.adata.obs["spgpt_domain"].nunique() == 5 and not warm.alive
+    out = {"n_cells": n_cells, "features": features, "method": method, "open_s": round(opened, 2),
+           "job_s": round(job_s, 1), "drawing_s": [round(x, 2) for x in drawing], "ari": round(float(ari), 3),
+           "stalls": beat.summary(), "stalls_over_50ms": beat.big[:40], "cancel_s": round(cancel_s, 2),
+           "cancel_left_state_unchanged": bool(unchanged), "status_samples": [s for s in statuses if "/s" in s][-3:],
+           "peak_rss_gb_gui": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1e6, 2),
+           "peak_rss_gb_child": round(resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1e6, 2)}
+    viewer.close()
+    return out
+
+
 def run(args) -> None:
     out = Path(args.out)
     done = json.loads(out.read_text()) if out.is_file() else []
@@ -228,7 +307,19 @@ def main(argv=None) -> int:
     p.add_argument("--redo", action="store_true")
     p.add_argument("--write", action="store_true", help="write bench/results/gui_scale.md")
     p.add_argument("--one", nargs=2, metavar=("REP", "N"), help=argparse.SUPPRESS)
+    p.add_argument("--job", type=int, metavar="N", help="measure GUI stalls, drawing and cancel while Embed & "
+                   "domains runs on an N-cell slide; appends to bench/results/gui_jobs.json")
+    p.add_argument("--method", default="kmeans")
+    p.add_argument("--features", default="expression")
     args = p.parse_args(argv)
+    if args.job:
+        res = measure_job(args.job, Path(args.workdir), args.method, args.features)
+        print(json.dumps(res), flush=True)
+        jobs = RESULTS / "gui_jobs.json"
+        done = json.loads(jobs.read_text()) if jobs.is_file() else []
+        jobs.write_text(json.dumps([*done, res], indent=1))
+        sys.stdout.flush()
+        os._exit(0)
     if args.one:
         res = measure_one(args.one[0], int(args.one[1]), args.frames, Path(args.workdir))
         print("RESULT " + json.dumps(res), flush=True)
