@@ -54,6 +54,27 @@ class _PipeProgress(Progress):
             self._sent = now
 
 
+def send_message(conn, obj) -> None:
+    """Send ``obj`` with its large arrays out of band (pickle protocol 5): the pickle holds no array data,
+    and the arrays go straight from their memory to the pipe, in writes that release the GIL. (A plain
+    ``Connection.send`` first copies everything into one bytes object, holding the GIL: seconds for a
+    1M-cell matrix, and so a frozen GUI.)"""
+    import pickle
+
+    buffers: list = []
+    head = pickle.dumps(obj, protocol=5, buffer_callback=buffers.append)
+    raws = [b.raw() for b in buffers]
+    conn.send([len(head), *[r.nbytes for r in raws]])
+    conn.send_bytes(head)
+    for r in raws:
+        conn.send_bytes(r)
+
+
+def recv_message(conn):
+    """The object :func:`send_message` sent; its arrays are writable and were not copied after reading."""
+    return _finish_recv(conn, conn.recv())
+
+
 def _main(job_fd: int, result_fd: int) -> None:
     """The child's loop: read ``sys.path``, then jobs, from ``job_fd`` until it closes (the parent is gone
     or done); answer each on ``result_fd``. Imports and JIT-compiled code stay warm between jobs."""
@@ -67,7 +88,7 @@ def _main(job_fd: int, result_fd: int) -> None:
         return
     while True:
         try:
-            job = jobs.recv()
+            job = recv_message(jobs)
         except EOFError:
             break
         try:
@@ -76,7 +97,7 @@ def _main(job_fd: int, result_fd: int) -> None:
                 kwargs = {**kwargs, "progress": _PipeProgress(conn)}
             result = fn(*args, **kwargs)
             del job, args, kwargs
-            conn.send(("result", result))
+            send_message(conn, ("result", result))
             del result
         except BaseException as e:  # noqa: BLE001 - everything goes back to the parent
             tb = traceback.format_exc()
@@ -111,9 +132,9 @@ class ChildProcess:
         self.busy = False
         self._send(list(sys.path))
 
-    def _send(self, obj) -> None:
+    def _send(self, obj, large: bool = False) -> None:
         try:
-            self.jobs.send(obj)
+            send_message(self.jobs, obj) if large else self.jobs.send(obj)
         except (BrokenPipeError, EOFError, OSError):
             pass  # the child died: reported when its answer is awaited
 
@@ -126,7 +147,7 @@ class ChildProcess:
         name = getattr(fn, "__name__", "the job")
         self.busy = True
         try:
-            self._send((fn, args, kwargs, wants_progress))
+            self._send((fn, args, kwargs, wants_progress), large=True)
             while True:
                 if progress.cancelled:
                     self.close()
@@ -135,7 +156,10 @@ class ChildProcess:
                 if not self.results.poll(poll_s):
                     continue
                 try:
-                    kind, payload = self.results.recv()
+                    message = self.results.recv()
+                    if isinstance(message, list):  # the sizes of a send_message: the result follows
+                        message = _finish_recv(self.results, message)
+                    kind, payload = message
                 except EOFError:
                     code = self.proc.wait()
                     self.close()
@@ -170,6 +194,19 @@ class ChildProcess:
             except OSError:
                 pass
         return t
+
+
+def _finish_recv(conn, sizes):
+    """The rest of a :func:`send_message` whose size list was already read."""
+    import pickle
+
+    head = conn.recv_bytes()
+    buffers = []
+    for n in sizes[1:]:
+        buf = bytearray(n)
+        conn.recv_bytes_into(buf)
+        buffers.append(buf)
+    return pickle.loads(head, buffers=buffers)
 
 
 def sys_exc():
