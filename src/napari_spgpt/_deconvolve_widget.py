@@ -146,7 +146,7 @@ class DeconvolveWidget(ReferenceSlideWidget):
             feats = base.features.copy()
             feats["dominant_type"] = dom_values
             base.features = feats
-        counts = pd.Series(np.asarray(categorical(dominant))).value_counts().to_dict()
+        counts = {str(k): int(v) for k, v in pd.Series(categorical(dominant)).value_counts().items()}  # codes: fast at 1M
         self.legend.set_items(mapping, title="Dominant cell type", counts=counts)
         self._slide_for_layers = slide
         set_choices(self.show_layer, [DOMINANT, *types], DOMINANT)

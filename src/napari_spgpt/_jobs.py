@@ -13,10 +13,14 @@ from typing import Any
 
 
 def lean_copy(adata, *, counts_layer: str | None = None, obsm: tuple[str, ...] = ("spatial",),
-              with_matrix: bool = True):
-    """An AnnData with what an analysis reads: ``X`` (or only the counts layer / ``.raw`` it uses), ``var``,
-    ``obs``, the named ``obsm`` entries and ``uns`` without images. Shares the arrays (pickling copies them)."""
-    import anndata as ad  # ~2 s on import: only inside a worker
+              with_matrix: bool = True) -> dict[str, Any]:
+    """What an analysis reads, as the parts of an AnnData (:func:`as_anndata` rebuilds it in the child):
+    ``X`` (or only the counts layer / ``.raw`` it uses), ``var``, the numeric and categorical ``obs``
+    columns, the named ``obsm`` entries and ``uns`` without images. Shares the arrays.
+
+    Cell names are left out (a range index): pickling a million Python strings would hold this process's
+    GIL, and so freeze napari, for about a second; every result comes back by position."""
+    import pandas as pd
 
     if adata.isbacked:
         adata = adata.to_memory()
@@ -25,25 +29,44 @@ def lean_copy(adata, *, counts_layer: str | None = None, obsm: tuple[str, ...] =
     if isinstance(spatial, dict):  # scale factors, not the images
         uns["spatial"] = {lib: {k: v for k, v in d.items() if k != "images"} if isinstance(d, dict) else d
                           for lib, d in spatial.items()}
+    obs = pd.DataFrame({c: adata.obs[c].values for c in adata.obs.columns
+                        if isinstance(adata.obs[c].dtype, pd.CategoricalDtype)
+                        or pd.api.types.is_numeric_dtype(adata.obs[c])}, index=pd.RangeIndex(adata.n_obs))
     kept = {k: adata.obsm[k] for k in obsm if k in adata.obsm}
-    if not with_matrix:
-        import scipy.sparse as sp
+    parts: dict[str, Any] = {"obs": obs, "obsm": {k: v.to_numpy() if isinstance(v, pd.DataFrame) else v
+                                                  for k, v in kept.items()},
+                             "n_obs": adata.n_obs}
+    if with_matrix:
+        parts.update(X=adata.X, var=adata.var, uns=uns,
+                     layers={counts_layer: adata.layers[counts_layer]} if counts_layer and
+                     counts_layer in adata.layers else {})
+        if counts_layer == "raw" and adata.raw is not None:
+            parts["raw"] = {"X": adata.raw.X, "var": adata.raw.var}
+    return parts
 
-        return ad.AnnData(X=sp.csr_matrix((adata.n_obs, 0), dtype="float32"), obs=adata.obs[[]].copy(),
-                          uns={}, obsm=kept)
-    layers = {counts_layer: adata.layers[counts_layer]} if counts_layer and counts_layer in adata.layers else {}
-    raw = None
-    if counts_layer == "raw" and adata.raw is not None:
-        raw = {"X": adata.raw.X, "var": adata.raw.var}
-    return ad.AnnData(X=adata.X, obs=adata.obs.copy(), var=adata.var, uns=uns, obsm=kept, layers=layers, raw=raw)
+
+def as_anndata(parts: dict[str, Any]):
+    """The AnnData of :func:`lean_copy`'s parts (in the child), cells named by position."""
+    import anndata as ad
+    import scipy.sparse as sp
+
+    parts = dict(parts)
+    n = parts.pop("n_obs")
+    obs = parts.pop("obs")
+    obs.index = obs.index.astype(str)
+    if "X" not in parts:
+        parts["X"] = sp.csr_matrix((n, 0), dtype="float32")
+    return ad.AnnData(obs=obs, **parts)
 
 
-def domains_job(adata, model, config, *, gene_col: str | None, counts_layer: str | None, device: str,
+def domains_job(adata: dict, model, config, *, gene_col: str | None, counts_layer: str | None, device: str,
                 key_added: str, embedding_key: str, reuse: bool, want_umap: bool, progress=None) -> dict[str, Any]:
-    """``tl.domains`` (or, with ``reuse``, ``tl.cluster`` of the existing embedding) and the UMAP view;
+    """``tl.domains`` (or, with ``reuse``, ``tl.cluster`` of the existing embedding) and the UMAP view, on
+    the slide's :func:`lean_copy`;
     returns the keys they wrote: ``{"obs": ..., "obsm": ..., "uns": ..., "umap": xy or None}``."""
     from spgpt_core import tl  # torch, scanpy: only in the child
 
+    adata = as_anndata(adata)
     if reuse:
         progress.start(0, "finding domains")
         tl.cluster(adata, use_rep=embedding_key, n_clusters=config.n_clusters, resolution=config.resolution,
