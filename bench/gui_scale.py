@@ -292,6 +292,23 @@ def render(results: list[dict]) -> str:
                      f"{f['frame_median_ms']} / {f['frame_max_ms']} | {f['draw_median_ms']} | "
                      f"{z['frame_median_ms']} / {z['frame_max_ms']} | {z['draw_median_ms']} | "
                      f"{b['frame_median_ms']} | {r['peak_rss_gb']} |")
+    jobs_path = RESULTS / "gui_jobs.json"
+    jobs = json.loads(jobs_path.read_text()) if jobs_path.is_file() else []
+    if jobs:
+        lines += ["", "### While a job runs (`python bench/gui_scale.py --job N`)", "",
+                  "Embed & domains (domains from the expression, k-means, no UMAP) on the N-cell slide, its analysis "
+                  "in the child process; a 10 ms QTimer ticks on the GUI thread (a stall is a tick's delay beyond "
+                  "10 ms). Drawing: the widget's GUI-thread step after the job (commit + layers + legend). Cancel: "
+                  "from the Cancel click, while the second run's child computes, to the widget idle again.", "",
+                  "| cells | open s | job s | max stall ms | p99 stall ms | median stall ms | stalls > 100 ms | "
+                  "drawing s | cancel s | state unchanged | ARI | peak RSS GB GUI / child | note |",
+                  "|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
+        for j in jobs:
+            st = j["stalls"]["job"]
+            lines.append(f"| {j['n_cells']:,} | {j['open_s']} | {j['job_s']} | {st['max_stall_ms']} | "
+                         f"{st['p99_stall_ms']} | {st['median_stall_ms']} | {st['stalls_over_100ms']} | "
+                         f"{j['drawing_s']} | {j['cancel_s']} | {j['cancel_left_state_unchanged']} | {j['ari']} | "
+                         f"{j['peak_rss_gb_gui']} / {j['peak_rss_gb_child']} | {j.get('note', '')} |")
     return "\n".join(lines)
 
 
