@@ -20,7 +20,8 @@ from spgpt_core.params import DeconvolveConfig
 from . import _commands
 from ._base import Legend, ReferenceSlideWidget, add_native
 from ._choices import dynamic, set_choices
-from ._layers import base_layer, categorical, categorical_colors, drawn, result_layers, robust_limits, upsert_result
+from ._layers import (as_values, base_layer, categorical, categorical_colors, result_layers, robust_limits, set_limits,
+                      source_values, upsert_result)
 from ._reference import label_columns, obs_and_genes, read_reference
 
 if TYPE_CHECKING:
@@ -124,28 +125,28 @@ class DeconvolveWidget(ReferenceSlideWidget):
         if not isinstance(props, pd.DataFrame):
             props = pd.DataFrame(np.asarray(props), index=adata.obs_names)
         types = [str(c) for c in props.columns]
-        names = drawn(slide, adata.obs_names.to_numpy())
+        names = as_values(adata.obs_names.to_numpy())
         values = np.asarray(props, dtype=float)
         dom_col = DOMINANT_KEY
         dominant = adata.obs[dom_col].values
         dom_cats = list(pd.Categorical(dominant).categories)
         mapping = categorical_colors(dom_cats, adata.uns.get(f"{dom_col}_colors"))
-        dom_drawn = categorical(drawn(slide, pd.Categorical(dominant)), categories=dom_cats)
+        dom_values = categorical(as_values(pd.Categorical(dominant)), categories=dom_cats)
         upsert_result(self.viewer, slide, f"{slide.name} dominant type", pd.DataFrame({"spot": names,
-                      "dominant_type": dom_drawn}), kind="dominant", column="dominant_type",
+                      "dominant_type": dom_values}), kind="dominant", column="dominant_type",
                       categorical_map=mapping, extra_metadata={"source": ["obs", dom_col]})
-        drawn_values = drawn(slide, values)
+        all_values = as_values(values)
         for j, t in enumerate(types):
-            feats = pd.DataFrame({"spot": names, "proportion": drawn_values[:, j]})
+            feats = pd.DataFrame({"spot": names, "proportion": all_values[:, j]})
             upsert_result(self.viewer, slide, f"{slide.name} proportion: {t}", feats, kind="proportion",
-                          column="proportion", colormap="viridis", limits=self._limits(drawn_values[:, j]),
+                          column="proportion", colormap="viridis", limits=self._limits(all_values[:, j]),
                           visible=False, extra_metadata={"cell_type": t, "source": ["obsm", KEY, t]}, colorbar=True)
         base = base_layer(self.viewer, slide)
-        if base is not None:
+        if base is not None and slide.raster is None:  # a raster's overlay layer hovers it (its features)
             feats = base.features.copy()
-            feats["dominant_type"] = dom_drawn
+            feats["dominant_type"] = dom_values
             base.features = feats
-        counts = pd.Series(np.asarray(categorical(dominant))).value_counts().to_dict()
+        counts = {str(k): int(v) for k, v in pd.Series(categorical(dominant)).value_counts().items()}  # codes: fast at 1M
         self.legend.set_items(mapping, title="Dominant cell type", counts=counts)
         self._slide_for_layers = slide
         set_choices(self.show_layer, [DOMINANT, *types], DOMINANT)
@@ -162,7 +163,7 @@ class DeconvolveWidget(ReferenceSlideWidget):
         if slide is None:
             return
         for layer in result_layers(self.viewer, slide, "proportion"):
-            layer.face_contrast_limits = self._limits(layer.features["proportion"])
+            set_limits(layer, self._limits(source_values(slide.adata, layer.metadata["source"])))
 
     def _on_show(self, *_, force: bool = False) -> None:
         slide = self._slide_for_layers

@@ -1,9 +1,9 @@
 """Embed & domains widget: spot embeddings (zero-shot, or fine-tune then embed), spatial domains by
 number or resolution, drawn as categorical colours over the tissue with a legend and a UMAP view.
 
-Runs ``spgpt_core.tl.domains``, the function behind ``spgpt domains`` (its equivalent command);
-the UMAP is a display of the embedding only. torch and the analyses are imported inside the workers
-so napari starts fast.
+Runs ``spgpt_core.tl.domains``, the function behind ``spgpt domains`` (its equivalent command), in a
+child process; the UMAP shows what the domains were found in (the features, or the embedding alone).
+torch and the analyses are imported inside the child so napari starts fast.
 """
 
 from __future__ import annotations
@@ -20,8 +20,8 @@ from spgpt_core.params import CLUSTER_METHODS, DEFAULT_N_TOP_GENES, DOMAIN_FEATU
 
 from . import _commands
 from ._base import Legend, SlideWidget, add_native
-from ._layers import base_layer, categorical, categorical_colors, drawn, upsert_result
-from ._umap import UmapCanvas, umap_2d
+from ._layers import base_layer, categorical, categorical_colors, as_values, upsert_result
+from ._umap import UmapCanvas
 
 if TYPE_CHECKING:
     import napari.viewer
@@ -131,7 +131,7 @@ class EmbedWidget(SlideWidget):
         """Whether the slide's embedding was made with this form's embedding settings (model, genes,
         fine-tuning, seed, batch size, empty spots): then only the clustering runs again."""
         last = self.last_run(slide, EMBED_KEY)
-        if last is None or EMBED_KEY not in slide.adata.obsm:
+        if self.features.value != "embedding" or last is None or EMBED_KEY not in slide.adata.obsm:
             return False
         before, now = last.get("params", {}), self.params()
         return all(str(before.get(k)) == str(now.get(k)) for k in EMBED_SETTINGS)
@@ -167,49 +167,45 @@ class EmbedWidget(SlideWidget):
         gene_col, counts_layer, device = slide.gene_col, slide.counts_layer, job.model.device
 
         def work(progress):
-            # torch, scanpy: only inside the worker, napari starts fast
-            from spgpt_core import tl
+            # scanpy: only inside the worker, napari starts fast. The analysis runs in a child process
+            # (kNN, Leiden, k-means and UMAP hold the GIL for long at 1M cells): this thread only waits.
+            from spgpt_core.child import run_in_child
             from spgpt_core.pl import stable_domains
             from spgpt_core.tl._cluster import check_domains_request
 
+            from ._jobs import domains_job, lean_copy
             from ._staging import Staged, scratch
 
-            # checked before the model is loaded; tl.domains checks again, at no cost
+            # checked before anything starts; tl.domains checks again, at no cost
             check_domains_request(adata, n_clusters=config.n_clusters, resolution=config.resolution,
                                   method=config.method)
+            progress.start(0, "starting the analysis process")
+            model = job.model.model if job.model.model is not None else job.model.spec
+            lean = lean_copy(adata, counts_layer=counts_layer, obsm=("spatial", EMBED_KEY) if reuse else ("spatial",),
+                             with_matrix=not (reuse and only_clusters(config)))
+            out = run_in_child(domains_job, lean, model, config, gene_col=gene_col, counts_layer=counts_layer,
+                               device=device, key_added=DOMAIN_KEY, embedding_key=EMBED_KEY, reuse=reuse,
+                               want_umap=want_umap, progress=progress)
+            del lean
             work_ad = scratch(adata)  # the slide itself changes only in commit, after success
-            model, loaded = None, False
-            if reuse and only_clusters(config):  # the embedding stays, as `spgpt cluster` does it
-                progress.start(0, "finding domains")
-                tl.cluster(work_ad, use_rep=EMBED_KEY, n_clusters=config.n_clusters, resolution=config.resolution,
-                           method=config.method, smooth_k=config.smooth_k, key_added=DOMAIN_KEY, seed=config.seed)
-                work_ad.obsm.pop(FEATURES_KEY, None)
-            elif reuse:  # features from the same embedding (and the slide's expression): no model needed
-                tl.domains(work_ad, None, config=config, gene_col=gene_col, counts_layer=counts_layer,
-                           key_added=DOMAIN_KEY, embedding_key=EMBED_KEY, reuse_embedding=True, progress=progress)
-            else:
-                model, loaded = job.model.get(progress)
-                progress.check()
-                tl.domains(work_ad, model, config=config, gene_col=gene_col, counts_layer=counts_layer, device=device,
-                           key_added=DOMAIN_KEY, embedding_key=EMBED_KEY, progress=progress)
+            for slot in ("obs", "obsm", "uns"):
+                target = getattr(work_ad, slot)
+                for key, value in out[slot].items():
+                    if value is not None:
+                        target[key] = value
+                    elif key in target:  # e.g. a stale empty-spot mark from an earlier run
+                        del target[key]
             # the previous run's labels (and so colours) where the partitions overlap
             previous = adata.obs[DOMAIN_KEY].values if DOMAIN_KEY in adata.obs else None
             work_ad.obs[DOMAIN_KEY], work_ad.uns[f"{DOMAIN_KEY}_colors"] = stable_domains(
                 work_ad.obs[DOMAIN_KEY].values, previous)
-            xy = None
-            if want_umap:
-                progress.check()
-                progress.start(0, "UMAP")
-                # of what the domains were found in: the features when not the embedding alone
-                xy = umap_2d(work_ad.obsm[FEATURES_KEY if FEATURES_KEY in work_ad.obsm else EMBED_KEY],
-                             seed=config.seed)
             progress.check()  # a Cancel up to here leaves the slide as it was
             # an embedding this run did not make (reused, or domains from expression alone) stays as it was
-            embedded = [] if reuse or config.features == "expression" else [EMBED_KEY]
-            staged = Staged.collect(work_ad, obs=[DOMAIN_KEY, *([f"{EMBED_KEY}_empty"] if embedded else [])],
+            embedded = [EMBED_KEY] if EMBED_KEY in out["obsm"] else []
+            staged = Staged.collect(work_ad, obs=[DOMAIN_KEY, *[f"{EMBED_KEY}_empty" for _ in embedded]],
                                     obsm=[*embedded, FEATURES_KEY],
                                     uns=[*embedded, DOMAIN_KEY, f"{DOMAIN_KEY}_colors"])
-            return {"model": model if loaded else None, "umap": xy, "staged": staged}
+            return {"model": None, "umap": out["umap"], "staged": staged}
 
         self.controls.start(work, on_done=lambda r: self._done(slide, r, job), slide=slide, what=self.job_name)
 
@@ -230,16 +226,16 @@ class EmbedWidget(SlideWidget):
             return
         domains = adata.obs[DOMAIN_KEY]
         mapping = categorical_colors(domains.cat.categories, adata.uns.get(f"{DOMAIN_KEY}_colors"))
-        values = categorical(drawn(slide, domains), categories=list(domains.cat.categories))
-        features = pd.DataFrame({"spot": drawn(slide, adata.obs_names.to_numpy()), DOMAIN_KEY: values})
+        values = categorical(as_values(domains), categories=list(domains.cat.categories))
+        features = pd.DataFrame({"spot": as_values(adata.obs_names.to_numpy()), DOMAIN_KEY: values})
         upsert_result(self.viewer, slide, f"{slide.name} domains", features, kind="domains", column=DOMAIN_KEY,
                       categorical_map=mapping, extra_metadata={"legend": mapping, "source": ["obs", DOMAIN_KEY]})
         base = base_layer(self.viewer, slide)
-        if base is not None:
+        if base is not None and slide.raster is None:  # a raster's overlay layer hovers it (its features)
             feats = base.features.copy()
             feats[DOMAIN_KEY] = values
             base.features = feats
-        counts = pd.Series(np.asarray(categorical(domains))).value_counts().to_dict()
+        counts = {str(k): int(v) for k, v in pd.Series(categorical(domains)).value_counts().items()}  # codes: fast at 1M
         self.legend.set_items(mapping, title=f"Domains ({len(domains.cat.categories)}; {how_found(adata)})",
                               counts=counts)
         for key in [c for c in adata.obs.columns if str(c).startswith(KEPT_PREFIX)]:
@@ -247,7 +243,7 @@ class EmbedWidget(SlideWidget):
             name = f"{slide.name} domains {clustering_label(adata.uns.get(key, {}))}"
             existing = [la for la in self.viewer.layers if la.name == name]
             upsert_result(self.viewer, slide, name, pd.DataFrame({"spot": features["spot"], key: categorical(
-                          drawn(slide, kept), categories=list(kept.cat.categories))}), kind="domains_kept", column=key,
+                          as_values(kept), categories=list(kept.cat.categories))}), kind="domains_kept", column=key,
                           categorical_map=categorical_colors(kept.cat.categories, adata.uns.get(f"{key}_colors")),
                           visible=existing[0].visible if existing else False, extra_metadata={"source": ["obs", key]})
         self.keep_button.enabled = True

@@ -18,7 +18,7 @@ from spgpt_core.params import ImputeConfig
 from . import _commands
 from ._base import MappingJob, ReferenceSlideWidget
 from ._choices import dynamic, set_choices
-from ._layers import drawn, prune_results, result_layers, robust_limits, upsert_result
+from ._layers import as_values, prune_results, result_layers, robust_limits, upsert_result
 from ._reference import obs_and_genes, read_reference
 
 if TYPE_CHECKING:
@@ -168,9 +168,9 @@ class ImputeWidget(ReferenceSlideWidget):
             genes = [str(g) for g in np.atleast_1d(slide.adata.uns.get(KEY, {}).get("genes", []))]
             imputed = pd.DataFrame(np.asarray(imputed), index=slide.adata.obs_names,
                                    columns=genes[: np.shape(imputed)[1]])
-        names = drawn(slide, slide.adata.obs_names.to_numpy())
+        names = as_values(slide.adata.obs_names.to_numpy())
         for g in [str(c) for c in imputed.columns]:
-            v = drawn(slide, np.asarray(imputed[g], dtype=float))
+            v = as_values(np.asarray(imputed[g], dtype=float))
             upsert_result(self.viewer, slide, f"{slide.name} imputed: {g}", pd.DataFrame({"spot": names,
                           f"imputed {g}": v}), kind="imputed", column=f"imputed {g}", colormap=COLORMAP,
                           limits=robust_limits(v, lower=0.0), visible=False, colorbar=True,

@@ -28,10 +28,10 @@ from spgpt_core.errors import InputError
 
 log = logging.getLogger(__name__)
 
-#: Above this many cells/spots only a random subset is drawn (analysis always uses every cell).
-DEFAULT_MAX_POINTS = 100_000
 #: Above this many points, spots are drawn without borders and with flat shading (faster).
-FAST_POINTS = 50_000
+FAST_POINTS = 5_000
+#: How cells are drawn: 'auto' (points up to _raster.RASTER_ABOVE cells, a raster above), 'points', 'raster'
+DRAW_CHOICES = ("auto", "points", "raster")
 #: Above this many cells, an instrument folder's cell outlines are not drawn (napari Shapes get slow).
 MAX_OUTLINES = 20_000
 
@@ -204,8 +204,7 @@ class LoadedSlide:
     #: 3x3 affine taking the slide's coordinates (x, y, 1) to image pixels (x, y, 1)
     to_pixels: np.ndarray
     spot_diameter: float  # in image pixels
-    index: np.ndarray | None  # rows drawn when subsampled, else None (all rows)
-    points_yx: np.ndarray  # (n_drawn, 2) napari (row, col) positions
+    points_yx: np.ndarray  # (n_obs, 2) napari (row, col) positions of every cell / spot
     notes: list[str] = field(default_factory=list)
     reference: str | None = None  # a matching reference .h5ad (the sample data ships one)
     uid: str = field(default_factory=lambda: uuid.uuid4().hex[:12])
@@ -216,15 +215,16 @@ class LoadedSlide:
     cancel_job: Any = None  # cancels the running job (set by the widget's job controls)
     closed: bool = False  # its spots layer was removed for good: a finishing job must not commit to it
     unsaved: list[str] = field(default_factory=list)  # results committed since it was opened or last exported
+    raster: Any = None  # _raster.CellRaster when the cells are drawn as images (large slides), else None
 
     def __repr__(self) -> str:
         return (f"LoadedSlide({self.name!r}, {self.adata.n_obs:,} x {self.adata.n_vars:,}, kind={self.kind!r}, "
                 f"table={self.table!r}, coordinate_system={self.coordinate_system!r}, "
-                f"image={self.image.name if self.image else None!r}, drawn={self.n_drawn:,})")
+                f"image={self.image.name if self.image else None!r}, drawn as {self.drawn_as})")
 
     @property
-    def n_drawn(self) -> int:
-        return len(self.points_yx)
+    def drawn_as(self) -> str:
+        return "points" if self.raster is None else "raster"
 
 
 def load_slide(
@@ -233,18 +233,40 @@ def load_slide(
     table: str | None = None,
     coordinate_system: str | None = None,
     image: str | None = AUTO,
-    max_points: int = DEFAULT_MAX_POINTS,
+    draw: str = "auto",
     name: str | None = None,
 ) -> LoadedSlide:
-    """Read a slide file for display. ``image``: a name, ``AUTO`` (best guess) or ``NO_IMAGE``."""
+    """Read a slide file for display. ``image``: a name, ``AUTO`` (best guess) or ``NO_IMAGE``; ``draw``:
+    one of :data:`DRAW_CHOICES` (every cell is drawn either way)."""
+    if draw not in DRAW_CHOICES:
+        raise InputError(f"draw={draw!r}: use one of {', '.join(DRAW_CHOICES)}")
     path, kind = _path_and_kind(path)
     name = name or path.stem
     if kind == "h5ad":
-        return choose_counts(_load_h5ad(path, image=image, max_points=max_points, name=name))
-    if kind == "vendor":
-        return _load_vendor(path, table=table, image=image, max_points=max_points, name=name)
-    return choose_counts(_load_zarr(path, table=table, coordinate_system=coordinate_system, image=image,
-                                    max_points=max_points, name=name))
+        slide = choose_counts(_load_h5ad(path, image=image, name=name))
+    elif kind == "vendor":
+        slide = _load_vendor(path, table=table, image=image, name=name)
+    else:
+        slide = choose_counts(_load_zarr(path, table=table, coordinate_system=coordinate_system, image=image,
+                                         name=name))
+    return with_raster(slide, draw)
+
+
+def with_raster(slide: LoadedSlide, draw: str = "auto") -> LoadedSlide:
+    """Give ``slide`` a cell raster when it is drawn as images (``draw='raster'``, or 'auto' above
+    ``_raster.RASTER_ABOVE`` cells)."""
+    from ._raster import RASTER_ABOVE, cell_raster
+
+    n = slide.adata.n_obs
+    if draw == "raster" or (draw == "auto" and n > RASTER_ABOVE):
+        slide.raster = cell_raster(slide.points_yx, _spacing(slide.points_yx), slide.spot_diameter)
+        if slide.raster.hidden:
+            slide.notes.append(f"{slide.raster.hidden:,} of {n:,} cells share their pixel with a neighbour and "
+                               "are hidden in the drawing (every analysis uses them).")
+    elif n > RASTER_ABOVE:
+        slide.notes.append(f"{n:,} cells drawn as points: the view may redraw slowly (the Load slide widget's "
+                           f"'Draw cells as: auto' draws a raster above {RASTER_ABOVE:,} cells).")
+    return slide
 
 
 def choose_counts(slide: LoadedSlide) -> LoadedSlide:
@@ -266,22 +288,21 @@ def choose_counts(slide: LoadedSlide) -> LoadedSlide:
     return slide
 
 
-def from_adata(adata, *, name: str = "slide", image: str | None = AUTO, max_points: int = DEFAULT_MAX_POINTS,
+def from_adata(adata, *, name: str = "slide", image: str | None = AUTO, draw: str = "auto",
                source: str | None = None) -> LoadedSlide:
     """Display an in-memory AnnData (Visium layout for the image, if any)."""
-    return choose_counts(_from_visium_layout(adata, name=name, image=image, max_points=max_points, source=source,
-                                             kind="memory", notes=[]))
+    return with_raster(choose_counts(_from_visium_layout(adata, name=name, image=image, source=source,
+                                                         kind="memory", notes=[])), draw)
 
 
-def _load_h5ad(path: Path, *, image, max_points, name) -> LoadedSlide:
+def _load_h5ad(path: Path, *, image, name) -> LoadedSlide:
     from spgpt_core.io import read_slide  # anndata (~2 s on import): only when a slide is read
 
     adata = read_slide(path)
-    return _from_visium_layout(adata, name=name, image=image, max_points=max_points, source=str(path), kind="h5ad",
-                               notes=[])
+    return _from_visium_layout(adata, name=name, image=image, source=str(path), kind="h5ad", notes=[])
 
 
-def _from_visium_layout(adata, *, name, image, max_points, source, kind, notes) -> LoadedSlide:
+def _from_visium_layout(adata, *, name, image, source, kind, notes) -> LoadedSlide:
     from spgpt_core.io import get_coordinates  # anndata (~2 s on import): only when a slide is read
 
     xy = get_coordinates(adata, required=True)
@@ -320,12 +341,11 @@ def _from_visium_layout(adata, *, name, image, max_points, source, kind, notes) 
         diameter = float(diameter_full) * _linear_scale(to_px)
     else:
         diameter = _spacing(xy_px)
-    index, notes = _subsample(adata.n_obs, max_points, notes)
-    yx = (xy_px if index is None else xy_px[index])[:, ::-1].copy()
-    return LoadedSlide(adata, name, source, kind, None, None, img, to_px, diameter, index, yx, notes)
+    yx = xy_px[:, ::-1].copy()
+    return LoadedSlide(adata, name, source, kind, None, None, img, to_px, diameter, yx, notes)
 
 
-def _load_vendor(path: Path, *, table, image, max_points, name) -> LoadedSlide:
+def _load_vendor(path: Path, *, table, image, name) -> LoadedSlide:
     """An instrument's folder: the table as the core reads it (µm), the tissue image via spatialdata_io.
 
     The image stays lazy (dask, multiscale where the instrument wrote a pyramid); cells are placed
@@ -351,10 +371,9 @@ def _load_vendor(path: Path, *, table, image, max_points, name) -> LoadedSlide:
     xy_px = _apply(to_px, adata.obsm["spatial"])
     bin_um = adata.uns["spgpt_source"].get("bin_size_um")
     diameter = bin_um * _linear_scale(to_px) if isinstance(bin_um, (int, float)) else _spacing(xy_px)
-    index, notes = _subsample(adata.n_obs, max_points, notes)
-    yx = (xy_px if index is None else xy_px[index])[:, ::-1].copy()
+    yx = xy_px[:, ::-1].copy()
     return LoadedSlide(adata, name, str(path), "vendor", adata.uns["spgpt_source"]["table"], None, img, to_px,
-                       diameter, index, yx, notes, outlines=outlines)
+                       diameter, yx, notes, outlines=outlines)
 
 
 def _vendor_image(adata, name):
@@ -403,7 +422,7 @@ def _affine(transformation) -> np.ndarray:
                       dtype=np.float64)
 
 
-def _load_zarr(path: Path, *, table, coordinate_system, image, max_points, name) -> LoadedSlide:
+def _load_zarr(path: Path, *, table, coordinate_system, image, name) -> LoadedSlide:
     # optional extra: spatialdata; spgpt_core.io imports anndata (~2 s): only when a slide is read
     import spatialdata as sd
     from spatialdata.transformations import get_transformation
@@ -458,10 +477,8 @@ def _load_zarr(path: Path, *, table, coordinate_system, image, max_points, name)
     xy_px = _apply(to_px, np.asarray(adata.obsm["spatial"], dtype=np.float64)[:, :2])
     diameter = _element_diameter(sdata, adata, coordinate_system) if annotated else None
     diameter = diameter * _linear_scale(to_px) if diameter else _spacing(xy_px)
-    index, notes = _subsample(adata.n_obs, max_points, notes)
-    yx = (xy_px if index is None else xy_px[index])[:, ::-1].copy()
-    return LoadedSlide(adata, name, str(path), "zarr", table, coordinate_system, img, to_px, diameter, index, yx,
-                       notes)
+    yx = xy_px[:, ::-1].copy()
+    return LoadedSlide(adata, name, str(path), "zarr", table, coordinate_system, img, to_px, diameter, yx, notes)
 
 
 def _best_image(names: list[str]) -> str | None:
@@ -545,12 +562,3 @@ def _spacing(xy: np.ndarray) -> float:
     dist, _ = cKDTree(xy).query(sample, k=2)
     d = dist[:, 1][dist[:, 1] > 0]
     return float(np.median(d)) if len(d) else 10.0
-
-
-def _subsample(n: int, max_points: int, notes: list[str]) -> tuple[np.ndarray | None, list[str]]:
-    if max_points and n > max_points:
-        index = np.sort(np.random.default_rng(0).choice(n, size=max_points, replace=False))
-        notes.append(f"{n:,} cells: drawing a random {max_points:,} of them to keep the viewer responsive "
-                     "(every analysis still uses all cells; change 'max points' in the Load slide widget).")
-        return index, notes
-    return None, notes

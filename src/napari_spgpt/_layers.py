@@ -1,8 +1,10 @@
 """napari layers for slides and results (main thread only).
 
-A *slide layer* is the Points layer of a slide's spots; its ``metadata['spgpt_slide']`` holds the
+A *slide layer* is the Points layer of a slide's spots (for slides above ``_raster.RASTER_ABOVE`` cells,
+a Labels layer of its cell raster: see ``_raster.py``); its ``metadata['spgpt_slide']`` holds the
 :class:`~napari_spgpt._io.LoadedSlide` (the AnnData every widget works on). *Result layers*
 (domains, proportions, imputed genes, QC panels) are further Points layers at the same positions
+(Labels / Image layers of the cell raster for large slides)
 whose ``metadata['spgpt_result_of']`` names the slide's uid; running a widget again updates its
 layers in place instead of piling up new ones.
 
@@ -67,15 +69,20 @@ def image_layer_tuples(slide: LoadedSlide) -> list[tuple]:
 
 
 def spots_layer_tuple(slide: LoadedSlide) -> tuple:
+    """Every cell / spot: a Points layer, or for large slides a Labels layer of the cell raster (one
+    label per cell, hovering its name and obs columns)."""
+    meta = {SLIDE_KEY: slide, KIND_KEY: "spots"}
+    features = obs_features(slide)
+    if slide.raster is not None:
+        from napari.utils.colormaps import DirectLabelColormap  # napari: only when a slide is shown
+
+        features.insert(0, "index", np.arange(1, slide.adata.n_obs + 1))  # label i + 1 is cell i
+        kwargs = {"name": f"{slide.name} spots", "features": features, "opacity": 0.6, "metadata": meta,
+                  "colormap": DirectLabelColormap(color_dict={None: BASE_COLOR, 0: "transparent"}),
+                  **slide.raster.layer_kwargs}
+        return (slide.raster.ids, kwargs, "labels")
     kwargs = point_style_kwargs(slide)
-    kwargs.update(
-        name=f"{slide.name} spots" + ("" if slide.index is None else
-                                      f" ({slide.n_drawn:,} of {slide.adata.n_obs:,} drawn)"),
-        features=obs_features(slide),
-        face_color=BASE_COLOR,
-        opacity=0.6,
-        metadata={SLIDE_KEY: slide, KIND_KEY: "spots"},
-    )
+    kwargs.update(name=f"{slide.name} spots", features=features, face_color=BASE_COLOR, opacity=0.6, metadata=meta)
     return (slide.points_yx, kwargs, "points")
 
 
@@ -83,16 +90,14 @@ def point_style_kwargs(slide: LoadedSlide) -> dict:
     """Size (the spot diameter in image pixels), border and shading suited to the number of points."""
     kwargs: dict[str, Any] = {"size": max(float(slide.spot_diameter), 1e-3), "border_width": 0,
                               "canvas_size_limits": (1, 10000)}
-    if slide.n_drawn > FAST_POINTS:
+    if slide.adata.n_obs > FAST_POINTS:
         kwargs["shading"] = "none"
     return kwargs
 
 
 def obs_features(slide: LoadedSlide, columns: list[str] | None = None) -> pd.DataFrame:
-    """The table's ``obs`` for the drawn rows, with the cell/spot name first (hover shows it)."""
+    """The table's ``obs``, one row per cell, with the cell/spot name first (hover shows it)."""
     obs = slide.adata.obs if columns is None else slide.adata.obs[columns]
-    if slide.index is not None:
-        obs = obs.iloc[slide.index]
     df = pd.DataFrame({"spot": obs.index.astype(str)})
     for col in obs.columns:
         values = obs[col]
@@ -102,13 +107,11 @@ def obs_features(slide: LoadedSlide, columns: list[str] | None = None) -> pd.Dat
     return df
 
 
-def drawn(slide: LoadedSlide, values) -> np.ndarray | pd.Categorical:
-    """Rows of a per-cell array (or Series / Categorical) for the drawn points."""
+def as_values(values) -> np.ndarray | pd.Categorical:
+    """A per-cell array (or Categorical) from an array, Series or Categorical."""
     if isinstance(values, pd.Series):
-        values = values.values
-    if slide.index is None:
-        return values
-    return values[slide.index]
+        return values.values
+    return values
 
 
 # --------------------------------------------------------------------------------------------
@@ -228,6 +231,121 @@ def apply_continuous(layer, column: str, colormap: str, limits: tuple[float, flo
 # --------------------------------------------------------------------------------------------
 
 
+def shown_per_cell(layer, slide: LoadedSlide) -> np.ndarray:
+    """What a result layer shows for each cell, read back from the layer itself: its features for Points,
+    the category / value at each cell's own pixel for rasters (tests and checks compare it to the AnnData)."""
+    column = layer.metadata["column"]
+    if slide.raster is None or "raster" not in layer.metadata:
+        return np.asarray(layer.features[column])
+    pixel = slide.raster.cell_pixel
+    at = np.asarray(layer.data).ravel()[pixel]
+    if layer.metadata["raster"] == "categories":
+        cats = np.asarray(layer.features[column].astype(str), dtype=object)
+        return np.where(at > 0, cats[np.maximum(at.astype(np.int64) - 1, 0)], MISSING)
+    lo = layer.metadata["limits"][0]
+    return np.where(at < lo - 0.5 * abs(layer.metadata["limits"][1] - lo) - 1e-12, np.nan, at)
+
+
+#: share of a raster colour scale kept transparent for the background (see transparent_bottom)
+_CLEAR = 1.0 / 512
+
+
+def transparent_bottom(colormap: str):
+    """``colormap`` with a transparent sliver below its first colour: raster backgrounds, set below the
+    contrast limits, vanish while every cell keeps its colour."""
+    from napari.utils.colormaps import Colormap, ensure_colormap  # napari: only when drawing
+
+    base = ensure_colormap(colormap)
+    colors = np.asarray(base.map(np.linspace(0, 1, 128)), dtype=np.float32)
+    clear = np.zeros((2, 4), dtype=np.float32)
+    controls = np.concatenate([[0.0, _CLEAR * 0.99], _CLEAR + (1 - _CLEAR) * np.linspace(0, 1, 128)])
+    return Colormap(np.concatenate([clear, colors]), controls=controls, name=f"{base.name} (raster)",
+                    display_name=base.name)
+
+
+def raster_limits(limits: tuple[float, float]) -> tuple[float, float]:
+    """Contrast limits putting ``limits[0]`` at the first opaque colour of :func:`transparent_bottom`."""
+    lo, hi = (float(x) for x in limits)
+    return ((lo - _CLEAR * hi) / (1 - _CLEAR), hi)
+
+
+def set_limits(layer, limits: tuple[float, float]) -> None:
+    """Contrast limits of a continuous result layer (Points or raster Image)."""
+    limits = tuple(float(x) for x in limits)
+    if layer.metadata.get("raster") == "values":
+        layer.contrast_limits = raster_limits(limits)
+        layer.metadata["limits"] = limits
+    else:
+        layer.face_contrast_limits = limits
+
+
+def contrast_of(layer) -> tuple[float, float]:
+    """The colour scale a continuous result layer shows (its values' range, before any raster shift)."""
+    if layer.metadata.get("raster") == "values":
+        return tuple(layer.metadata["limits"])
+    return tuple(layer.face_contrast_limits)
+
+
+def _upsert_raster(viewer, slide: LoadedSlide, name: str, features: pd.DataFrame, *, kind, column, categorical_map,
+                   colormap, limits, visible, extra_metadata, colorbar):
+    """Add (or update in place) a raster result layer: Labels of category codes, or an Image of values."""
+    from napari.layers import Image, Labels
+    from napari.utils.colormaps import DirectLabelColormap
+
+    from ._raster import category_raster, value_raster
+
+    r = slide.raster
+    layer = next((la for la in viewer.layers if la.name == name
+                  and (la.metadata or {}).get(RESULT_KEY) == slide.uid), None)
+    meta = {RESULT_KEY: slide.uid, KIND_KEY: kind, "column": column, **(extra_metadata or {})}
+    values = features[column]
+    if categorical_map is not None:
+        cat = values.values if isinstance(values, pd.Series) else values
+        cat = cat if isinstance(cat, pd.Categorical) else pd.Categorical(np.asarray(cat).astype(str))
+        cats = [str(c) for c in cat.categories]
+        data = category_raster(r, np.asarray(cat.codes))
+        cmap = DirectLabelColormap(color_dict={None: MISSING_COLOR, 0: "transparent",
+                                               **{i + 1: categorical_map.get(c, MISSING_COLOR)
+                                                  for i, c in enumerate(cats)}})
+        feats = pd.DataFrame({"index": np.arange(1, len(cats) + 1), column: cats})
+        meta.update(raster="categories", legend=dict(categorical_map))
+        if layer is not None and not isinstance(layer, Labels):
+            viewer.layers.remove(layer)
+            layer = None
+        if layer is None:
+            return viewer.add_labels(data, name=name, colormap=cmap, features=feats, metadata=meta, visible=visible,
+                                     **r.layer_kwargs)
+        if not _same_colors(layer.colormap.color_dict, cmap.color_dict):  # a change maps every pixel again
+            layer.colormap = cmap
+        layer.data = data
+        if not layer.features.equals(feats):
+            layer.features = feats
+    else:
+        v = np.asarray(values, dtype=np.float64)
+        lo, hi = limits or robust_limits(v)
+        background = lo - 2.0 * (hi - lo) - 1.0
+        data = value_raster(r, np.maximum(v, lo), background)  # below the scale: shown at its bottom colour
+        meta.update(raster="values", limits=(float(lo), float(hi)))
+        if layer is not None and not isinstance(layer, Image):
+            viewer.layers.remove(layer)
+            layer = None
+        if layer is None:
+            layer = viewer.add_image(data, name=name, colormap=transparent_bottom(colormap), metadata=meta,
+                                     contrast_limits=raster_limits((lo, hi)), visible=visible, **r.layer_kwargs)
+        else:
+            layer.data = data
+            layer.colormap = transparent_bottom(colormap)
+            layer.contrast_limits = raster_limits((lo, hi))
+        layer.colorbar.visible = colorbar
+    layer.metadata.update(meta)
+    layer.visible = visible
+    return layer
+
+
+def _same_colors(a: dict, b: dict) -> bool:
+    return a.keys() == b.keys() and all(np.allclose(np.asarray(a[k]), np.asarray(b[k])) for k in a)
+
+
 def upsert_result(
     viewer: napari.Viewer,
     slide: LoadedSlide,
@@ -248,6 +366,10 @@ def upsert_result(
     """Add (or update in place) a Points result layer coloured by ``features[column]`` (continuous
     columns can show napari's colorbar for the layer's colormap and contrast limits). ``data``: point
     positions other than the slide's spots (the QC panels)."""
+    if slide.raster is not None and data is None:
+        return _upsert_raster(viewer, slide, name, features, kind=kind, column=column,
+                              categorical_map=categorical_map, colormap=colormap, limits=limits, visible=visible,
+                              extra_metadata=extra_metadata, colorbar=colorbar)
     layer = next((la for la in viewer.layers if la.name == name
                   and (la.metadata or {}).get(RESULT_KEY) == slide.uid), None)
     meta = {RESULT_KEY: slide.uid, KIND_KEY: kind, "column": column, **(extra_metadata or {})}

@@ -1,19 +1,20 @@
-"""Load slide widget: pick the file, then its table, coordinate system and image, and how many
-points to draw. (File > Open uses the same loader with default choices.)"""
+"""Load slide widget: pick the file, then its table, coordinate system and image, and
+how to draw the cells. (File > Open uses the same loader with default choices.)"""
 
 from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
-from magicgui.widgets import ComboBox, Container, FileEdit, LineEdit, PushButton, SpinBox
+from magicgui.widgets import ComboBox, Container, FileEdit, LineEdit, PushButton
 from napari.utils import notifications
 from qtpy.QtWidgets import QFileDialog
 from spgpt_core.errors import SpgptError
 
 from ._choices import dynamic, set_choices
-from ._io import AUTO, DEFAULT_MAX_POINTS, NO_IMAGE, _best_image, inspect_store, kind_of, load_slide
+from ._io import AUTO, DRAW_CHOICES, NO_IMAGE, _best_image, inspect_store, kind_of, load_slide
 from ._layers import slide_layer_tuples
 from ._layout import fit_when_docked
+from ._raster import RASTER_ABOVE
 from ._reader import attach_sample_reference
 from ._worker import JobControls
 
@@ -34,12 +35,13 @@ class LoadWidget(Container):
         self.coordinate_system = dynamic(ComboBox, label="Coordinate system")
         self.image = dynamic(ComboBox, [NONE], label="Image",
                               tooltip="Spots are drawn in this image's pixel frame")
-        self.max_points = SpinBox(label="Max points drawn", value=DEFAULT_MAX_POINTS, min=1000, max=50_000_000,
-                                  step=10_000, tooltip="Above this, a random subset is drawn (analyses use all cells)")
+        self.draw = ComboBox(label="Draw cells as", choices=list(DRAW_CHOICES), value="auto",
+                             tooltip=f"Every cell is drawn. auto: points up to {RASTER_ABOVE:,} cells, above that a "
+                                     "raster (one or more pixels per cell), which redraws fast at any size")
         self.slide_name = LineEdit(label="Name", value="")
         self.controls = JobControls("Load")
         super().__init__(widgets=[self.path, self.folder_button, self.table, self.coordinate_system, self.image,
-                                  self.max_points, self.slide_name, self.controls])
+                                  self.draw, self.slide_name, self.controls])
         fit_when_docked(self)  # scrolls, in one tabbed dock with the other spgpt widgets
         self.info = None
         self.path.changed.connect(self._on_path)
@@ -95,7 +97,7 @@ class LoadWidget(Container):
         kwargs = {"table": self.table.value if self.info.kind in ("zarr", "vendor") else None,
                   "coordinate_system": self.coordinate_system.value if self.info.kind == "zarr" else None,
                   "image": NO_IMAGE if self.image.value == NONE else (self.image.value or AUTO),
-                  "max_points": int(self.max_points.value), "name": self.slide_name.value or None}
+                  "draw": self.draw.value, "name": self.slide_name.value or None}
 
         def work(progress):
             progress.start(0, f"reading {path.name}")
@@ -109,5 +111,5 @@ class LoadWidget(Container):
             getattr(self.viewer, f"add_{layer_type}")(data, **kwargs)
         for note in slide.notes:
             notifications.show_info(note)
-        shown = f"{slide.n_drawn:,} of {slide.adata.n_obs:,}" if slide.index is not None else f"{slide.adata.n_obs:,}"
-        self.controls.status.value = f"Loaded {slide.name}: {shown} cells drawn. " + " ".join(slide.notes)
+        self.controls.status.value = (f"Loaded {slide.name}: all {slide.adata.n_obs:,} cells drawn as {slide.drawn_as}. "
+                                      + " ".join(slide.notes))

@@ -30,7 +30,7 @@ from . import _commands
 from ._base import ResultTable, ReferenceSlideWidget, add_native
 from ._choices import dynamic, set_choices
 from ._impute_widget import COLORMAP, UNITS, GenePicker, impute_in_worker, slide_gene_names
-from ._layers import KIND_KEY, RESULT_KEY, apply_continuous, drawn, result_layers, robust_limits, upsert_result
+from ._layers import KIND_KEY, RESULT_KEY, apply_continuous, as_values, result_layers, robust_limits, upsert_result
 from ._reference import obs_and_genes
 
 if TYPE_CHECKING:
@@ -141,8 +141,8 @@ class QCWidget(ReferenceSlideWidget):
         # what the panels draw, prepared once per run: measured and imputed per gene for the drawn spots,
         # with one colour scale per gene shared by both (0 to the larger 99th percentile)
         slide = job.slide
-        self.view = {g: (drawn(slide, qc["measured"][g].to_numpy(dtype=float)),
-                         drawn(slide, qc["imputed"][g].to_numpy(dtype=float))) for g in order}
+        self.view = {g: (as_values(qc["measured"][g].to_numpy(dtype=float)),
+                         as_values(qc["imputed"][g].to_numpy(dtype=float))) for g in order}
         self.limits = {g: _shared_limit(*self.view[g]) for g in order}
         self.pearson = r
         self.expressing = qc["expressing"]

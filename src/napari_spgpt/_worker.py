@@ -85,7 +85,7 @@ class JobControls(Container):
     def __init__(self, run_text: str = "Run", tooltip: str | None = None):
         self.run_button = PushButton(text=run_text, tooltip=tooltip)
         self.cancel_button = PushButton(text="Cancel", enabled=False,
-                                        tooltip="Stop after the current batch; the slide and its layers stay as they were")
+                                        tooltip="Stop the job now; the slide and its layers stay as they were")
         self.progress_bar = ProgressBar(value=0, min=0, max=1, label="")
         self.progress_bar.native.setTextVisible(True)
         self.progress_bar.native.setFormat("")
@@ -116,6 +116,7 @@ class JobControls(Container):
         self._what = "job"
         self._unchanged = ""
         self._t0 = 0.0
+        self._stage: tuple[float, int] | None = None  # (time, count) when the current stage's reports began
         # Closing the widget (or the viewer) while a job runs cancels it at its next batch.
         running = self._running = {"progress": None}
         self.native.destroyed.connect(lambda *_: running["progress"] is not None and running["progress"].cancel())
@@ -147,6 +148,7 @@ class JobControls(Container):
         self.last_error = None
         self.last_result = None
         self.last_progress = None
+        self._stage = None
         self.details.value = ""
         self.details.visible = False
         self.totals = {}
@@ -177,7 +179,7 @@ class JobControls(Container):
         if self.progress is not None and self.busy:
             self.progress.cancel()
             self.cancel_button.enabled = False
-            self.status.value = "Cancelling after the current batch..."
+            self.status.value = "Cancelling..."
 
     # -- GUI-thread slots ------------------------------------------------------------------------
 
@@ -187,6 +189,10 @@ class JobControls(Container):
         self.status.value = text
 
     def _on_progress(self, done: int, total: int, desc: str) -> None:
+        now = time.perf_counter()
+        last = self.last_progress
+        if last is None or last[2] != desc or done < last[0] or self._stage is None:
+            self._stage = (now, done)  # a new stage: its rate is counted from here
         self.last_progress = (done, total, desc)
         self.totals[desc] = total
         if not self.busy:
@@ -196,10 +202,10 @@ class JobControls(Container):
             bar.setFormat("%v / %m")
             bar.setRange(0, total)
             bar.setValue(min(done, total))
-            self.status.value = f"{desc}: {done:,} / {total:,}"
+            self.status.value = f"{desc}: {done:,} / {total:,}{rate_eta(done, total, *self._stage, now)}"
         else:
             bar.setRange(0, 0)
-            self.status.value = f"{desc}..."
+            self.status.value = f"{desc}... ({format_duration(now - self._stage[0])})"
 
     def _on_returned(self, result) -> None:
         _assert_main_thread()
@@ -263,6 +269,27 @@ class JobControls(Container):
             self._slide.busy = None
             self._slide.cancel_job = None
             self._slide = None
+
+
+def format_duration(seconds: float) -> str:
+    """'45 s', '3 min 05 s', '2 h 04 min'."""
+    s = int(round(max(seconds, 0)))
+    if s < 60:
+        return f"{s} s"
+    if s < 3600:
+        return f"{s // 60} min {s % 60:02d} s"
+    return f"{s // 3600} h {s % 3600 // 60:02d} min"
+
+
+def rate_eta(done: int, total: int, t_start: float, done_start: int, now: float) -> str:
+    """', 1,234 /s, about 2 min 10 s left' once the stage has run a second and counted something."""
+    elapsed, counted = now - t_start, done - done_start
+    if elapsed < 1.0 or counted <= 0:
+        return ""
+    rate = counted / elapsed
+    shown = f"{rate:,.0f}" if rate >= 10 else f"{rate:.2g}"
+    left = f", about {format_duration((total - done) / rate)} left" if total > done else ""
+    return f" ({shown} /s{left})"
 
 
 _frozen = {"done": False}

@@ -1,7 +1,8 @@
-"""npe2 writer for Points layers (File > Save Selected Layer(s)).
+"""npe2 writers for Points layers and large slides' cell rasters (File > Save Selected Layer(s)).
 
 * a slide's spots layer -> the slide's AnnData with every spgpt result (``.h5ad``), or one row per
   cell/spot with coordinates, obs and result columns (``.csv``);
+* a large slide's cell-raster layer (a Labels layer, ``_raster.py``) -> the same as its spots layer;
 * any other Points layer (a result layer, or points from elsewhere) -> ``.csv`` of its positions
   and features.
 
@@ -39,3 +40,11 @@ def write_points(path: str, data, meta: dict) -> list[str]:
         df = pd.concat([df, features.reset_index(drop=True)], axis=1)
     df.to_csv(out, index=False)
     return [str(out)]
+
+
+def write_slide_labels(path: str, data, meta: dict) -> list[str]:
+    """A large slide's cell-raster layer saves what its spots layer would; other Labels layers are not spgpt's."""
+    if (meta.get("metadata") or {}).get(SLIDE_KEY) is None:
+        raise InputError("spgpt saves only a slide's own layer as .h5ad / .csv; save other label images with "
+                         "napari's own writer (.tif).")
+    return write_points(path, data, meta)

@@ -122,23 +122,22 @@ def test_reader_bad_file_notifies(viewer, notifications, tmp_path):
     assert any(level == "error" and "broken.h5ad" in text for level, text in notifications)
 
 
-def test_load_widget_choices_and_subsampling(viewer, sample_files, qtbot):
+def test_load_widget_choices_and_drawing(viewer, sample_files, qtbot):
     w = add_widget(viewer, "Load slide")
     w.path.value = str(sample_files[0])
     assert w.table.choices == ("table",)
     assert w.coordinate_system.value == "global"
     assert w.image.value == "image"
-    w.max_points.value = 1000
+    assert w.draw.value == "auto"
     w.image.value = "(no image)"
     w.load()
     wait_job(qtbot, w)
     spots, slide = slide_of(viewer)
     assert len(viewer.layers) == 1  # no image asked for
-    assert len(spots.data) == 1000 and slide.adata.n_obs == 1481
-    assert "1,000 of 1,481 drawn" in spots.name
-    assert "1,000 of 1,481" in w.controls.status.value
+    assert len(spots.data) == 1481 and slide.adata.n_obs == 1481  # every spot
+    assert "all 1,481 cells drawn as points" in w.controls.status.value
     # without an image the frame is the coordinate system (full-resolution pixels)
-    np.testing.assert_allclose(spots.data[:, ::-1], slide.adata.obsm["spatial"][slide.index])
+    np.testing.assert_allclose(spots.data[:, ::-1], slide.adata.obsm["spatial"])
     np.testing.assert_allclose(spots.size, 110.0)
 
 
@@ -607,11 +606,12 @@ def test_real_dlpfc_slide_as_zarr_embeds_and_clusters(viewer, qtbot, tmp_path):
 # ------------------------------------------------------------------------------------------------
 
 
-def test_large_slide_is_subsampled_and_says_so(viewer, qtbot, tmp_path, notifications):
+def test_large_slide_is_drawn_whole_as_a_raster(viewer, qtbot, tmp_path, notifications):
     import time
 
     import anndata as ad
     import scipy.sparse as sp
+    from napari.layers import Labels
 
     n = 150_000
     rng = np.random.default_rng(0)
@@ -623,15 +623,21 @@ def test_large_slide_is_subsampled_and_says_so(viewer, qtbot, tmp_path, notifica
     big.write_h5ad(path)
     w = add_widget(viewer, "Load slide")
     w.path.value = str(path)
-    assert w.max_points.value == 100_000
+    assert w.draw.value == "auto"
     t0 = time.perf_counter()
     w.load()
     wait_job(qtbot, w)
     elapsed = time.perf_counter() - t0
     spots, slide = slide_of(viewer)
-    assert slide.adata.n_obs == n and len(spots.data) == 100_000
-    assert spots.name == "big spots (100,000 of 150,000 drawn)"
-    assert spots.shading == "none" and np.all(spots.border_width == 0)
-    assert any("150,000 cells: drawing a random 100,000" in text for _, text in notifications)
-    assert (spots.features["spot"].to_numpy() == big.obs_names.to_numpy()[slide.index]).all()
+    assert isinstance(spots, Labels) and slide.drawn_as == "raster"
+    assert slide.adata.n_obs == n and spots.name == "big spots"
+    assert len(np.unique(spots.data)) == n + 1  # every cell owns a pixel (0 is the background)
+    assert "all 150,000 cells drawn as raster" in w.controls.status.value
+    # each cell's pixel sits where the cell is, and hovering it names the cell
+    r = slide.raster
+    rows, cols = np.unravel_index(r.cell_pixel, r.ids.shape)
+    centre = np.column_stack([rows, cols]) * r.scale + np.asarray(r.translate)
+    assert np.abs(centre - slide.points_yx).max() <= 3 * r.scale
+    assert spots.features["index"].tolist()[:3] == [1, 2, 3]
+    assert (spots.features["spot"].to_numpy() == big.obs_names.to_numpy()).all()
     assert elapsed < 60

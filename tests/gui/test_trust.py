@@ -11,6 +11,7 @@ import time
 
 import anndata as ad
 import numpy as np
+import pandas as pd
 import pytest
 from _helpers import add_widget, wait_job
 
@@ -33,7 +34,7 @@ def result_layer_names(viewer, slide) -> set[str]:
 def assert_export_matches_layers(viewer, slide, path) -> int:
     """Every result layer shows exactly what the exported file holds, and every result in the file has
     its layer. Returns how many layers were compared."""
-    from napari_spgpt._layers import KIND_KEY, result_layers, source_exists, source_values
+    from napari_spgpt._layers import KIND_KEY, result_layers, shown_per_cell, source_exists, source_values
 
     exported = ad.read_h5ad(path)
     sources = []
@@ -47,10 +48,8 @@ def assert_export_matches_layers(viewer, slide, path) -> int:
         sources.append(list(src))
         if kind.startswith("qc_"):
             continue  # the QC panels' measured half comes from the counts, compared in test_qc_view.py
-        shown = layer.features[layer.metadata["column"]]
+        shown = pd.Series(shown_per_cell(layer, slide))
         expected = source_values(exported, src)
-        if slide.index is not None:
-            expected = expected[slide.index]
         if np.issubdtype(np.asarray(expected).dtype, np.number):
             np.testing.assert_allclose(shown.to_numpy(dtype=float), expected, rtol=1e-6, err_msg=layer.name)
         else:
