@@ -214,6 +214,7 @@ class DomainsConfig(Config):
     # paper's fine-tuning over 7 labelled slides x 2 seeds, in 40% of the time (BENCHMARKS.md)
     finetune_epochs: int = option(0, "--finetune-epochs", "fine-tune the model on the slide for this many epochs "
                                   "first, as the paper does (0 = zero-shot)", type=int, metavar="EPOCHS")
+    finetune_steps: int | None = finetune_steps_option()
     finetune_lr: float = option(1e-3, "--lr", "fine-tuning learning rate", type=float)
     max_context: int = option(128, "--max-context", "expressed genes per cell while fine-tuning", type=int)
     batch_size: int = option(64, "--batch-size", "cells per embedding batch; lower it on a GPU out-of-memory error",
@@ -242,6 +243,7 @@ class DomainsConfig(Config):
         _at_least("smooth_k", self.smooth_k, 0)
         _at_least("n_top_genes", self.n_top_genes, 0, " (0 = every matched gene)")
         _at_least("finetune_epochs", self.finetune_epochs, 0, ": pass 0 (zero-shot) or a positive number of epochs")
+        _at_least("finetune_steps", self.finetune_steps, 1, " (or 0 / None for every patch of every epoch)")
         _at_least("batch_size", self.batch_size, 1)
         _at_least("max_context", self.max_context, 1)
         _at_least("max_seq_len", self.max_seq_len, 2)
