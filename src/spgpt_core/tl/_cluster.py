@@ -250,11 +250,12 @@ def check_domains_request(adata, *, n_clusters: int | None, method: str, resolut
 
 def cluster(adata, *, use_rep: str = "X_spgpt", n_clusters: int | None = None, resolution: float | None = None,
             method: str = "leiden", smooth_k: int = 0, key_added: str = "spgpt_domain", seed: int = 0,
+            subsample_above: int | None = SUBSAMPLE_ABOVE, n_subsample: int = N_SUBSAMPLE,
             progress: Progress | None = None):
     """Cluster ``obsm[use_rep]`` into a categorical ``obs[key_added]`` (+ colours, parameters).
 
-    Above ``SUBSAMPLE_ABOVE`` cells the clusters are found on a subsample and the rest assigned
-    (:func:`cluster_embedding`); ``uns[key_added]`` says which."""
+    Above ``subsample_above`` cells the clusters are found on ``n_subsample`` cells and the rest
+    assigned (:func:`cluster_embedding`); ``uns[key_added]`` says which."""
     if use_rep not in adata.obsm:
         raise InputError(f"obsm['{use_rep}'] not found (have: {list(adata.obsm)}); run `spgpt embed` first or "
                          "pass --use-rep with an existing embedding")
@@ -263,7 +264,7 @@ def cluster(adata, *, use_rep: str = "X_spgpt", n_clusters: int | None = None, r
     coords = get_coordinates(adata, required=smooth_k > 0)
     labels, info = cluster_embedding(emb[ok], n_clusters=n_clusters, resolution=resolution, method=method,
                                      coords=None if coords is None else coords[ok], smooth_k=smooth_k, seed=seed,
-                                     progress=progress)
+                                     subsample_above=subsample_above, n_subsample=n_subsample, progress=progress)
     full = np.full(adata.n_obs, None, dtype=object)
     full[ok] = labels.astype(str)
     cats = sorted({str(x) for x in labels}, key=lambda s: (len(s), s))
