@@ -107,7 +107,7 @@ def leiden_n_clusters(emb: np.ndarray, n_clusters: int, n_neighbors: int = 15, s
     lo, hi = 0.0, 3.0
     best = None
     # counted in resolutions tried: the search usually stops well before max_steps
-    progress.start(max_steps, f"{method.title()} resolution search for K={n_clusters}")
+    progress.start(max_steps, f"{method.title()} resolution search for K={n_clusters}", unit="run")
     for _ in range(max_steps):
         progress.check()
         res = (lo + hi) / 2
@@ -218,7 +218,7 @@ def assign(emb: np.ndarray, labels: np.ndarray, fit_on: np.ndarray, model=None,
         centroids = np.stack([fitted[labels == c].mean(axis=0) for c in codes]).astype(np.float32)
         c_sq = (centroids ** 2).sum(axis=1)
     out = np.empty(emb.shape[0], dtype=labels.dtype)
-    progress.start(emb.shape[0], f"assigning cells to {len(codes)} clusters")
+    progress.start(emb.shape[0], f"assigning cells to {len(codes)} clusters", unit="cell")
     for start in range(0, emb.shape[0], ASSIGN_CHUNK):
         progress.check()
         block = emb[start:start + ASSIGN_CHUNK]

@@ -59,7 +59,7 @@ def finetune(adatas, model="default", *, epochs: int = 1, max_steps: int | None 
     tmp = Path(tempfile.mkdtemp(prefix="spgpt_finetune_"))
     try:
         corpus_dir = build_corpus(specs, tmp / "corpus", vocab=tuned.vocab, val_fraction=0.0, patch_size=patch_size,
-                                  seed=seed)
+                                  seed=seed, progress=progress)  # a 1M-cell slide takes minutes: say so
         cfg = TrainConfig(corpus=str(corpus_dir), run_dir=str(run_dir or tmp / "run"), init="finetune",
                           patch_size=patch_size, k_neighbours=k_neighbours, max_context=max_context, epochs=epochs,
                           max_steps=max_steps or 0, lr=lr, lr_decay=0.9, grad_accum=grad_accum, w_gep=w_gep, w_geps_intra=w_geps_intra,
