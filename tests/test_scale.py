@@ -156,3 +156,14 @@ def test_generated_slide_has_the_stated_shape(tmp_path):
     expressed = np.diff(a.X.indptr)
     assert a.n_vars == 300 and a.obs["domain"].nunique() == 5 and "spatial" in a.obsm
     assert 120 <= np.median(expressed) <= 180  # the issue's Xenium-like slide: ~150 expressed genes per cell
+
+
+def test_neighbour_mean_is_the_mean_over_the_k_nearest_spots():
+    """The sparse averaging in tl._features equals the plain gather-and-mean it replaced (which needed an
+    n x k x d copy)."""
+    from spgpt_core.neighbors import knn_indices
+    from spgpt_core.tl._features import neighbour_mean
+
+    rng = np.random.default_rng(0)
+    F, xy = rng.normal(size=(3_000, 7)), rng.uniform(size=(3_000, 2))
+    np.testing.assert_allclose(neighbour_mean(F, xy, 6), F[knn_indices(xy, 6)].mean(axis=1), atol=1e-12)
