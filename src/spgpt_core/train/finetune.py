@@ -62,7 +62,8 @@ def finetune(adatas, model="default", *, epochs: int = 1, max_steps: int | None 
                                   seed=seed, progress=progress)  # a 1M-cell slide takes minutes: say so
         cfg = TrainConfig(corpus=str(corpus_dir), run_dir=str(run_dir or tmp / "run"), init="finetune",
                           patch_size=patch_size, k_neighbours=k_neighbours, max_context=max_context, epochs=epochs,
-                          max_steps=max_steps or 0, lr=lr, lr_decay=0.9, grad_accum=grad_accum, w_gep=w_gep, w_geps_intra=w_geps_intra,
+                          max_steps=max_steps or 0, lr=lr, lr_decay=0.9, grad_accum=grad_accum, w_gep=w_gep,
+                          w_geps_intra=w_geps_intra,
                           w_geps_inter=w_geps_inter, w_ecs=w_ecs, seed=seed, device=device, eval_every=0,
                           log_every=10, checkpoint_every=10**9)
         trainer = Trainer(cfg, model=tuned, progress=progress)
