@@ -64,6 +64,10 @@ class EmbedWidget(SlideWidget):
         self.features = ComboBox(label="Domains from", choices=list(DOMAIN_FEATURES), value=DEFAULTS.features,
                                  tooltip="The model's embedding, the slide's own expression (PCA) or both fused; "
                                          "each beside its spatial neighbours' mean")
+        self.spatial_weight = FloatSpinBox(label="Neighbourhood weight", value=DEFAULTS.spatial_weight, min=0.0,
+                                           max=1.0, step=0.1,
+                                           tooltip="Share of the features given to the mean of each spot's "
+                                                   "spatial neighbours (BANKSY-style; 0 = off)")
         self.method = ComboBox(label="Method", choices=list(CLUSTER_METHODS), value=DEFAULTS.method,
                                tooltip="Leiden / Louvain search the resolution giving that number; k-means and the "
                                        "Gaussian mixtures give it exactly")
@@ -83,7 +87,7 @@ class EmbedWidget(SlideWidget):
         extras = Container(widgets=[], labels=False)
         extras.margins = (0, 0, 0, 0)
         super().__init__(viewer, [self.mode, self.epochs, self.by, self.n_domains, self.resolution, self.features,
-                                  self.method,
+                                  self.spatial_weight, self.method,
                                   self.smooth_k, self.n_top_genes, self.batch_size, self.seed, self.drop_empty,
                                   self.umap],
                          after=[self.keep_button, extras])
@@ -108,7 +112,8 @@ class EmbedWidget(SlideWidget):
 
     def config(self) -> DomainsConfig:
         """The controls' settings, as the core declares them (tl.domains and spgpt domains take the same)."""
-        return DomainsConfig(**self.cluster_args(), features=self.features.value, method=self.method.value,
+        return DomainsConfig(**self.cluster_args(), features=self.features.value,
+                             spatial_weight=round(float(self.spatial_weight.value), 3), method=self.method.value,
                              smooth_k=int(self.smooth_k.value),
                              n_top_genes=int(self.n_top_genes.value),
                              finetune_epochs=int(self.epochs.value) if self.mode.value == FINETUNE else 0,
@@ -281,7 +286,9 @@ def clustering_label(record: dict) -> str:
     k = p.get("n_clusters")
     what = f"k={k}" if k is not None and str(k) != "None" else f"resolution {p.get('resolution')}"
     smooth = int(p.get("smooth_k", 0) or 0)
-    return f"{what}, {p.get('method', '?')}" + (f", smooth {smooth}" if smooth else "")
+    features = p.get("features", "embedding")  # named when not the paper's embedding alone
+    return (f"{what}, " + ("" if features == "embedding" else f"{features}, ") + f"{p.get('method', '?')}"
+            + (f", smooth {smooth}" if smooth else ""))
 
 
 def how_found(adata) -> str:

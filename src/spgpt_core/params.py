@@ -23,6 +23,11 @@ DEFAULT_N_TOP_GENES = 3000
 MIN_SHARED_GENES = 5
 DENSITY_PRIORS = ("rna_count_based", "uniform", "none")
 CLUSTER_METHODS = ("leiden", "louvain", "kmeans", "gmm", "gmm-tied")
+#: Fine-tuning step budget (patches of 16 neighbouring cells, one per optimizer step): about 9 minutes on
+#: 2 cores with the default model (~0.5 s a step). A 3,600-spot Visium slide's epoch is 225 steps, so
+#: the usual 1-4 epochs there are unchanged; a 1M-cell slide's epoch (62,500 steps, ~9 h) is cut to
+#: 1,000 spatial patches drawn at random over the whole slide.
+DEFAULT_FINETUNE_STEPS = 1000
 DOMAIN_FEATURES = ("embedding", "expression", "fused")
 
 
@@ -37,6 +42,13 @@ def option(default, flag: str, help: str, *, type=None, choices=None, metavar=No
     meta = {"flag": flag, "help": help, "type": type, "choices": choices, "metavar": metavar, "negate": negate,
             "renamed": renamed, "group": group, "required_group": required_group, "none_as": none_as}
     return field(default=default, metadata=meta)
+
+
+def finetune_steps_option():
+    """The fine-tuning step budget, declared once for ``spgpt finetune`` and ``spgpt domains``."""
+    return option(DEFAULT_FINETUNE_STEPS, "--finetune-steps", "stop fine-tuning after this many steps (one "
+                  "spatial patch each), however many epochs were asked; a big slide then costs what a small one "
+                  "does (0 = every patch of every epoch)", type=int, metavar="STEPS", none_as=0)
 
 
 class Config:
@@ -157,6 +169,19 @@ class ImputeConfig(MappingConfig):
         _at_least("n_clusters", self.n_clusters, 2, " (or use_centroids=False / --no-centroids)")
 
 
+# ----------------------------------------------------------------------------- fine-tuning
+
+
+@dataclass(frozen=True)
+class FinetuneBudget(Config):
+    """How much of a slide fine-tuning sees (``spgpt finetune``; ``spgpt domains`` has the same field)."""
+
+    finetune_steps: int | None = finetune_steps_option()
+
+    def __post_init__(self):
+        _at_least("finetune_steps", self.finetune_steps, 1, " (or 0 / None for every patch of every epoch)")
+
+
 # ------------------------------------------------------------------------------ domains
 
 
@@ -194,6 +219,7 @@ class DomainsConfig(Config):
     # paper's fine-tuning over 7 labelled slides x 2 seeds, in 40% of the time (BENCHMARKS.md)
     finetune_epochs: int = option(0, "--finetune-epochs", "fine-tune the model on the slide for this many epochs "
                                   "first, as the paper does (0 = zero-shot)", type=int, metavar="EPOCHS")
+    finetune_steps: int | None = finetune_steps_option()
     finetune_lr: float = option(1e-3, "--lr", "fine-tuning learning rate", type=float)
     max_context: int = option(128, "--max-context", "expressed genes per cell while fine-tuning", type=int)
     batch_size: int = option(64, "--batch-size", "cells per embedding batch; lower it on a GPU out-of-memory error",
@@ -222,6 +248,7 @@ class DomainsConfig(Config):
         _at_least("smooth_k", self.smooth_k, 0)
         _at_least("n_top_genes", self.n_top_genes, 0, " (0 = every matched gene)")
         _at_least("finetune_epochs", self.finetune_epochs, 0, ": pass 0 (zero-shot) or a positive number of epochs")
+        _at_least("finetune_steps", self.finetune_steps, 1, " (or 0 / None for every patch of every epoch)")
         _at_least("batch_size", self.batch_size, 1)
         _at_least("max_context", self.max_context, 1)
         _at_least("max_seq_len", self.max_seq_len, 2)

@@ -27,7 +27,9 @@ class Progress:
         self.desc = ""
         self._cancel = threading.Event()
 
-    def start(self, total: int, desc: str = "") -> None:
+    def start(self, total: int, desc: str = "", unit: str | None = None) -> None:
+        """A new stage of ``total`` units (0: a stage without a count). ``unit`` names them where they
+        are not the caller's default (e.g. Leiden runs within a job counted in cells)."""
         self.total, self.done, self.desc = int(total), 0, desc
         self._emit()
 
@@ -65,12 +67,14 @@ class TqdmProgress(Progress):
         self._disable = disable
         self._unit = unit
 
-    def start(self, total: int, desc: str = "") -> None:
+    def start(self, total: int, desc: str = "", unit: str | None = None) -> None:
         from tqdm.auto import tqdm  # only the CLI draws a bar: the plugin and library callers never import tqdm
 
         self.close()
-        super().start(total, desc)
-        self._bar = tqdm(total=total, desc=desc, unit=self._unit, disable=self._disable, dynamic_ncols=True)
+        super().start(total, desc, unit)
+        # tqdm shows count, rate and ETA when the stage has a total; without one, its elapsed time
+        self._bar = tqdm(total=total or None, desc=desc, unit=unit or self._unit, disable=self._disable,
+                         dynamic_ncols=True, bar_format=None if total else "{desc}: {elapsed}")
 
     def update(self, n: int = 1) -> None:
         super().update(n)

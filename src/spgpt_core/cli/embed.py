@@ -33,7 +33,8 @@ def cmd_cluster(args) -> None:
     _check_free(Path(args.out), args.overwrite)
     adata = read_slide(args.input)
     tl.cluster(adata, use_rep=args.use_rep, n_clusters=args.n_clusters, resolution=args.resolution,
-               method=args.method, smooth_k=args.smooth_k, key_added=args.key_added, seed=args.seed)
+               method=args.method, smooth_k=args.smooth_k, key_added=args.key_added, seed=args.seed,
+               progress=TqdmProgress(disable=args.quiet, unit="cell"))
     write_results(adata, args.out, input_path=args.input, obs={args.key_added: adata.obs[args.key_added]},
                   uns={args.key_added: adata.uns[args.key_added],
                        f"{args.key_added}_colors": adata.uns[f"{args.key_added}_colors"]},

@@ -9,7 +9,7 @@ import time
 from pathlib import Path
 
 from ..errors import InputError
-from ..params import DomainsConfig, add_options, from_args
+from ..params import DomainsConfig, FinetuneBudget, add_options, from_args
 from ..progress import TqdmProgress
 from ._common import add_counts_arg, add_model_args, add_output_args, add_store_args, read_input
 
@@ -43,7 +43,9 @@ def cmd_pretrain(args) -> None:
 def _finetune(args, slides, model=None, counts_layer=None):
     from ..train import finetune
 
-    return finetune(slides, args.model if model is None else model, epochs=args.epochs, lr=args.lr, max_context=args.max_context,
+    budget = from_args(FinetuneBudget, args)
+    return finetune(slides, args.model if model is None else model, epochs=args.epochs,
+                    max_steps=budget.finetune_steps, lr=args.lr, max_context=args.max_context,
                     gene_col=args.gene_col, modality=args.modality, counts_layer=counts_layer, seed=args.seed,
                     device=args.device,
                     progress=TqdmProgress(disable=args.quiet, unit="step"))
@@ -125,6 +127,7 @@ def register(sub) -> None:
     p.add_argument("--out", required=True, help="output model directory")
     p.add_argument("--overwrite", action="store_true")
     _add_finetune_args(p, "--epochs", 1)
+    add_options(p, FinetuneBudget)
     p.set_defaults(func=cmd_finetune)
 
     p = sub.add_parser("domains", help="embed (optionally after fine-tuning) and cluster a slide into spatial domains")

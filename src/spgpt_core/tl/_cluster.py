@@ -8,6 +8,13 @@
 * optional spatial smoothing: each spot takes the majority label of itself and its ``smooth_k``
   nearest spatial neighbours (the SpaGCN / scGPT-spatial ``refine`` idea, on a kNN graph so it
   works for hexagonal, square and irregular layouts alike).
+
+Above ``SUBSAMPLE_ABOVE`` cells every method clusters a seeded random subsample of ``N_SUBSAMPLE``
+cells and assigns each other cell to the nearest centroid of those clusters (k-means' own
+assignment; for a Gaussian mixture, its most probable component). The kNN graph, the Leiden
+resolution search and the mixture's fit then cost the same at 1M cells as at 50,000; only the
+assignment and the spatial smoothing grow with the slide, linearly. The choice is recorded in
+``uns`` (``clustered_on``, ``n_subsample``, ``assign``).
 """
 
 from __future__ import annotations
@@ -24,6 +31,7 @@ from ..errors import InputError
 from ..io import get_coordinates
 from ..neighbors import knn_indices, louvain_on_graph, neighbors
 from ..pl import category_colors
+from ..progress import Progress, ensure_progress
 from ..records import run_record
 
 log = logging.getLogger(__name__)
@@ -32,6 +40,15 @@ log = logging.getLogger(__name__)
 GRAPH_METHODS = ("leiden", "louvain")
 #: Methods that need K and give exactly K clusters.
 K_METHODS = ("kmeans", "gmm", "gmm-tied")
+#: Above this many cells, cluster a subsample and assign the rest: the full Leiden path (approximate kNN
+#: graph, then a resolution search of up to 30 Leiden runs on it) costs minutes at 100k cells and grows
+#: faster than linearly; bench/cluster_scale.py measures both paths' time and ARI.
+SUBSAMPLE_ABOVE = 100_000
+#: Cells clustered on the subsample path: at most EXACT_MAX_CELLS, so its kNN graph is the exact one a
+#: 50,000-cell slide gets; 5 planted domains of 1% of a slide still hold ~500 cells of it.
+N_SUBSAMPLE = 50_000
+#: Rows assigned to centroids per chunk (memory: chunk x K distances).
+ASSIGN_CHUNK = 65_536
 
 
 def check_request(n_cells: int, *, n_clusters: int | None, resolution: float | None, method: str) -> None:
@@ -81,15 +98,23 @@ def _neighbors(emb, n_neighbors, seed):
 
 
 def leiden_n_clusters(emb: np.ndarray, n_clusters: int, n_neighbors: int = 15, seed: int = 0,
-                      max_steps: int = 30, method: str = "leiden") -> tuple[np.ndarray, float]:
+                      max_steps: int = 30, method: str = "leiden",
+                      progress: Progress | None = None) -> tuple[np.ndarray, float]:
     """Bisection on the Leiden (or Louvain) resolution until exactly ``n_clusters`` clusters (or the closest)."""
+    progress = ensure_progress(progress)
+    progress.start(0, f"kNN graph of {emb.shape[0]:,} cells")
     g = _neighbors(emb, n_neighbors, seed)
+    progress.check()
     lo, hi = 0.0, 3.0
     best = None
+    # counted in resolutions tried: the search usually stops well before max_steps
+    progress.start(max_steps, f"{method.title()} resolution search for K={n_clusters}", unit="run")
     for _ in range(max_steps):
+        progress.check()
         res = (lo + hi) / 2
         labels = graph_labels(emb, res, method, seed=seed, _graph=g)
         k = len(np.unique(labels))
+        progress.update(1)
         if best is None or abs(k - n_clusters) < abs(best[2] - n_clusters):
             best = (labels, res, k)
         if k == n_clusters:
@@ -106,16 +131,23 @@ def leiden_n_clusters(emb: np.ndarray, n_clusters: int, n_neighbors: int = 15, s
 
 
 def kmeans_labels(emb: np.ndarray, n_clusters: int, seed: int = 0) -> np.ndarray:
-    return KMeans(n_clusters=n_clusters, n_init=10, random_state=seed).fit_predict(emb)
+    return _kmeans(n_clusters, seed).fit_predict(emb)
+
+
+def _kmeans(n_clusters: int, seed: int) -> KMeans:
+    return KMeans(n_clusters=n_clusters, n_init=10, random_state=seed)
 
 
 def gmm_labels(emb: np.ndarray, n_clusters: int, seed: int = 0, covariance: str = "full") -> np.ndarray:
     """Gaussian mixture, k-means start, seeded. ``covariance="tied"`` shares one full covariance between
     the components: mclust's EEE model, the one STAGATE and GraphST cluster with. With one covariance
     estimated from every spot instead of one per domain, small domains of small slides stay stable."""
-    gmm = GaussianMixture(n_components=n_clusters, covariance_type=covariance, reg_covar=1e-4, max_iter=200,
-                          random_state=seed)
-    return gmm.fit_predict(np.asarray(emb, dtype=np.float64))
+    return _gmm(n_clusters, seed, covariance).fit_predict(np.asarray(emb, dtype=np.float64))
+
+
+def _gmm(n_clusters: int, seed: int, covariance: str = "full") -> GaussianMixture:
+    return GaussianMixture(n_components=n_clusters, covariance_type=covariance, reg_covar=1e-4, max_iter=200,
+                           random_state=seed)
 
 
 def smooth_labels(labels: np.ndarray, coords: np.ndarray, k: int = 6) -> np.ndarray:
@@ -133,27 +165,75 @@ def smooth_labels(labels: np.ndarray, coords: np.ndarray, k: int = 6) -> np.ndar
 
 def cluster_embedding(emb: np.ndarray, *, n_clusters: int | None = None, resolution: float | None = None,
                       method: str = "leiden", coords: np.ndarray | None = None, smooth_k: int = 0,
-                      n_neighbors: int = 15, seed: int = 0) -> tuple[np.ndarray, dict]:
-    """Cluster an embedding; returns (integer labels, parameters actually used)."""
+                      n_neighbors: int = 15, seed: int = 0, subsample_above: int | None = SUBSAMPLE_ABOVE,
+                      n_subsample: int = N_SUBSAMPLE, progress: Progress | None = None) -> tuple[np.ndarray, dict]:
+    """Cluster an embedding; returns (integer labels, parameters actually used).
+
+    Above ``subsample_above`` cells (None: never) the clusters are found on ``n_subsample`` random cells
+    and every cell is assigned to the nearest of their centroids (see the module's notes)."""
     emb = _check_embedding(emb)
     check_request(emb.shape[0], n_clusters=n_clusters, resolution=resolution, method=method)
     if smooth_k and coords is None:
         raise InputError("spatial smoothing needs coordinates (obsm['spatial']); set smooth_k=0 or add them")
+    progress = ensure_progress(progress)
     info: dict = {"method": method, "seed": seed, "smooth_k": smooth_k}
+    n = emb.shape[0]
+    sub = subsample_above is not None and n > subsample_above and n_subsample < n
+    fit_on = np.sort(np.random.default_rng(seed).choice(n, n_subsample, replace=False)) if sub else slice(None)
+    X = emb[fit_on]
+    model = None
     if method == "kmeans":
-        labels = kmeans_labels(emb, n_clusters, seed)
+        model = _kmeans(n_clusters, seed).fit(X)
+        labels = model.labels_
     elif method in ("gmm", "gmm-tied"):
-        labels = gmm_labels(emb, n_clusters, seed, covariance="tied" if method == "gmm-tied" else "full")
+        X64 = np.asarray(X, dtype=np.float64)
+        model = _gmm(n_clusters, seed, "tied" if method == "gmm-tied" else "full").fit(X64)
+        labels = model.predict(X64)
     else:
         if n_clusters is not None:
-            labels, res = leiden_n_clusters(emb, n_clusters, n_neighbors, seed, method=method)
+            labels, res = leiden_n_clusters(X, n_clusters, n_neighbors, seed, method=method, progress=progress)
         else:
-            labels, res = graph_labels(emb, resolution, method, n_neighbors, seed), resolution
+            progress.start(0, f"kNN graph and {method.title()} on {X.shape[0]:,} cells")
+            labels, res = graph_labels(X, resolution, method, n_neighbors, seed), resolution
         info.update(resolution=float(res), n_neighbors=n_neighbors)
+    if sub:
+        labels = assign(emb, labels, fit_on, model, progress)
+        info.update(clustered_on="subsample", n_subsample=int(n_subsample), subsample_above=int(subsample_above),
+                    assign="most probable component" if method.startswith("gmm") else "nearest centroid")
+    else:
+        info.update(clustered_on="all cells")
     if smooth_k:
+        progress.start(0, f"smoothing labels over {smooth_k} spatial neighbours")
         labels = smooth_labels(labels, coords, smooth_k)
     info["n_clusters_found"] = int(len(np.unique(labels)))
     return labels, info
+
+
+def assign(emb: np.ndarray, labels: np.ndarray, fit_on: np.ndarray, model=None,
+           progress: Progress | None = None) -> np.ndarray:
+    """Labels of every row of ``emb`` from the clusters ``labels`` of rows ``fit_on``: the fitted
+    ``model``'s prediction (k-means, mixture) or, for graph communities, the nearest centroid. In
+    chunks, so memory is chunk x K whatever the number of cells; the clustered rows keep their label."""
+    progress = ensure_progress(progress)
+    codes = np.unique(labels)
+    centroids = None
+    if model is None:
+        fitted = emb[fit_on]
+        centroids = np.stack([fitted[labels == c].mean(axis=0) for c in codes]).astype(np.float32)
+        c_sq = (centroids ** 2).sum(axis=1)
+    out = np.empty(emb.shape[0], dtype=labels.dtype)
+    progress.start(emb.shape[0], f"assigning cells to {len(codes)} clusters", unit="cell")
+    for start in range(0, emb.shape[0], ASSIGN_CHUNK):
+        progress.check()
+        block = emb[start:start + ASSIGN_CHUNK]
+        if centroids is None:
+            out[start:start + len(block)] = model.predict(np.asarray(block, dtype=np.float64) if
+                                                          isinstance(model, GaussianMixture) else block)
+        else:  # squared distances up to the row's own norm, which does not change the nearest
+            out[start:start + len(block)] = codes[np.argmin(c_sq[None, :] - 2 * block @ centroids.T, axis=1)]
+        progress.update(len(block))
+    out[fit_on] = labels
+    return out
 
 
 # ------------------------------------------------------------------------ the verb
@@ -173,8 +253,13 @@ def check_domains_request(adata, *, n_clusters: int | None, method: str, resolut
 
 
 def cluster(adata, *, use_rep: str = "X_spgpt", n_clusters: int | None = None, resolution: float | None = None,
-            method: str = "leiden", smooth_k: int = 0, key_added: str = "spgpt_domain", seed: int = 0):
-    """Cluster ``obsm[use_rep]`` into a categorical ``obs[key_added]`` (+ colours, parameters)."""
+            method: str = "leiden", smooth_k: int = 0, key_added: str = "spgpt_domain", seed: int = 0,
+            subsample_above: int | None = SUBSAMPLE_ABOVE, n_subsample: int = N_SUBSAMPLE,
+            progress: Progress | None = None):
+    """Cluster ``obsm[use_rep]`` into a categorical ``obs[key_added]`` (+ colours, parameters).
+
+    Above ``subsample_above`` cells the clusters are found on ``n_subsample`` cells and the rest
+    assigned (:func:`cluster_embedding`); ``uns[key_added]`` says which."""
     if use_rep not in adata.obsm:
         raise InputError(f"obsm['{use_rep}'] not found (have: {list(adata.obsm)}); run `spgpt embed` first or "
                          "pass --use-rep with an existing embedding")
@@ -182,7 +267,8 @@ def cluster(adata, *, use_rep: str = "X_spgpt", n_clusters: int | None = None, r
     ok = np.isfinite(emb).all(axis=1)
     coords = get_coordinates(adata, required=smooth_k > 0)
     labels, info = cluster_embedding(emb[ok], n_clusters=n_clusters, resolution=resolution, method=method,
-                                     coords=None if coords is None else coords[ok], smooth_k=smooth_k, seed=seed)
+                                     coords=None if coords is None else coords[ok], smooth_k=smooth_k, seed=seed,
+                                     subsample_above=subsample_above, n_subsample=n_subsample, progress=progress)
     full = np.full(adata.n_obs, None, dtype=object)
     full[ok] = labels.astype(str)
     cats = sorted({str(x) for x in labels}, key=lambda s: (len(s), s))

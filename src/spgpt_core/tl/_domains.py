@@ -79,7 +79,7 @@ def domains(adata, model="default", *, config: DomainsConfig | None = None, gene
     else:
         adata.obsm.pop(f"{key_added}_features", None)  # an earlier run's, not what these domains came from
     cluster(adata, use_rep=use_rep, n_clusters=cfg.n_clusters, resolution=cfg.resolution, method=cfg.method,
-            smooth_k=cfg.smooth_k, key_added=key_added, seed=cfg.seed)
+            smooth_k=cfg.smooth_k, key_added=key_added, seed=cfg.seed, progress=progress)
     if progress is not None:
         progress.close()  # the CLI's bar of this stage ends here, not at the end of the program
     adata.uns[key_added]["params"].update(
@@ -89,7 +89,9 @@ def domains(adata, model="default", *, config: DomainsConfig | None = None, gene
         **({"n_pcs": cfg.n_pcs} if use_rep != embedding_key else {}),
         finetune_epochs=cfg.finetune_epochs, batch_size=cfg.batch_size, max_seq_len=cfg.max_seq_len,
         drop_empty=cfg.drop_empty,
-        **({"finetune_lr": cfg.finetune_lr, "max_context": cfg.max_context} if cfg.finetune_epochs else {}))
+        **({"finetune_lr": cfg.finetune_lr, "max_context": cfg.max_context, "finetune_steps": cfg.finetune_steps,
+            "finetune_steps_taken": adata.uns[embedding_key]["params"].get("finetune_steps_taken")}
+           if cfg.finetune_epochs else {}))
     return adata
 
 
@@ -105,7 +107,8 @@ def _embed_for_domains(adata, work, model, cfg: DomainsConfig, *, gene_col, moda
         if hv is not None:
             work = work[:, hv].copy()
     if cfg.finetune_epochs:
-        model = finetune([work], model, epochs=cfg.finetune_epochs, lr=cfg.finetune_lr, max_context=cfg.max_context,
+        model = finetune([work], model, epochs=cfg.finetune_epochs, max_steps=cfg.finetune_steps, lr=cfg.finetune_lr,
+                         max_context=cfg.max_context,
                          gene_col=gene_col, modality=modality, seed=cfg.seed, device=str(model.device),
                          progress=progress)
     if progress is not None:
@@ -115,6 +118,8 @@ def _embed_for_domains(adata, work, model, cfg: DomainsConfig, *, gene_col, moda
           empty="drop" if cfg.drop_empty else "error", progress=progress)
     record = work.uns[embedding_key]
     record["params"].update(n_top_genes=n_top_genes, counts_layer=counts_layer)
+    if cfg.finetune_epochs:  # the budget may stop fine-tuning before the epochs asked
+        record["params"]["finetune_steps_taken"] = int(model.metadata["training"]["steps"])
     record["gene_match"] = match.to_dict()  # the whole slide's genes, as tl.embed records them
     adata.obsm[embedding_key] = work.obsm[embedding_key]
     adata.uns[embedding_key] = record

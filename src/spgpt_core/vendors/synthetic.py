@@ -48,12 +48,40 @@ def make_cells(n_cells: int, n_genes: int = 300, n_domains: int = 5, seed: int =
     types = _cell_type_names(n_domains)
     genes = _pick_genes(n_genes, types)
     profiles, _ = _type_profiles(genes, types, rng)
+    if n_genes > WIDE_PANEL:
+        return Cells(xy, domain, _sparse_counts(rng, profiles, domain, umis), genes)
     blocks = []
     for start in range(0, n_cells, 20_000):  # bounded memory for 100k-cell slides
         d = domain[start:start + 20_000]
         lib = rng.lognormal(np.log(umis), 0.4, size=len(d))
         blocks.append(sp.csr_matrix(rng.poisson(profiles[d] * lib[:, None]).astype(np.int32)))
     return Cells(xy, domain, sp.vstack(blocks, format="csr"), genes)
+
+
+#: Above this many genes counts are drawn transcript by transcript (the panel-wide dense draw would
+#: cost cells x genes, e.g. 9e9 draws for 500k Visium HD bins x 18,000 genes).
+WIDE_PANEL = 1_000
+
+
+def _sparse_counts(rng, profiles: np.ndarray, domain: np.ndarray, umis: float, block: int = 50_000) -> sp.csr_matrix:
+    """The same distribution as Poisson(profile x library) per gene (profiles sum to 1, so by Poisson
+    splitting: a Poisson(library) total, each transcript's gene drawn from the profile), in time and
+    memory proportional to the transcripts of a block of cells, not to cells x genes."""
+    n_genes = profiles.shape[1]
+    blocks = []
+    for start in range(0, len(domain), block):
+        dom = domain[start:start + block]
+        totals = rng.poisson(rng.lognormal(np.log(umis), 0.4, size=len(dom)))
+        cell = np.repeat(np.arange(len(dom), dtype=np.int32), totals)
+        gene = np.empty(len(cell), dtype=np.int32)
+        of_cell = dom[cell]
+        for d in np.unique(dom):
+            at = of_cell == d
+            gene[at] = rng.choice(n_genes, size=int(at.sum()), p=profiles[d])
+        X = sp.csr_matrix((np.ones(len(cell), dtype=np.int32), (cell, gene)), shape=(len(dom), n_genes))
+        X.sum_duplicates()
+        blocks.append(X)
+    return sp.vstack(blocks, format="csr")
 
 
 def domains_at(xy: np.ndarray, extent: float, n_domains: int) -> np.ndarray:
