@@ -136,7 +136,8 @@ class EmbedWidget(SlideWidget):
         """Whether the slide's embedding was made with this form's embedding settings (model, genes,
         fine-tuning, seed, batch size, empty spots): then only the clustering runs again."""
         last = self.last_run(slide, EMBED_KEY)
-        if self.features.value != "embedding" or last is None or EMBED_KEY not in slide.adata.obsm:
+        # domains from the expression alone use no embedding: nothing to reuse
+        if self.features.value == "expression" or last is None or EMBED_KEY not in slide.adata.obsm:
             return False
         before, now = last.get("params", {}), self.params()
         return all(str(before.get(k)) == str(now.get(k)) for k in EMBED_SETTINGS)

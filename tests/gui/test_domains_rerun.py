@@ -32,19 +32,21 @@ def test_recluster_reuses_the_embedding_and_keeps_clusterings(sample_viewer, qtb
     colors1 = dict(w.legend.items)
     assert w.umap_canvas is not None and not w.umap_canvas.isHidden()
     w.keep_clustering()
-    kept = "sample_slide domains k=5, leiden, smooth 6"
-    assert kept in viewer.layers and "spgpt_domain__k_5__leiden__smooth_6" in adata.obs
+    kept = "sample_slide domains k=5, fused, gmm-tied, smooth 6"  # the default: fused features, gmm-tied
+    assert kept in viewer.layers and "spgpt_domain__k_5__fused__gmm_tied__smooth_6" in adata.obs
+    assert "spgpt_domain_features" in adata.obsm
 
-    # only a clustering setting changed: the command is `spgpt cluster`, the embedding stays
+    # only a clustering setting changed: the embedding stays; the features are built again from it
     w.n_domains.value = 6
     w.umap.value = False
-    assert w.command.value.startswith("spgpt cluster ") and "--n-clusters 6" in w.command.value
+    assert w.command.value.startswith("spgpt domains ") and "--n-clusters 6" in w.command.value
     w.run()
     wait_job(qtbot, w)
     assert w.controls.last_error is None, w.controls.last_error
-    assert adata.obsm["X_spgpt"] is emb and "embedding" not in w.controls.totals
     run = adata.uns["spgpt_napari"]["run_001"]
-    assert run["params"]["reused_embedding"] and run["command"].startswith("spgpt cluster ")
+    assert run["params"]["reused_embedding"] and run["command"].startswith("spgpt domains "), run
+    assert "embedding" not in w.controls.totals, w.controls.totals
+    assert adata.obsm["X_spgpt"] is emb
     second = adata.obs["spgpt_domain"].astype(str).to_numpy()
     assert adata.obs["spgpt_domain"].nunique() == 6
     # labels follow the first run where the partitions overlap, so their colours do too
@@ -54,8 +56,17 @@ def test_recluster_reuses_the_embedding_and_keeps_clusterings(sample_viewer, qtb
     assert (first == second).mean() > 0.5
     # both clusterings are on screen and in the AnnData; the UMAP of the first run is gone
     assert kept in viewer.layers and "sample_slide domains" in viewer.layers
-    assert viewer.layers[kept].features["spgpt_domain__k_5__leiden__smooth_6"].astype(str).tolist() == first.tolist()
+    assert viewer.layers[kept].features["spgpt_domain__k_5__fused__gmm_tied__smooth_6"].astype(str).tolist() == \
+        first.tolist()
     assert w.umap_canvas.isHidden()
+    # the paper's path (the embedding alone, no neighbourhood) re-clusters it: `spgpt cluster`
+    w.features.value, w.spatial_weight.value, w.method.value = "embedding", 0.0, "leiden"
+    assert w.command.value.startswith("spgpt cluster ")
+    w.run()
+    wait_job(qtbot, w)
+    assert w.controls.last_error is None, w.controls.last_error
+    assert adata.obsm["X_spgpt"] is emb and "spgpt_domain_features" not in adata.obsm  # not these domains'
+    assert adata.uns["spgpt_napari"]["run_002"]["command"].startswith("spgpt cluster ")
     # an embedding setting changed: tl.domains again
     w.seed.value = 1
     assert w.command.value.startswith("spgpt domains ")
