@@ -17,7 +17,7 @@ from spgpt_core.params import (DeconvolveConfig, DomainsConfig, ImputeConfig, ad
 CHANGED = {
     DeconvolveConfig: dict(use_embeddings=False, num_epochs=50, lambda_g2=0.0, density_prior="uniform", seed=3,
                            max_cells_per_type=None, n_top_genes=200, embedding_weight=0.5, reference_gene_col="sym"),
-    ImputeConfig: dict(use_centroids=False, n_clusters=12, cluster_ratio=5, density_prior="none", batch_size=8,
+    ImputeConfig: dict(method="knn", knn_k=5, chunk_size=1000, input_scale="log1p", n_clusters=12, cluster_ratio=5, density_prior="none", batch_size=8,
                        spatial_rep="E", reference_rep="E"),
     DomainsConfig: dict(n_clusters=5, method="kmeans", smooth_k=0, n_top_genes=0, finetune_epochs=2,
                         finetune_lr=1e-4, max_context=64, drop_empty=True, seed=7),
