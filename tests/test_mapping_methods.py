@@ -73,7 +73,7 @@ def test_nnls_chunked_equals_unchunked(planted):
     one = compute_proportions(slide, ref, celltype_key="cell_type", method="nnls", chunk_size=100_000)
     many = compute_proportions(slide, ref, celltype_key="cell_type", method="nnls", chunk_size=7)
     pd.testing.assert_frame_equal(one.proportions, many.proportions)
-    assert one.info["use_embeddings"] is False  # nnls never loads a model
+    assert one.info["embeddings_used"] is False  # nnls never loads a model
 
 
 def test_tangram_clusters_in_random_chunks_keeps_quality(planted):

@@ -1,7 +1,28 @@
-"""``tl.deconvolve``: cell-type proportions of every spot from a labelled reference (paper Methods 4.4.1),
-with ``tangram-sc`` doing the mapping (:mod:`._mapping`).
+"""``tl.deconvolve``: cell-type proportions of every spot from a labelled reference (paper Methods 4.4.1).
 
-Pipeline (every choice below is fixed and documented; none is tuned on benchmark labels):
+Three methods (``method``, :class:`spgpt_core.params.DeconvolveConfig`; the engine is :mod:`._mapping`):
+
+* ``tangram_cells``: Tangram's optimiser maps every (subsampled) reference cell onto the spots (steps
+  1-6 below; the paper's pipeline). Its mapping matrix is reference cells x spots, so it is refused
+  above ``params.MAX_CELLS_MODE_PAIRS`` entries, before any embedding, naming the alternatives.
+* ``tangram_clusters``: the same objective with one source per cell type, whose features are the class
+  sum over the whole labelled reference (Tangram's cluster mode, ``scale=True``) and whose source density
+  is the class's share of cells; proportions are M^T weighted by class size. The mapping is types x
+  spots; above ``chunk_size`` spots it runs on seeded random chunks of spots (``_mapping.spot_chunks``).
+* ``nnls``: each spot's linear values of the training genes fitted as a non-negative mix of the class
+  means (``scipy.optimize.nnls``, every gene scaled by its mean over the classes so all genes weigh
+  alike); proportions are the weights' shares. Separable by spot, run ``chunk_size`` spots at a time.
+  Embeddings do not enter a linear mix, so no model is loaded.
+
+``auto`` (the default) is the method the dev benchmark chose (``params.AUTO_METHOD``) and a separable one
+from ``params.AUTO_SEPARABLE_FROM_SPOTS`` spots; ``uns`` records the method and why.
+
+**Input scale** (``_mapping.detect_scale``, recorded in ``uns``): raw counts are normalised per spot as
+below; values already normalised by their producer (volume-normalised MERFISH, counts per 10,000) keep
+each row's scale and get one global factor; log1p values are ``expm1``-ed back first. Ambiguous values
+are refused with a message naming ``--input-scale``.
+
+The Tangram pipeline (every choice below is fixed and documented; none is tuned on benchmark labels):
 
 1. **Reference**: cells without a cell-type label are dropped; each type is subsampled to at most
    ``max_cells_per_type`` cells (default 1000, seeded). At least two types are required.
@@ -202,7 +223,7 @@ def compute_proportions(spatial, reference, *, celltype_key: str, model="default
     info = {
         "celltype_key": celltype_key, **cfg.as_dict(),
         "method": method, "method_requested": choice.requested, "method_reason": choice.reason,
-        "use_embeddings": bool(use_emb),
+        "embeddings_used": bool(use_emb),
         "embedding_weight": cfg.embedding_weight if use_emb else 0.0,
         "embedding_block": cfg.embedding_block if use_emb else "none",
         "input_scale": scales[0]["scale"], "input_scale_reason": scales[0]["reason"],

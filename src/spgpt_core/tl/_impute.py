@@ -3,7 +3,8 @@
 The reference is a single-cell dataset or another slide (e.g. Visium for Xenium) that measures
 the requested genes. Pipeline (fixed choices, none tuned on benchmark data):
 
-1. **Genes**: requested genes must be in the reference (error otherwise, listing the missing ones);
+1. **Genes**: requested genes must be in the reference (error otherwise, listing the missing ones),
+   looked up in the name source that matched the slide, then in var_names and every text var column;
    ``all_missing=True`` requests every reference gene the slide does not measure. *Training genes*
    are the genes shared by slide and reference (matched as for deconvolution, :mod:`._mapping`)
    minus the requested ones, so an imputed value never sees its own measurement, and minus genes
@@ -16,11 +17,16 @@ the requested genes. Pipeline (fixed choices, none tuned on benchmark data):
 3. **Enriched features**: expression stacked with the model's embeddings (computed on the training
    genes only; stacked as the model returns them by default, or centred and scaled to
    ``embedding_weight`` x the expression block's norm), exactly as for deconvolution.
-4. **Centroids** (``use_centroids=True``): k-means (scikit-learn, k-means++, 3 restarts, seeded) on
-   the reference *embeddings* (on the expression block when ``use_embeddings=False``) into
-   ``n_clusters`` groups (default |reference| / 10, at least 2). Each group becomes one mapping
-   unit: its features are the group's sum (Tangram's cluster mode, ``scale=True``), its source
-   density the group's share of cells, and its profile the group's mean expression.
+4. **Method** (``method``): ``tangram_clusters`` maps k-means centroids (scikit-learn, k-means++, 3
+   restarts, seeded) of the reference *embeddings* (of the expression block when embeddings are off)
+   into ``n_clusters`` groups (default |reference| / 10, at least 2): each group's features are its sum
+   (Tangram's cluster mode, ``scale=True``), its source density its share of cells, its profile its mean
+   expression; above ``chunk_size`` cells it runs on seeded random chunks. ``tangram_cells`` maps every
+   reference cell. ``nnls`` fits each cell's linear training-gene values as a non-negative mix of the
+   centroids' linear means (k-means on expression; separable, chunked) and imputes the weights' mean of
+   the centroid profiles. ``knn`` averages the profiles of the ``knn_k`` reference cells most similar
+   (cosine on the features, embeddings stacked when on). ``auto``: ``params.AUTO_METHOD``, separable from
+   ``params.AUTO_SEPARABLE_FROM_SPOTS`` cells. Input scales are detected as for deconvolution.
 5. **Mapping**: Tangram's optimizer (see :func:`._mapping.run_tangram`) with the
    paper's Eq. 15 objective (gene-wise and cell-wise cosine, ``lambda_g1 = lambda_g2 = 1``) and
    Tangram's density KL term against a *uniform* prior over the slide's cells (each row of an
@@ -286,7 +292,7 @@ def compute_imputation(spatial, reference, *, genes=None, all_missing: bool = Fa
     info = {
         "genes": [str(g) for g in target_names[:200]], "n_genes": int(len(target_names)), "all_missing": all_missing,
         **cfg.as_dict(), "method": method, "method_requested": choice.requested, "method_reason": choice.reason,
-        "n_clusters": int(len(sizes)) if clusters is not None else None, "use_embeddings": bool(use_emb),
+        "n_clusters": int(len(sizes)) if clusters is not None else None, "embeddings_used": bool(use_emb),
         "embedding_weight": cfg.embedding_weight if use_emb else 0.0,
         "embedding_block": cfg.embedding_block if use_emb else "none",
         "input_scale": scales[0]["scale"], "input_scale_reason": scales[0]["reason"],
