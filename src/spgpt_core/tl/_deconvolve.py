@@ -164,7 +164,9 @@ def compute_proportions(spatial, reference, *, celltype_key: str, model="default
     shared = match_genes(spatial, ref, gene_col, cfg.reference_gene_col)
     if len(shared) < MIN_SHARED_GENES:
         raise no_shared_genes_error(spatial, ref)
-    shared, C_sp, C_ref = expressed_blocks(spatial, ref, shared, "shared genes", scales)
+    # nnls reads the slide in chunks of spots (twice: which genes it expresses, then the fit)
+    shared, C_sp, C_ref = expressed_blocks(spatial, ref, shared, "shared genes", scales,
+                                           stream_slide=method == "nnls", chunk_size=cfg.chunk_size)
     n_silent = int((np.asarray(C_ref.sum(axis=1)).ravel() <= 0).sum())
     if n_silent:
         log.warning("%d reference cells have no counts on the shared genes; they carry no signal for the mapping",
@@ -173,7 +175,7 @@ def compute_proportions(spatial, reference, *, celltype_key: str, model="default
     hv = select_hvg(log_expression(C_ref, scales[1]), cfg.n_top_genes)
     timings["genes_seconds"] = round(time.time() - t, 3)
     train = shared.subset(hv)
-    C_sp, C_ref = C_sp[:, hv], C_ref[:, hv]
+    C_sp, C_ref = (C_sp.columns(hv) if method == "nnls" else C_sp[:, hv]), C_ref[:, hv]
     onehot = (ref_labels.to_numpy()[:, None] == np.array(types)[None, :]).astype(np.float64)  # cells x types
     members = onehot.sum(axis=0)
 
@@ -184,7 +186,7 @@ def compute_proportions(spatial, reference, *, celltype_key: str, model="default
         # cells, and proportions are the weights' shares
         means = (onehot.T @ C_ref.toarray()) / members[:, None]
         t = time.time()
-        A = nnls_weights(C_sp.tocsr(), means, chunk_size=cfg.chunk_size, progress=progress,
+        A = nnls_weights(C_sp, means, chunk_size=cfg.chunk_size, progress=progress,
                          desc="deconvolution (NNLS)")
         map_info = {"mapping_seconds": round(time.time() - t, 3)}
         empty = A.sum(axis=1) <= 0

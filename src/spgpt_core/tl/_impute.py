@@ -231,9 +231,11 @@ def compute_imputation(spatial, reference, *, genes=None, all_missing: bool = Fa
             raise no_shared_genes_error(spatial, reference)
         raise InputError(f"only {len(train)} shared genes remain for the mapping after leaving out the {len(targets)} "
                          f"requested genes; request fewer genes or use a reference sharing more genes with the slide")
-    train, C_sp, C_ref = expressed_blocks(spatial, reference, train, "training genes", scales)
+    # nnls reads the slide in chunks of cells (twice: which genes it expresses, then the fit)
+    train, C_sp, C_ref = expressed_blocks(spatial, reference, train, "training genes", scales,
+                                          stream_slide=method == "nnls", chunk_size=cfg.chunk_size)
     ref_tot = scale_totals(C_ref, scales[1])
-    E_sp = log_expression(C_sp, scales[0])
+    E_sp = None if method == "nnls" else log_expression(C_sp, scales[0])
     E_ref = log_normalise(C_ref, ref_tot)
     T_ref = log_normalise(linear_block(reference, np.asarray(targets), scales[1]), ref_tot)
     target_names = pd.Index(target_cols)
@@ -271,7 +273,7 @@ def compute_imputation(spatial, reference, *, genes=None, all_missing: bool = Fa
     elif method == "nnls":
         t = time.time()
         means = (onehot @ C_ref.toarray()) / sizes[:, None]  # linear centroid means of the training genes
-        W = nnls_weights(C_sp.tocsr(), means, chunk_size=cfg.chunk_size, progress=progress, desc="imputation (NNLS)")
+        W = nnls_weights(C_sp, means, chunk_size=cfg.chunk_size, progress=progress, desc="imputation (NNLS)")
         empty = W.sum(axis=1) <= 0
         W[empty] = sizes  # a cell with no signal on the training genes gets the reference's mean
         W /= W.sum(axis=1, keepdims=True)

@@ -342,17 +342,53 @@ def enriched_features(spatial, reference, train: SharedGenes, E_sp: np.ndarray, 
     return G, S, H_ref, model_info, round(time.time() - t, 3)
 
 
-def expressed_blocks(spatial, reference, genes: SharedGenes, what: str, scales: tuple[dict, dict] | None = None):
+class StreamedBlock:
+    """A slide's linear values (:func:`linear_block`) of selected genes, read ``chunk_size`` rows at a
+    time from X (also when backed): the separable methods never hold the whole slide in memory."""
+
+    def __init__(self, adata, idx: np.ndarray, scale: dict):
+        self.adata, self.idx, self.scale = adata, np.asarray(idx, dtype=np.int64), scale
+        self.shape = (adata.n_obs, len(self.idx))
+
+    def columns(self, keep) -> "StreamedBlock":
+        return StreamedBlock(self.adata, self.idx[keep], self.scale)
+
+    def chunks(self, chunk_size: int):
+        for start, stop, X in iter_row_chunks(self.adata, chunk_size):
+            B = sp.csr_matrix(X[:, self.idx], dtype=np.float64)
+            if B.nnz and (not np.isfinite(B.data).all() or (B.data < 0).any()):
+                raise InputError("the expression matrix has NaN, infinite or negative values; pass raw counts or "
+                                 "non-negative normalised values")
+            if self.scale["scale"] == "log1p":
+                B.data = np.expm1(B.data)
+            yield start, stop, B
+
+    def column_nnz(self, chunk_size: int) -> np.ndarray:
+        out = np.zeros(len(self.idx), dtype=np.int64)
+        for _, _, B in self.chunks(chunk_size):
+            out += np.diff(B.tocsc().indptr)
+        return out
+
+
+def expressed_blocks(spatial, reference, genes: SharedGenes, what: str, scales: tuple[dict, dict] | None = None,
+                     stream_slide: bool = False, chunk_size: int = 50_000):
     """Linear values (:func:`linear_block`) of ``genes`` in both datasets, keeping the genes expressed in
-    both (Tangram needs non-zero columns). Returns (genes kept, slide block, reference block)."""
+    both (Tangram needs non-zero columns). Returns (genes kept, slide block, reference block); the slide
+    block is a :class:`StreamedBlock` with ``stream_slide``."""
     scales = scales or ({"scale": "counts"}, {"scale": "counts"})
-    C_sp = linear_block(spatial, genes.a_idx, scales[0])
     C_ref = linear_block(reference, genes.b_idx, scales[1])
-    nonzero = (np.asarray((C_sp > 0).sum(axis=0)).ravel() > 0) & (np.asarray((C_ref > 0).sum(axis=0)).ravel() > 0)
+    if stream_slide:
+        C_sp = StreamedBlock(spatial, genes.a_idx, scales[0])
+        sp_nnz = C_sp.column_nnz(chunk_size)
+    else:
+        C_sp = linear_block(spatial, genes.a_idx, scales[0])
+        sp_nnz = np.asarray((C_sp > 0).sum(axis=0)).ravel()
+    nonzero = (sp_nnz > 0) & (np.asarray((C_ref > 0).sum(axis=0)).ravel() > 0)
     if nonzero.sum() < MIN_SHARED_GENES:
         raise InputError(f"only {int(nonzero.sum())} {what} are expressed in both the slide and the reference; "
                          "check that both hold counts of the same genes")
-    return genes.subset(nonzero), C_sp[:, nonzero], C_ref[:, nonzero]
+    C_sp = C_sp.columns(nonzero) if stream_slide else C_sp[:, nonzero]
+    return genes.subset(nonzero), C_sp, C_ref[:, nonzero]
 
 
 # ------------------------------------------------------------------------------ input scale
@@ -529,25 +565,30 @@ def gene_weights(profiles: np.ndarray) -> np.ndarray:
     return np.divide(1.0, m, out=np.zeros_like(m), where=m > 0)
 
 
-def nnls_weights(spots: sp.csr_matrix, profiles: np.ndarray, *, chunk_size: int, progress: Progress | None = None,
+def nnls_weights(spots, profiles: np.ndarray, *, chunk_size: int, progress: Progress | None = None,
                  desc: str = "NNLS") -> np.ndarray:
     """Non-negative weights W (spots x K) with spot ~ W @ profiles, one ``scipy.optimize.nnls`` per spot.
 
-    ``spots`` (spots x genes) and ``profiles`` (K x genes) on a linear scale; genes weighted by
-    :func:`gene_weights`. Each spot is independent: rows are densified ``chunk_size`` at a time, so
-    memory is set by the chunk, and progress / cancellation are checked per chunk."""
+    ``spots`` (spots x genes: a sparse matrix or a :class:`StreamedBlock`) and ``profiles`` (K x genes)
+    on a linear scale; genes weighted by :func:`gene_weights`. Each spot is independent: rows are read
+    and densified ``chunk_size`` at a time, so memory is set by the chunk, and progress / cancellation
+    are checked per chunk."""
     from scipy.optimize import nnls
 
     progress = ensure_progress(progress)
     w = gene_weights(profiles)
     A = (np.asarray(profiles, dtype=np.float64) * w[None, :]).T  # genes x K
     n = spots.shape[0]
+    if isinstance(spots, StreamedBlock):
+        chunks = spots.chunks(chunk_size)
+    else:
+        spots = sp.csr_matrix(spots)
+        chunks = ((s, min(n, s + chunk_size), spots[s:min(n, s + chunk_size)]) for s in range(0, n, chunk_size))
     out = np.zeros((n, A.shape[1]), dtype=np.float64)
     progress.start(n, desc)
     try:
-        for start in range(0, n, chunk_size):
-            stop = min(n, start + chunk_size)
-            Y = spots[start:stop].toarray() * w[None, :]
+        for start, stop, block in chunks:
+            Y = block.toarray() * w[None, :]
             for i in range(stop - start):
                 if Y[i].any():
                     out[start + i] = nnls(A, Y[i], maxiter=50 * A.shape[1])[0]
