@@ -35,11 +35,19 @@ INPUT_SCALES = ("auto", "counts", "normalised", "log1p")
 #: Deconvolution, dev mean macro-F1 over 2 cases x 5 seeds: tangram_clusters with the embeddings 0.581
 #: (JSD 0.295, per-type r 0.653), NNLS 0.570, Tangram clusters on expression 0.569, tangram_cells with
 #: the embeddings (the paper's, the previous default) 0.548, Tangram cells on expression 0.521.
+#: Imputation, dev median r per gene (2 cases, seed 0, 5 gene folds): tangram_clusters with the embeddings
+#: 0.251 (unchanged default), Tangram clusters on expression 0.235, Tangram cells 0.194, NNLS on centroids
+#: 0.164, kNN 0.148.
 AUTO_METHOD = {"deconvolve": "tangram_clusters", "impute": "tangram_clusters"}
 #: ``auto`` at or above this many spots uses a method that is separable by spot (chunked, memory set by
 #: --chunk-size), whatever the small-slide choice: cells mode grows with spots x reference cells.
 AUTO_SEPARABLE_FROM_SPOTS = 100_000
-#: ``auto``'s separable method (chosen on the dev benchmark among nnls and tangram_clusters).
+#: ``auto``'s separable method. Deconvolution: nnls. On dev it scored 0.570 macro-F1 against 0.581 for
+#: tangram_clusters with the embeddings (a difference inside the seed spread, sd 0.04-0.05), and it needs
+#: no model and no optimiser: 100k spots in 162 s and 1.4 GB on 2 shared cores (bench/scale_mapping.py),
+#: where tangram_clusters must embed every spot and run 1000 epochs per chunk. Imputation: nnls, the best
+#: dev method (0.164) of those that run at 100k cells (kNN 0.148); tangram_clusters maps |reference|/10
+#: centroids (300 for a 3,000-cell reference), which at 100k cells costs hours.
 AUTO_SEPARABLE_METHOD = {"deconvolve": "nnls", "impute": "nnls"}
 #: Tangram cells mode holds a (reference cells x spots) float32 matrix with Adam state (~6 copies, 24 bytes
 #: per entry) and costs time in proportion to it (11,406 spots x 900 cells took 452 s on 2 cores): above
