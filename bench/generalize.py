@@ -168,6 +168,9 @@ def run_one(p: dict, slide: dict, entry: dict, b: dict, seed: int) -> dict:
 def main(argv=None) -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--set", choices=["dev", "test"], required=True)
+    ap.add_argument("--family", choices=["domains", "integration", "deconvolution", "imputation"], default="domains",
+                    help="task family (integration: bench/_integration_family.py; deconvolution and imputation: "
+                         "bench/_mapping_families.py)")
     ap.add_argument("--quick", action="store_true", help="first seed only")
     ap.add_argument("--model", default="default")
     ap.add_argument("--slides", help="comma-separated subset of the set's slide names")
@@ -176,11 +179,14 @@ def main(argv=None) -> None:
     ap.add_argument("--methods", help="comma-separated clusterings of the candidates to run (default: all)")
     ap.add_argument("--top", type=int, help="dev: run every seed only for the N candidates with the best mean ARI "
                                              "on the first seed (run --quick first)")
-    ap.add_argument("--family", choices=["domains", "integration"], default="domains")
     args = ap.parse_args(argv)
     if args.family == "integration":  # its own module: slide groups, not slides
         from _integration_family import main as integration
         return integration(args.set, args.quick, args.model)
+    if args.family in ("deconvolution", "imputation"):
+        from _mapping_families import run_family
+
+        return run_family(args.family, args.set, quick=args.quick, model=args.model, cases=args.slides)
     proto = yaml.safe_load(PROTOCOL.read_text())
     seeds = proto["seeds"][:1] if args.quick else proto["seeds"]
     entries = [e for e in proto["domains"][args.set] if not args.slides or e["name"] in args.slides.split(",")]

@@ -380,11 +380,11 @@ def task_imputation(ms: ModelSource, args) -> list[dict]:
         cases = cases[:1]
     cases = [c for c in cases if _selected(c[0], args)]
     methods = [("tangram-sc (expression, every cell)", None),
-               ("spgpt pipeline, expression, centroids (ablation)", dict(use_embeddings=False, use_centroids=True)),
-               ("spgpt (enriched, centroids)", dict(use_embeddings=True, use_centroids=True)),
-               ("spgpt (enriched, every cell)", dict(use_embeddings=True, use_centroids=False)),
+               ("spgpt pipeline, expression, centroids (ablation)", dict(use_embeddings=False, method="tangram_clusters")),
+               ("spgpt (enriched, centroids)", dict(use_embeddings=True, method="tangram_clusters")),
+               ("spgpt (enriched, every cell)", dict(use_embeddings=True, method="tangram_cells")),
                ("spgpt (enriched, centroids), centred embedding block at weight 1 (--embedding-weight 1)",
-                dict(use_embeddings=True, use_centroids=True, embedding_weight=1.0))]
+                dict(use_embeddings=True, method="tangram_clusters", embedding_weight=1.0))]
     for name, target, ref in cases:
         sh = match_genes(target, ref)
         genes_t = list(target.var_names[sh.a_idx])
@@ -486,8 +486,8 @@ def _resource_child(conn, job: dict) -> None:
                 tangram_public_imputation(target, ref, train_t, [to_ref[g] for g in train_t], held_ref, job["epochs"],
                                           job["seed"])
         else:
-            kw = {"spgpt (enriched, centroids)": dict(use_centroids=True),
-                  "spgpt (enriched, every cell)": dict(use_centroids=False)}[job["method"]]
+            kw = {"spgpt (enriched, centroids)": dict(method="tangram_clusters"),
+                  "spgpt (enriched, every cell)": dict(method="tangram_cells")}[job["method"]]
             with timed(rec):
                 compute_imputation(sub, ref, genes=held_ref, model=load_model(job["model"], device="cpu"), num_epochs=job["epochs"],
                        seed=job["seed"], **kw)

@@ -77,7 +77,7 @@ def test_impute_then_evaluate(tmp_path, files, capsys):
     a = ad.read_h5ad(out)
     df = a.obsm["spgpt_imputed"]
     assert isinstance(df, pd.DataFrame) and list(df.columns) == ["Gad1", "Slc17a6", "Aqp4"]
-    assert a.uns["spgpt_imputed"]["params"]["use_centroids"] and out.with_suffix(".png").exists()
+    assert a.uns["spgpt_imputed"]["params"]["method"] == "tangram_clusters" and out.with_suffix(".png").exists()
     capsys.readouterr()
     assert main(["evaluate", str(out), "--task", "imputation", "--pred", "spgpt_imputed", "--truth",
                  str(files["merfish"])]) == 0

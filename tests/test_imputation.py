@@ -36,7 +36,7 @@ def test_planted_marker_genes_are_imputed(planted):
     s = M.imputation_scores(meas, res.imputed)
     assert s["median_pearson"] > 0.6, s  # markers follow the cell type, which the other genes reveal
     # all reference cells instead of centroids: same quality, bigger mapping
-    full = compute_imputation(target, ref, genes=held, use_embeddings=False, use_centroids=False, num_epochs=200,
+    full = compute_imputation(target, ref, genes=held, use_embeddings=False, method="tangram_cells", num_epochs=200,
                   keep_mapping=True)
     assert full.mapping.shape == (ref.n_obs, target.n_obs)
     assert M.imputation_scores(meas, full.imputed)["median_pearson"] > 0.6
@@ -92,7 +92,7 @@ def test_k_larger_than_reference(planted):
     target, ref, _, held = planted
     with pytest.raises(InputError, match="n_clusters=5000 is larger than the number of reference cells"):
         compute_imputation(target, ref, genes=held[:1], n_clusters=5000, use_embeddings=False)
-    with pytest.raises(InputError, match=r"n_clusters=1 must be >= 2 \(or use_centroids=False"):
+    with pytest.raises(InputError, match=r"n_clusters=1 must be >= 2 \(or --method tangram_cells"):
         compute_imputation(target, ref, genes=held[:1], n_clusters=1, use_embeddings=False)
 
 

@@ -16,9 +16,10 @@ from spgpt_core.params import (DeconvolveConfig, DomainsConfig, ImputeConfig, In
 
 CHANGED = {
     DeconvolveConfig: dict(use_embeddings=False, num_epochs=50, lambda_g2=0.0, density_prior="uniform", seed=3,
-                           max_cells_per_type=None, n_top_genes=200, embedding_weight=0.5, reference_gene_col="sym"),
-    ImputeConfig: dict(use_centroids=False, n_clusters=12, cluster_ratio=5, density_prior="none", batch_size=8,
-                       spatial_rep="E", reference_rep="E"),
+                           max_cells_per_type=None, n_top_genes=200, embedding_weight=0.5, reference_gene_col="sym",
+                           method="nnls", chunk_size=1000, input_scale="normalised", reference_input_scale="log1p"),
+    ImputeConfig: dict(method="knn", knn_k=5, chunk_size=1000, input_scale="log1p", n_clusters=12, cluster_ratio=5,
+                       density_prior="none", batch_size=8, spatial_rep="E", reference_rep="E"),
     DomainsConfig: dict(n_clusters=5, method="kmeans", smooth_k=0, n_top_genes=0, finetune_epochs=2,
                         finetune_lr=1e-4, max_context=64, drop_empty=True, seed=7),
     IntegrateConfig: dict(features="expression", embedding_share=0.75, per_slide="scale", spatial_weight=0.0,
@@ -80,6 +81,12 @@ def test_bad_values_and_unknown_options_are_refused():
         resolve(ImputeConfig, None, {"epochs": 3})
     with pytest.raises(InputError, match="finetune_epochs=-1"):
         DomainsConfig(n_clusters=3, finetune_epochs=-1)
+    # knn imputes; it has no proportions to give
+    with pytest.raises(InputError, match="method='knn'"):
+        DeconvolveConfig(method="knn")
+    assert ImputeConfig(method="knn").method == "knn"
+    with pytest.raises(InputError, match="input_scale='z'"):
+        ImputeConfig(input_scale="z")
 
 
 def test_cli_refuses_a_bad_option_before_reading_anything(tmp_path):

@@ -306,8 +306,18 @@ class ReferenceSlideWidget(SlideWidget):
     def mapping_config(self):
         """The mapping options the widget's controls set, as the core declares them (``config_class``)."""
         ref_col = self.reference_gene_col.value
+        method = getattr(self, "method", None)
         return self.config_class(num_epochs=int(self.epochs.value), seed=int(self.seed.value),
-                                 reference_gene_col=None if ref_col in (None, AUTO_GENES) else ref_col)
+                                 reference_gene_col=None if ref_col in (None, AUTO_GENES) else ref_col,
+                                 **({"method": method.value} if method is not None else {}))
+
+    def method_control(self):
+        """The mapping method box, its choices and default as the core declares them (``config_class``)."""
+        from dataclasses import fields
+
+        f = next(f for f in fields(self.config_class) if f.name == "method")
+        return ComboBox(label="Method", choices=list(f.metadata["choices"]), value=f.default,
+                        tooltip=f.metadata["help"])
 
 
 @dataclass(frozen=True)

@@ -46,13 +46,14 @@ class DeconvolveWidget(ReferenceSlideWidget):
         self.epochs = SpinBox(label="Mapping epochs", value=1000, min=1, max=100_000, step=100,
                               tooltip="Tangram optimisation epochs (spgpt default 1000)")
         self.seed = SpinBox(label="Seed", value=0, min=0, max=2**31 - 1)
+        self.method = self.method_control()
         self.scale = RadioButtons(label="Colour scale", choices=[PER_TYPE, SHARED], value=PER_TYPE)
         self.show_layer = dynamic(ComboBox, [DOMINANT], label="Show", tooltip="Which result layer is visible")
         self.legend = Legend()
         extras = Container(widgets=[self.show_layer], labels=True)
         extras.margins = (0, 0, 0, 0)
-        super().__init__(viewer, [self.reference, self.celltype_key, self.reference_gene_control(), self.epochs, self.seed,
-                                  self.scale],
+        super().__init__(viewer, [self.reference, self.celltype_key, self.reference_gene_control(), self.method,
+                                  self.epochs, self.seed, self.scale],
                          after=[extras])
         add_native(extras, self.legend)
         self.reference.changed.connect(self._on_reference)

@@ -89,13 +89,14 @@ class ImputeWidget(ReferenceSlideWidget):
         self.epochs = SpinBox(label="Mapping epochs", value=1000, min=1, max=100_000, step=100,
                               tooltip="Tangram optimisation epochs (spgpt default 1000)")
         self.seed = SpinBox(label="Seed", value=0, min=0, max=2**31 - 1)
+        self.method = self.method_control()
         self.show_layer = dynamic(ComboBox, label="Show", tooltip="Which imputed gene is visible")
         self.scale_note = Label(value=f"Colour: 0 to the gene's 99th percentile, in {UNITS}; colourbar on the canvas")
         self.scale_note.native.setWordWrap(True)
         self.clear_button = PushButton(text="Clear imputed genes", enabled=False,
                                        tooltip="Runs add genes to those imputed before; this removes them all")
         super().__init__(viewer, [self.reference, self.reference_gene_control(), self.missing_only, self.picker,
-                                  self.epochs, self.seed],
+                                  self.method, self.epochs, self.seed],
                          after=[Container(widgets=[self.show_layer, self.scale_note, self.clear_button])])
         self.clear_button.clicked.connect(self.clear)
         self.reference.changed.connect(self._on_reference)

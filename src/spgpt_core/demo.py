@@ -150,7 +150,7 @@ def _imputation(slide, reference, model, out: Path, seed: int, epochs: int, n_ge
     res, per_gene = {}, {}
     for name, use_emb in (("spgpt", True), ("tangram", False)):
         tl.impute(masked, reference, genes=held, model=model, key_added=f"{name}_imputed", use_embeddings=use_emb,
-                  use_centroids=use_emb, seed=seed, num_epochs=epochs)
+                  method="tangram_clusters" if use_emb else "tangram_cells", seed=seed, num_epochs=epochs)
         r = pearson_per_gene(measured_df, masked.obsm[f"{name}_imputed"][held])
         res[f"{name}_impute_median_pearson"] = float(np.nanmedian(r))
         per_gene[name] = r

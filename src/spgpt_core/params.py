@@ -28,6 +28,37 @@ CLUSTER_METHODS = ("leiden", "louvain", "kmeans", "gmm", "gmm-tied")
 #: the usual 1-4 epochs there are unchanged; a 1M-cell slide's epoch (62,500 steps, ~9 h) is cut to
 #: 1,000 spatial patches drawn at random over the whole slide.
 DEFAULT_FINETUNE_STEPS = 1000
+#: How a reference maps onto a slide (tl._mapping): ``auto`` picks per size (see AUTO_* below); ``tangram_cells``
+#: maps every reference cell (Tangram cells mode); ``tangram_clusters`` maps reference classes / centroids
+#: (Tangram cluster mode, weighted by class size); ``nnls`` fits each spot as a non-negative mix of class means.
+MAPPING_METHODS = ("auto", "tangram_cells", "tangram_clusters", "nnls")
+#: Imputation adds a baseline: the mean of each cell's k nearest reference cells in shared-gene space.
+IMPUTE_METHODS = MAPPING_METHODS + ("knn",)
+#: How the values in X are scaled: detected by default (tl._mapping.detect_scale).
+INPUT_SCALES = ("auto", "counts", "normalised", "log1p")
+#: ``auto`` below the size limits: the method each verb's dev benchmark chose
+#: (bench/_mapping_families.py, bench/results/generalize_{deconvolution,imputation}_dev.md).
+#: Deconvolution, dev mean macro-F1 over 2 cases x 5 seeds: tangram_clusters with the embeddings 0.581
+#: (JSD 0.295, per-type r 0.653), NNLS 0.570, Tangram clusters on expression 0.569, tangram_cells with
+#: the embeddings (the paper's, the previous default) 0.548, Tangram cells on expression 0.521.
+#: Imputation, dev median r per gene (2 cases, seed 0, 5 gene folds): tangram_clusters with the embeddings
+#: 0.251 (unchanged default), Tangram clusters on expression 0.235, Tangram cells 0.194, NNLS on centroids
+#: 0.164, kNN 0.148.
+AUTO_METHOD = {"deconvolve": "tangram_clusters", "impute": "tangram_clusters"}
+#: ``auto`` at or above this many spots uses a method that is separable by spot (chunked, memory set by
+#: --chunk-size), whatever the small-slide choice: cells mode grows with spots x reference cells.
+AUTO_SEPARABLE_FROM_SPOTS = 100_000
+#: ``auto``'s separable method. Deconvolution: nnls. On dev it scored 0.570 macro-F1 against 0.581 for
+#: tangram_clusters with the embeddings (a difference inside the seed spread, sd 0.04-0.05), and it needs
+#: no model and no optimiser: 100k spots in 162 s and 1.4 GB on 2 shared cores (bench/scale_mapping.py),
+#: where tangram_clusters must embed every spot and run 1000 epochs per chunk. Imputation: nnls, the best
+#: dev method (0.164) of those that run at 100k cells (kNN 0.148); tangram_clusters maps |reference|/10
+#: centroids (300 for a 3,000-cell reference), which at 100k cells costs hours.
+AUTO_SEPARABLE_METHOD = {"deconvolve": "nnls", "impute": "nnls"}
+#: Tangram cells mode holds a (reference cells x spots) float32 matrix with Adam state (~6 copies, 24 bytes
+#: per entry) and costs time in proportion to it (11,406 spots x 900 cells took 452 s on 2 cores): above
+#: this many entries (2.4 GB, ~1 h) it is refused before any work starts.
+MAX_CELLS_MODE_PAIRS = 100_000_000
 DOMAIN_FEATURES = ("embedding", "expression", "fused")
 
 
@@ -111,6 +142,17 @@ class MappingConfig(Config):
     density_prior: str = option("rna_count_based", "--density-prior", "Tangram density prior of the spots",
                                 choices=DENSITY_PRIORS)
     seed: int = option(0, "--seed", "seed of the mapping's start and every subsample", type=int)
+    method: str = option("auto", "--method", "how the reference maps: tangram_cells (every reference cell), "
+                         "tangram_clusters (reference classes / centroids, weighted by size), nnls (each spot a "
+                         "non-negative mix of class means; separable by spot); auto = the benchmark's choice, a "
+                         f"separable method from {AUTO_SEPARABLE_FROM_SPOTS:,} spots", choices=MAPPING_METHODS)
+    chunk_size: int = option(50_000, "--chunk-size", "spots per chunk of the separable methods (nnls, "
+                             "tangram_clusters); memory grows with it", type=int, metavar="SPOTS")
+    input_scale: str = option("auto", "--input-scale", "what the slide's X holds: raw counts, normalised linear "
+                              "values (e.g. volume-normalised) or log1p values (default: detected)",
+                              choices=INPUT_SCALES)
+    reference_input_scale: str = option("auto", "--reference-input-scale", "what the reference's X holds "
+                                        "(default: detected)", choices=INPUT_SCALES)
     batch_size: int = option(64, "--batch-size", "embedding batch size (cells); lower it on a GPU out-of-memory "
                              "error", type=int)
     max_seq_len: int | None = option(None, "--max-seq-len", "at most this many tokens (<cls> + genes) per cell "
@@ -122,8 +164,16 @@ class MappingConfig(Config):
         _at_least("max_seq_len", self.max_seq_len, 2)
         _at_least("num_epochs", self.num_epochs, 1, ": the mapping needs at least 1 epoch")
         _at_least("batch_size", self.batch_size, 1)
+        _at_least("chunk_size", self.chunk_size, 1)
+        if self.method not in self._methods:
+            raise InputError(f"method={self.method!r}: use one of {', '.join(self._methods)}")
+        for name in ("input_scale", "reference_input_scale"):
+            if getattr(self, name) not in INPUT_SCALES:
+                raise InputError(f"{name}={getattr(self, name)!r}: use one of {', '.join(INPUT_SCALES)}")
         if self.density_prior not in DENSITY_PRIORS:
             raise InputError(f"density_prior={self.density_prior!r}: use 'rna_count_based', 'uniform' or 'none'")
+
+    _methods = MAPPING_METHODS
 
     @property
     def embedding_block(self) -> str:
@@ -157,8 +207,12 @@ class ImputeConfig(MappingConfig):
 
     density_prior: str = option("uniform", "--density-prior", "Tangram density prior of the slide's cells",
                                 choices=DENSITY_PRIORS)
-    use_centroids: bool = option(True, "--no-centroids", "map every reference cell instead of centroids",
-                                 negate=True)
+    method: str = option("auto", "--method", "how the reference maps: tangram_cells (every reference cell), "
+                         "tangram_clusters (k-means centroids of the reference, weighted by size), nnls (each cell a "
+                         "non-negative mix of centroid means; separable by cell), knn (mean of the k nearest "
+                         "reference cells); auto = the benchmark's choice, a separable method from "
+                         f"{AUTO_SEPARABLE_FROM_SPOTS:,} cells", choices=IMPUTE_METHODS)
+    knn_k: int = option(10, "--knn-k", "reference cells averaged by --method knn", type=int, metavar="K")
     n_clusters: int | None = option(None, "--n-clusters", "number of reference centroids K (default: reference "
                                     "cells / cluster ratio)", type=int, metavar="K")
     cluster_ratio: int = option(10, "--cluster-ratio", "reference cells per centroid when K is not given", type=int)
@@ -166,7 +220,10 @@ class ImputeConfig(MappingConfig):
     def __post_init__(self):
         super().__post_init__()
         _at_least("cluster_ratio", self.cluster_ratio, 1)
-        _at_least("n_clusters", self.n_clusters, 2, " (or use_centroids=False / --no-centroids)")
+        _at_least("knn_k", self.knn_k, 1)
+        _at_least("n_clusters", self.n_clusters, 2, " (or --method tangram_cells)")
+
+    _methods = IMPUTE_METHODS
 
 
 # ----------------------------------------------------------------------------- fine-tuning

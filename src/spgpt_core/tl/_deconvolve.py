@@ -1,7 +1,28 @@
-"""``tl.deconvolve``: cell-type proportions of every spot from a labelled reference (paper Methods 4.4.1),
-with ``tangram-sc`` doing the mapping (:mod:`._mapping`).
+"""``tl.deconvolve``: cell-type proportions of every spot from a labelled reference (paper Methods 4.4.1).
 
-Pipeline (every choice below is fixed and documented; none is tuned on benchmark labels):
+Three methods (``method``, :class:`spgpt_core.params.DeconvolveConfig`; the engine is :mod:`._mapping`):
+
+* ``tangram_cells``: Tangram's optimiser maps every (subsampled) reference cell onto the spots (steps
+  1-6 below; the paper's pipeline). Its mapping matrix is reference cells x spots, so it is refused
+  above ``params.MAX_CELLS_MODE_PAIRS`` entries, before any embedding, naming the alternatives.
+* ``tangram_clusters``: the same objective with one source per cell type, whose features are the class
+  sum over the whole labelled reference (Tangram's cluster mode, ``scale=True``) and whose source density
+  is the class's share of cells; proportions are M^T weighted by class size. The mapping is types x
+  spots; above ``chunk_size`` spots it runs on seeded random chunks of spots (``_mapping.spot_chunks``).
+* ``nnls``: each spot's linear values of the training genes fitted as a non-negative mix of the class
+  means (``scipy.optimize.nnls``, every gene scaled by its mean over the classes so all genes weigh
+  alike); proportions are the weights' shares. Separable by spot, run ``chunk_size`` spots at a time.
+  Embeddings do not enter a linear mix, so no model is loaded.
+
+``auto`` (the default) is the method the dev benchmark chose (``params.AUTO_METHOD``) and a separable one
+from ``params.AUTO_SEPARABLE_FROM_SPOTS`` spots; ``uns`` records the method and why.
+
+**Input scale** (``_mapping.detect_scale``, recorded in ``uns``): raw counts are normalised per spot as
+below; values already normalised by their producer (volume-normalised MERFISH, counts per 10,000) keep
+each row's scale and get one global factor; log1p values are ``expm1``-ed back first. Ambiguous values
+are refused with a message naming ``--input-scale``.
+
+The Tangram pipeline (every choice below is fixed and documented; none is tuned on benchmark labels):
 
 1. **Reference**: cells without a cell-type label are dropped; each type is subsampled to at most
    ``max_cells_per_type`` cells (default 1000, seeded). At least two types are required.
@@ -59,8 +80,9 @@ from ..pl import celltype_colors
 from ..pp.counts import with_counts
 from ..progress import Progress
 from ..records import run_record
-from ._mapping import (column_cosine, density, enriched_features, expressed_blocks, log_normalise, match_genes,
-                       no_shared_genes_error, run_tangram, select_hvg)
+from ._mapping import (choose_method, column_cosine, density, detect_scale, enriched_features, expressed_blocks,
+                       log_expression, match_genes, nnls_weights, no_shared_genes_error, run_tangram, select_hvg,
+                       tangram_chunked)
 
 log = logging.getLogger(__name__)
 
@@ -113,69 +135,108 @@ def compute_proportions(spatial, reference, *, celltype_key: str, model="default
 
     ``config`` (or its fields as keyword arguments): :class:`~spgpt_core.params.DeconvolveConfig`.
     ``model`` is an :class:`~spgpt_core.SpGPT` or anything :func:`~spgpt_core.load_model` takes; it is
-    not loaded when ``use_embeddings=False`` or when both ``*_rep`` embeddings are given. See the module
-    docstring for every step. Returns a :class:`DeconvolutionResult`.
+    not loaded when ``use_embeddings=False``, when both ``*_rep`` embeddings are given, or for
+    ``method='nnls'`` (a linear mix of expression: embeddings do not add). See the module docstring for
+    every step. Returns a :class:`DeconvolutionResult`.
     """
     cfg = resolve(DeconvolveConfig, config, options)
     if spatial.n_obs < 2:
         raise InputError(f"the slide has {spatial.n_obs} spot(s); deconvolution needs at least 2")
-    device = str(choose_device(device, model if cfg.use_embeddings else None))
     timings: dict[str, float] = {}
     t_all = time.time()
 
     labels = _reference_labels(reference, celltype_key)
     keep = subsample_per_type(labels, cfg.max_cells_per_type, cfg.seed)
+    # every check that can refuse the run comes before any embedding or mapping
+    choice = choose_method(cfg.method, "deconvolve", spatial.n_obs, len(keep))
+    method = choice.method
+    use_emb = cfg.use_embeddings and method != "nnls"
+    device = str(choose_device(device, model if use_emb else None))
+    scales = (detect_scale(spatial, "slide", cfg.input_scale),
+              detect_scale(reference, "reference", cfg.reference_input_scale, "--reference-input-scale"))
     ref = reference[keep]
     ref_labels = labels.iloc[keep].astype(str)
+    types = sorted(set(ref_labels))
+    # class sizes of the whole labelled reference (not the subsample): the prior composition
+    full = labels[labels.notna()].astype(str)
+    class_size = np.array([(full == t_).sum() for t_ in types], dtype=np.float64)
 
     shared = match_genes(spatial, ref, gene_col, cfg.reference_gene_col)
     if len(shared) < MIN_SHARED_GENES:
         raise no_shared_genes_error(spatial, ref)
-    shared, C_sp, C_ref = expressed_blocks(spatial, ref, shared, "shared genes")
+    # nnls reads the slide in chunks of spots (twice: which genes it expresses, then the fit)
+    shared, C_sp, C_ref = expressed_blocks(spatial, ref, shared, "shared genes", scales,
+                                           stream_slide=method == "nnls", chunk_size=cfg.chunk_size)
     n_silent = int((np.asarray(C_ref.sum(axis=1)).ravel() <= 0).sum())
     if n_silent:
         log.warning("%d reference cells have no counts on the shared genes; they carry no signal for the mapping",
                     n_silent)
     t = time.time()
-    hv = select_hvg(log_normalise(C_ref), cfg.n_top_genes)
+    hv = select_hvg(log_expression(C_ref, scales[1]), cfg.n_top_genes)
     timings["genes_seconds"] = round(time.time() - t, 3)
     train = shared.subset(hv)
-    E_sp = log_normalise(C_sp[:, hv])
-    E_ref = log_normalise(C_ref[:, hv])
-    d = density(spatial, cfg.density_prior)
+    C_sp, C_ref = (C_sp.columns(hv) if method == "nnls" else C_sp[:, hv]), C_ref[:, hv]
+    onehot = (ref_labels.to_numpy()[:, None] == np.array(types)[None, :]).astype(np.float64)  # cells x types
+    members = onehot.sum(axis=0)
 
-    model_info = None
-    if cfg.use_embeddings:
-        G, S, _, model_info, timings["embedding_seconds"] = enriched_features(
-            spatial, ref, train, E_sp, E_ref, model, spatial_rep=cfg.spatial_rep, reference_rep=cfg.reference_rep,
-            embedding_weight=cfg.embedding_weight, seed=cfg.seed, batch_size=cfg.batch_size, max_seq_len=cfg.max_seq_len, device=device,
-            progress=progress)
+    model_info, M, map_info = None, None, {}
+    E_sp = E_ref = None
+    if method == "nnls":
+        # class means on the linear scale (mean values per cell of each type): a spot's weights then count
+        # cells, and proportions are the weights' shares
+        means = (onehot.T @ C_ref.toarray()) / members[:, None]
+        t = time.time()
+        A = nnls_weights(C_sp, means, chunk_size=cfg.chunk_size, progress=progress,
+                         desc="deconvolution (NNLS)")
+        map_info = {"mapping_seconds": round(time.time() - t, 3)}
+        empty = A.sum(axis=1) <= 0
+        A[empty] = class_size  # a spot with no signal gets the reference's composition
+        map_info["n_spots_without_fit"] = int(empty.sum())
     else:
-        G, S = E_sp, E_ref
-
-    M, map_info = run_tangram(S, G, d=d, lambda_g2=cfg.lambda_g2, num_epochs=cfg.num_epochs,
-                              learning_rate=cfg.learning_rate, seed=cfg.seed, device=device, progress=progress,
-                              desc="deconvolution mapping")
-    types = sorted(set(ref_labels))
-    onehot = (ref_labels.to_numpy()[:, None] == np.array(types)[None, :]).astype(np.float64)
-    A = M.T.astype(np.float64) @ onehot
+        E_sp = log_expression(C_sp, scales[0])
+        E_ref = log_expression(C_ref, scales[1])
+        if use_emb:
+            G, S, _, model_info, timings["embedding_seconds"] = enriched_features(
+                spatial, ref, train, E_sp, E_ref, model, spatial_rep=cfg.spatial_rep, reference_rep=cfg.reference_rep,
+                embedding_weight=cfg.embedding_weight, seed=cfg.seed, batch_size=cfg.batch_size,
+                max_seq_len=cfg.max_seq_len, device=device, progress=progress)
+        else:
+            G, S = E_sp, E_ref
+        d = density(spatial, cfg.density_prior, scales[0])
+        kw = dict(lambda_g2=cfg.lambda_g2, num_epochs=cfg.num_epochs, learning_rate=cfg.learning_rate, device=device)
+        if method == "tangram_cells":
+            M, map_info = run_tangram(S, G, d=d, seed=cfg.seed, progress=progress, desc="deconvolution mapping", **kw)
+            A = M.T.astype(np.float64) @ onehot
+        else:  # tangram_clusters: one source per type, its features the class sum over the whole reference
+            S_cls = (onehot.T @ S) * (class_size / members)[:, None]
+            M, map_info = tangram_chunked(S_cls, G, d=d, d_source=class_size / class_size.sum() if d is not None
+                                          else None, chunk_size=cfg.chunk_size, seed=cfg.seed, progress=progress,
+                                          desc="deconvolution mapping (clusters)", **kw)
+            A = M.T.astype(np.float64) * class_size[None, :]  # each class's mass is its size (size-weighted)
     A = A / A.sum(axis=1, keepdims=True)
     props = pd.DataFrame(A, index=pd.Index(spatial.obs_names.astype(str)), columns=pd.Index(types))
     dominant = pd.Series(pd.Categorical(np.array(types)[A.argmax(axis=1)], categories=types), index=props.index)
 
-    score = column_cosine(M.T @ E_ref, E_sp)
+    if M is not None:
+        src = E_ref if method == "tangram_cells" else (onehot.T @ E_ref) * (class_size / members)[:, None]
+        score = column_cosine(M.T @ src, E_sp)
+        map_info["train_score_mean"] = float(np.nanmean(score))
     timings["total_seconds"] = round(time.time() - t_all, 3)
     info = {
         "celltype_key": celltype_key, **cfg.as_dict(),
-        "embedding_weight": cfg.embedding_weight if cfg.use_embeddings else 0.0,
-        "embedding_block": cfg.embedding_block,
+        "method": method, "method_requested": choice.requested, "method_reason": choice.reason,
+        "embeddings_used": bool(use_emb),
+        "embedding_weight": cfg.embedding_weight if use_emb else 0.0,
+        "embedding_block": cfg.embedding_block if use_emb else "none",
+        "input_scale": scales[0]["scale"], "input_scale_reason": scales[0]["reason"],
+        "reference_input_scale": scales[1]["scale"], "reference_input_scale_reason": scales[1]["reason"],
         "n_spots": int(spatial.n_obs), "n_reference_cells": int(len(keep)), "n_shared_genes": int(len(shared)),
         "n_training_genes": int(len(train)), "gene_sources": [train.a_source, train.b_source],
-        "n_embedding_dims": int(G.shape[1] - E_sp.shape[1]),
+        "n_embedding_dims": int(G.shape[1] - E_sp.shape[1]) if use_emb else 0,
         # two parallel lists, not a dict: cell-type names may contain '/' (e.g. "L2/3 IT")
         "reference_types": list(types),
         "reference_cells_per_type": [int((ref_labels == t_).sum()) for t_ in types],
-        "train_score_mean": float(np.nanmean(score)), **map_info, **timings,
+        "reference_class_sizes": [int(n) for n in class_size], **map_info, **timings,
     }
     if model_info is not None:
         info["model"] = model_info
@@ -213,8 +274,8 @@ def deconvolve(adata, reference, celltype_key: str, model="default", *, config: 
     model_info = info.pop("model", None)
     params = {"celltype_key": celltype_key, "gene_col": gene_col, "counts_layer": counts_layer,
               "reference_counts_layer": reference_counts_layer, **cfg.as_dict(),
-              "embedding_weight": info["embedding_weight"],
-              **{k: info[k] for k in ("lambda_g1", "lambda_d", "lambda_r")}}
+              "embedding_weight": info["embedding_weight"], "method": info["method"],
+              **{k: info[k] for k in ("lambda_g1", "lambda_d", "lambda_r") if k in info}}
     rec = run_record(params, cell_types=list(props.columns), dominant_key=dominant_key,
                      summary={k: v for k, v in info.items() if k not in params})
     if model_info is not None:

@@ -3,7 +3,8 @@
 The reference is a single-cell dataset or another slide (e.g. Visium for Xenium) that measures
 the requested genes. Pipeline (fixed choices, none tuned on benchmark data):
 
-1. **Genes**: requested genes must be in the reference (error otherwise, listing the missing ones);
+1. **Genes**: requested genes must be in the reference (error otherwise, listing the missing ones),
+   looked up in the name source that matched the slide, then in var_names and every text var column;
    ``all_missing=True`` requests every reference gene the slide does not measure. *Training genes*
    are the genes shared by slide and reference (matched as for deconvolution, :mod:`._mapping`)
    minus the requested ones, so an imputed value never sees its own measurement, and minus genes
@@ -16,11 +17,16 @@ the requested genes. Pipeline (fixed choices, none tuned on benchmark data):
 3. **Enriched features**: expression stacked with the model's embeddings (computed on the training
    genes only; stacked as the model returns them by default, or centred and scaled to
    ``embedding_weight`` x the expression block's norm), exactly as for deconvolution.
-4. **Centroids** (``use_centroids=True``): k-means (scikit-learn, k-means++, 3 restarts, seeded) on
-   the reference *embeddings* (on the expression block when ``use_embeddings=False``) into
-   ``n_clusters`` groups (default |reference| / 10, at least 2). Each group becomes one mapping
-   unit: its features are the group's sum (Tangram's cluster mode, ``scale=True``), its source
-   density the group's share of cells, and its profile the group's mean expression.
+4. **Method** (``method``): ``tangram_clusters`` maps k-means centroids (scikit-learn, k-means++, 3
+   restarts, seeded) of the reference *embeddings* (of the expression block when embeddings are off)
+   into ``n_clusters`` groups (default |reference| / 10, at least 2): each group's features are its sum
+   (Tangram's cluster mode, ``scale=True``), its source density its share of cells, its profile its mean
+   expression; above ``chunk_size`` cells it runs on seeded random chunks. ``tangram_cells`` maps every
+   reference cell. ``nnls`` fits each cell's linear training-gene values as a non-negative mix of the
+   centroids' linear means (k-means on expression, at most 50 centroids unless ``n_clusters`` says; separable, chunked) and imputes the weights' mean of
+   the centroid profiles. ``knn`` averages the profiles of the ``knn_k`` reference cells most similar
+   (cosine on the features, embeddings stacked when on). ``auto``: ``params.AUTO_METHOD``, separable from
+   ``params.AUTO_SEPARABLE_FROM_SPOTS`` cells. Input scales are detected as for deconvolution.
 5. **Mapping**: Tangram's optimizer (see :func:`._mapping.run_tangram`) with the
    paper's Eq. 15 objective (gene-wise and cell-wise cosine, ``lambda_g1 = lambda_g2 = 1``) and
    Tangram's density KL term against a *uniform* prior over the slide's cells (each row of an
@@ -54,10 +60,15 @@ from ..params import MIN_SHARED_GENES, ImputeConfig, resolve
 from ..pp.counts import with_counts
 from ..progress import Progress
 from ..records import run_record
-from ._mapping import (column_cosine, counts_block, density, enriched_features, expressed_blocks, gene_positions,
-                       log_normalise, match_genes, no_shared_genes_error, run_tangram)
+from ._mapping import (choose_method, column_cosine, counts_block, density, detect_scale, enriched_features,
+                       expressed_blocks, gene_positions, knn_average, linear_block, log_expression, log_normalise,
+                       lookup_sources, match_genes, nnls_weights, no_shared_genes_error, run_tangram, scale_totals,
+                       tangram_chunked)
 
 log = logging.getLogger(__name__)
+
+#: Centroids an NNLS imputation fits when --n-clusters is not given (see compute_imputation).
+NNLS_MAX_CENTROIDS = 50
 
 @dataclass
 class ImputationResult:
@@ -71,12 +82,22 @@ def _key(name) -> str:
     return str(name).strip().upper()
 
 
-def resolve_requested(genes, all_missing: bool, shared_names: pd.Index,
-                      ref_names: pd.Index) -> list[int]:
-    """Reference var positions of the genes to impute (order as requested)."""
-    ref_pos: dict[str, int] = {}
-    for i, n in enumerate(ref_names):
-        ref_pos.setdefault(_key(n), i)
+def resolve_requested(genes, all_missing: bool, shared_names: pd.Index, ref_names: pd.Index,
+                      other_sources: list[pd.Index] | None = None) -> tuple[list[int], list[str]]:
+    """Reference var positions of the genes to impute (order as requested) and their column names.
+
+    A requested name is looked up in ``ref_names`` (the name source that matched the slide) and then in
+    ``other_sources`` (var_names and the other text var columns), so ``--genes`` may name genes by
+    var_names (e.g. Ensembl ids) while ``--gene-col gene_symbol`` matched the datasets. Columns are
+    named as the reference spells the requested name in the source that had it."""
+    sources = [ref_names] + list(other_sources or [])
+    positions: list[dict[str, int]] = []
+    for names in sources:
+        pos: dict[str, int] = {}
+        for i, n in enumerate(names):
+            pos.setdefault(_key(n), i)
+        positions.append(pos)
+    ref_pos = positions[0]
     if all_missing:
         if genes:
             raise InputError("give either genes or all_missing (--genes or --all-missing), not both")
@@ -85,28 +106,36 @@ def resolve_requested(genes, all_missing: bool, shared_names: pd.Index,
         if not out:
             raise InputError("the slide already measures every reference gene; there is nothing missing to impute. "
                              "Pass --genes to re-impute measured genes (they are left out of the training genes)")
-        return sorted(out)
+        out = sorted(out)
+        return out, [str(ref_names[i]) for i in out]
     if genes is None or len(genes) == 0:
         raise InputError("no genes to impute: pass --genes G1,G2,... (genes=[...]) or --all-missing (all_missing=True)")
     if isinstance(genes, str):
         genes = [g for g in genes.split(",")]
     genes = [str(g).strip() for g in genes if str(g).strip()]
-    missing = [g for g in genes if _key(g) not in ref_pos]
+    found: dict[str, tuple[int, str]] = {}
+    for g in genes:
+        for names, pos in zip(sources, positions):
+            if _key(g) in pos:
+                found[g] = (pos[_key(g)], str(names[pos[_key(g)]]))
+                break
+    missing = [g for g in genes if g not in found]
     if missing:
         shown = ", ".join(missing[:10]) + (f" (+{len(missing) - 10} more)" if len(missing) > 10 else "")
         examples = ", ".join(map(str, ref_names[:5]))
         raise InputError(
             f"{len(missing)} requested gene(s) are not in the reference: {shown}. The reference can only impute genes it "
-            f"measures (reference genes e.g. {examples}; names are compared case-insensitively). Remove them or use a "
-            "reference that measures them"
+            f"measures (reference genes e.g. {examples}; names are compared case-insensitively with var_names and "
+            "every text var column). Remove them or use a reference that measures them"
         )
-    seen, out = set(), []
+    seen, out, names_out = set(), [], []
     for g in genes:
-        i = ref_pos[_key(g)]
+        i, name = found[g]
         if i not in seen:
             seen.add(i)
             out.append(i)
-    return out
+            names_out.append(name)
+    return out, names_out
 
 
 def measured_expression(adata, genes, train_genes, gene_col: str | None = None) -> pd.DataFrame:
@@ -163,21 +192,37 @@ def compute_imputation(spatial, reference, *, genes=None, all_missing: bool = Fa
 
     ``config`` (or its fields as keyword arguments): :class:`~spgpt_core.params.ImputeConfig`.
     ``model``: an :class:`~spgpt_core.SpGPT` or a :func:`~spgpt_core.load_model` spec (not loaded when
-    ``use_embeddings=False`` or both ``*_rep`` are given). Returns an :class:`ImputationResult` whose
-    ``imputed`` DataFrame has one column per gene, named as in the reference.
+    ``use_embeddings=False``, both ``*_rep`` are given, or ``method='nnls'``). Returns an
+    :class:`ImputationResult` whose ``imputed`` DataFrame has one column per gene.
     """
     cfg = resolve(ImputeConfig, config, options)
     if spatial.n_obs < 2:
         raise InputError(f"the slide has {spatial.n_obs} cell(s); imputation needs at least 2")
     if reference.n_obs < 2:
         raise InputError(f"the reference has {reference.n_obs} cell(s); imputation needs at least 2")
-    device = str(choose_device(device, model if cfg.use_embeddings else None))
+    choice = choose_method(cfg.method, "impute", spatial.n_obs, reference.n_obs)
+    method = choice.method
+    use_emb = cfg.use_embeddings and method != "nnls"
+    if method in ("tangram_clusters", "nnls"):
+        k = cfg.n_clusters if cfg.n_clusters is not None else max(2, reference.n_obs // cfg.cluster_ratio)
+        if method == "nnls" and cfg.n_clusters is None:
+            # an NNLS fit costs ~K^2..K^3 per cell (2 cores: 30 centroids 0.7 ms, 300 centroids 20 ms per cell,
+            # i.e. 33 min per 100k cells), and needs fewer centroids than training genes to be determined
+            k = min(k, NNLS_MAX_CENTROIDS)
+        if k > reference.n_obs:
+            raise InputError(f"n_clusters={k} is larger than the number of reference cells ({reference.n_obs}); "
+                             f"pass --n-clusters between 2 and {reference.n_obs}")
+    device = str(choose_device(device, model if use_emb else None))
+    scales = (detect_scale(spatial, "slide", cfg.input_scale),
+              detect_scale(reference, "reference", cfg.reference_input_scale, "--reference-input-scale"))
     t_all = time.time()
     timings: dict[str, float] = {}
 
     shared = match_genes(spatial, reference, gene_col, cfg.reference_gene_col)
     ref_names = shared.b_all
-    targets = resolve_requested(genes, all_missing, shared.names, ref_names)
+    others = [src for name, src in lookup_sources(reference, cfg.reference_gene_col, "reference")
+              if name != shared.b_source]
+    targets, target_cols = resolve_requested(genes, all_missing, shared.names, ref_names, others)
     target_set = set(targets)
     keep = np.array([b not in target_set for b in shared.b_idx], dtype=bool)
     train = shared.subset(keep)
@@ -186,15 +231,17 @@ def compute_imputation(spatial, reference, *, genes=None, all_missing: bool = Fa
             raise no_shared_genes_error(spatial, reference)
         raise InputError(f"only {len(train)} shared genes remain for the mapping after leaving out the {len(targets)} "
                          f"requested genes; request fewer genes or use a reference sharing more genes with the slide")
-    train, C_sp, C_ref = expressed_blocks(spatial, reference, train, "training genes")
-    ref_tot = np.asarray(C_ref.sum(axis=1)).ravel()
-    E_sp = log_normalise(C_sp)
-    E_ref = log_normalise(C_ref)
-    T_ref = log_normalise(counts_block(reference, np.asarray(targets)), ref_tot)
-    target_names = pd.Index([ref_names[i] for i in targets])
+    # nnls reads the slide in chunks of cells (twice: which genes it expresses, then the fit)
+    train, C_sp, C_ref = expressed_blocks(spatial, reference, train, "training genes", scales,
+                                          stream_slide=method == "nnls", chunk_size=cfg.chunk_size)
+    ref_tot = scale_totals(C_ref, scales[1])
+    E_sp = None if method == "nnls" else log_expression(C_sp, scales[0])
+    E_ref = log_normalise(C_ref, ref_tot)
+    T_ref = log_normalise(linear_block(reference, np.asarray(targets), scales[1]), ref_tot)
+    target_names = pd.Index(target_cols)
 
     model_info = None
-    if cfg.use_embeddings:
+    if use_emb:
         G, S, H_ref, model_info, timings["embedding_seconds"] = enriched_features(
             spatial, reference, train, E_sp, E_ref, model, spatial_rep=cfg.spatial_rep,
             reference_rep=cfg.reference_rep, embedding_weight=cfg.embedding_weight, seed=cfg.seed,
@@ -203,13 +250,8 @@ def compute_imputation(spatial, reference, *, genes=None, all_missing: bool = Fa
         H_ref = None
         G, S = E_sp, E_ref
 
-    clusters = None
-    d_source = None
-    if cfg.use_centroids:
-        k = cfg.n_clusters if cfg.n_clusters is not None else max(2, reference.n_obs // cfg.cluster_ratio)
-        if k > reference.n_obs:
-            raise InputError(f"n_clusters={k} is larger than the number of reference cells ({reference.n_obs}); "
-                             f"pass --n-clusters between 2 and {reference.n_obs}")
+    clusters, M, map_info = None, None, {}
+    if method in ("tangram_clusters", "nnls"):
         t = time.time()
         if H_ref is not None:
             ok = np.isfinite(H_ref).all(axis=1)
@@ -222,34 +264,51 @@ def compute_imputation(spatial, reference, *, genes=None, all_missing: bool = Fa
         onehot = np.zeros((k, len(clusters)))
         onehot[clusters, np.arange(len(clusters))] = 1.0
         onehot, sizes = onehot[used], sizes[used]
-        S = onehot @ S  # cluster sums (Tangram cluster mode, scale=True)
         profiles = (onehot @ T_ref) / sizes[:, None]
-        d_source = sizes / sizes.sum()
-        weights_unit = sizes
         timings["clustering_seconds"] = round(time.time() - t, 3)
+    if method == "knn":
+        t = time.time()
+        imputed_values = knn_average(G, S, T_ref, k=cfg.knn_k, chunk_size=cfg.chunk_size, progress=progress)
+        map_info = {"mapping_seconds": round(time.time() - t, 3)}
+    elif method == "nnls":
+        t = time.time()
+        means = (onehot @ C_ref.toarray()) / sizes[:, None]  # linear centroid means of the training genes
+        W = nnls_weights(C_sp, means, chunk_size=cfg.chunk_size, progress=progress, desc="imputation (NNLS)")
+        empty = W.sum(axis=1) <= 0
+        W[empty] = sizes  # a cell with no signal on the training genes gets the reference's mean
+        W /= W.sum(axis=1, keepdims=True)
+        imputed_values = W @ profiles
+        map_info = {"mapping_seconds": round(time.time() - t, 3), "n_cells_without_fit": int(empty.sum())}
     else:
-        profiles = T_ref
-        weights_unit = np.ones(reference.n_obs)
-
-    d = density(spatial, cfg.density_prior)
-    M, map_info = run_tangram(S, G, d=d, d_source=d_source if d is not None else None, lambda_g2=cfg.lambda_g2,
-                              num_epochs=cfg.num_epochs, learning_rate=cfg.learning_rate, seed=cfg.seed,
-                              device=device, progress=progress, desc="imputation mapping")
-    W = (M.astype(np.float64) * weights_unit[:, None]).T  # slide cells x units
-    W /= W.sum(axis=1, keepdims=True)
-    imputed = pd.DataFrame((W @ profiles).astype(np.float32), index=pd.Index(spatial.obs_names.astype(str)),
+        kw = dict(lambda_g2=cfg.lambda_g2, num_epochs=cfg.num_epochs, learning_rate=cfg.learning_rate, device=device)
+        d = density(spatial, cfg.density_prior, scales[0])
+        if method == "tangram_clusters":
+            S_units = onehot @ S  # cluster sums (Tangram cluster mode, scale=True)
+            M, map_info = tangram_chunked(S_units, G, d=d, d_source=sizes / sizes.sum() if d is not None else None,
+                                          chunk_size=cfg.chunk_size, seed=cfg.seed, progress=progress,
+                                          desc="imputation mapping (clusters)", **kw)
+            weights_unit, E_units = sizes, onehot @ E_ref
+        else:
+            M, map_info = run_tangram(S, G, d=d, seed=cfg.seed, progress=progress, desc="imputation mapping", **kw)
+            profiles, weights_unit, E_units = T_ref, np.ones(reference.n_obs), E_ref
+        W = (M.astype(np.float64) * weights_unit[:, None]).T  # slide cells x units
+        W /= W.sum(axis=1, keepdims=True)
+        imputed_values = W @ profiles
+        map_info["train_score_mean"] = float(np.nanmean(column_cosine(M.T @ E_units, E_sp)))
+    imputed = pd.DataFrame(np.asarray(imputed_values, dtype=np.float32), index=pd.Index(spatial.obs_names.astype(str)),
                            columns=target_names)
-    score = column_cosine(M.T @ (S[:, : E_sp.shape[1]]), E_sp)
     timings["total_seconds"] = round(time.time() - t_all, 3)
     info = {
         "genes": [str(g) for g in target_names[:200]], "n_genes": int(len(target_names)), "all_missing": all_missing,
-        **cfg.as_dict(), "n_clusters": int(M.shape[0]) if cfg.use_centroids else None,
-        "embedding_weight": cfg.embedding_weight if cfg.use_embeddings else 0.0,
-        "embedding_block": cfg.embedding_block,
+        **cfg.as_dict(), "method": method, "method_requested": choice.requested, "method_reason": choice.reason,
+        "n_clusters": int(len(sizes)) if clusters is not None else None, "embeddings_used": bool(use_emb),
+        "embedding_weight": cfg.embedding_weight if use_emb else 0.0,
+        "embedding_block": cfg.embedding_block if use_emb else "none",
+        "input_scale": scales[0]["scale"], "input_scale_reason": scales[0]["reason"],
+        "reference_input_scale": scales[1]["scale"], "reference_input_scale_reason": scales[1]["reason"],
         "n_cells": int(spatial.n_obs), "n_reference_cells": int(reference.n_obs), "n_training_genes": int(len(train)),
         "training_genes": [str(g) for g in train.names], "gene_sources": [train.a_source, train.b_source],
-        "train_score_mean": float(np.nanmean(score)), "units": "log1p(counts per 1e4 training-gene counts)",
-        **map_info, **timings,
+        "units": "log1p(counts per 1e4 training-gene counts)", **map_info, **timings,
     }
     if model_info is not None:
         info["model"] = model_info
@@ -316,7 +375,8 @@ def impute(adata, reference, genes=None, model="default", *, all_missing: bool =
     model_info = info.pop("model", None)
     params = {"all_missing": all_missing, "gene_col": gene_col, "counts_layer": counts_layer,
               "reference_counts_layer": reference_counts_layer, **cfg.as_dict(),
-              **{k: info[k] for k in ("n_clusters", "embedding_weight", "lambda_g1", "lambda_d", "lambda_r")}}
+              **{k: info[k] for k in ("n_clusters", "embedding_weight", "method", "lambda_g1", "lambda_d", "lambda_r")
+                 if k in info}}
     rec = run_record(params, genes=np.array([str(g) for g in df.columns], dtype=object),
                      training_genes=np.array(info.pop("training_genes"), dtype=object),
                      summary={k: v for k, v in info.items() if k not in params and k != "genes"})

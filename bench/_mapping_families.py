@@ -1,0 +1,280 @@
+"""Deconvolution and imputation under the unseen-tissue protocol (``bench/protocols/unseen_tissue.yaml``),
+every method of ``tl.deconvolve`` / ``tl.impute`` and the simple baselines in the same run.
+
+    python bench/generalize.py --family deconvolution --set dev [--quick]
+    python bench/generalize.py --family imputation --set test [--quick]
+
+Cases (pairs stay inside one set; names and sources in the YAML's ``deconvolution`` / ``imputation``):
+
+* ``pseudo_spots``: the slide's labelled cells split 50/50 per type (seeded); one half binned into
+  pseudo-spots (``tests/helpers/pseudo_spots.py``, ~8 cells per spot) whose composition is known, the
+  other half is the reference.
+* ``reference_mixtures`` (RCTD pairs, deconvolution): the RCTD spatial files carry no cell labels, so
+  there is no spatial truth. The reference is split 50/50 per type; each mixture spot sums 4-10 cells
+  of one half, 60% of them of one random type and the rest random cells (RCTD's own simulation
+  design: known composition, a clear dominant type); the other half is the reference.
+* ``pair`` (imputation): the real pair, slide and reference as given.
+
+Imputation is leave-genes-out: the shared genes split into ``folds`` random folds (seeded); each fold is
+removed from the slide and imputed from the reference; the score is the median over all genes of all
+folds of Pearson r between measured and imputed values (log1p counts per 1e4 training-gene counts).
+
+Every (case, method, seed) row is appended to ``bench/results/generalize_{family}_{set}.jsonl`` as it
+finishes and skipped when the run is repeated. The markdown table goes to ``generalize_{family}_{set}.md``;
+a test-set run also appends its means, with the commit, to ``bench/results/test_runs.jsonl``.
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import anndata as ad
+import numpy as np
+import pandas as pd
+import scipy.sparse as sp
+import yaml
+
+ROOT = Path(__file__).resolve().parents[1]
+DATA = ROOT.parent / "shared" / "data"
+RESULTS = ROOT / "bench" / "results"
+PROTOCOL = ROOT / "bench" / "protocols" / "unseen_tissue.yaml"
+sys.path.insert(0, str(ROOT / "bench"))
+sys.path.insert(0, str(ROOT / "tests"))
+
+from _protocol import gene_folds, measure, split_cells  # noqa: E402
+from helpers.pseudo_spots import make_pseudo_spots  # noqa: E402
+
+from spgpt_core import metrics as M  # noqa: E402
+from spgpt_core.params import AUTO_METHOD  # noqa: E402
+
+#: name -> (tl keyword arguments, kind). Baselines are the simple methods on expression alone.
+DECONVOLUTION_METHODS = {
+    "NNLS on class means": (dict(method="nnls"), "baseline"),
+    "Tangram cells (expression)": (dict(method="tangram_cells", use_embeddings=False), "baseline"),
+    "Tangram clusters, size-weighted (expression)": (dict(method="tangram_clusters", use_embeddings=False),
+                                                      "baseline"),
+    "spgpt Tangram cells + embeddings (paper)": (dict(method="tangram_cells", use_embeddings=True), "spgpt"),
+    "spgpt Tangram clusters + embeddings": (dict(method="tangram_clusters", use_embeddings=True), "spgpt"),
+    "spgpt default": (dict(), "spgpt"),
+}
+IMPUTATION_METHODS = {
+    "kNN (expression, k=10)": (dict(method="knn", use_embeddings=False), "baseline"),
+    "NNLS on centroids": (dict(method="nnls"), "baseline"),
+    "Tangram cells (expression)": (dict(method="tangram_cells", use_embeddings=False), "baseline"),
+    "Tangram clusters, size-weighted (expression)": (dict(method="tangram_clusters", use_embeddings=False),
+                                                      "baseline"),
+    "spgpt Tangram clusters + embeddings (paper)": (dict(method="tangram_clusters", use_embeddings=True), "spgpt"),
+    "spgpt kNN + embeddings": (dict(method="knn", use_embeddings=True), "spgpt"),
+    "spgpt default": (dict(), "spgpt"),
+}
+
+
+def read(rel: str) -> ad.AnnData:
+    a = ad.read_h5ad(DATA / rel)
+    a.X = sp.csr_matrix(a.X, dtype=np.float32)
+    return a
+
+
+def reference_mixtures(cells: ad.AnnData, key: str, seed: int, n_spots: int = 300) -> ad.AnnData:
+    """Mixture spots with known composition from labelled cells without coordinates (module docstring)."""
+    rng = np.random.default_rng(seed)
+    lab = cells.obs[key].astype(str).to_numpy()
+    types = sorted(set(lab))
+    rows, cols = [], []
+    for s in range(n_spots):
+        n = int(rng.integers(4, 11))
+        dom = rng.choice(types)
+        n_dom = int(np.ceil(0.6 * n))
+        pick = list(rng.choice(np.flatnonzero(lab == dom), n_dom, replace=np.sum(lab == dom) < n_dom))
+        pick += list(rng.choice(cells.n_obs, n - n_dom, replace=False))
+        rows += [s] * n
+        cols += pick
+    A = sp.csr_matrix((np.ones(len(rows)), (rows, cols)), shape=(n_spots, cells.n_obs))
+    X = sp.csr_matrix(A @ cells.X).astype(np.float32)
+    onehot = (lab[:, None] == np.array(types)[None, :]).astype(np.float64)
+    n_cells = np.asarray(A.sum(axis=1)).ravel()
+    names = [f"mix_{i:04d}" for i in range(n_spots)]
+    out = ad.AnnData(X=X, obs=pd.DataFrame({"n_cells": n_cells.astype(int)}, index=names), var=cells.var.copy())
+    out.obsm["spatial"] = rng.uniform(0, 1000, (n_spots, 2))  # no coordinates exist; the methods do not use them
+    out.obsm["true_proportions"] = pd.DataFrame((A @ onehot) / n_cells[:, None], index=names, columns=types)
+    return out
+
+
+def deconvolution_case(case: dict, seed: int) -> tuple[ad.AnnData, ad.AnnData, str]:
+    """(spots with obsm['true_proportions'], reference, label key)."""
+    key = case["label"]
+    if case["kind"] == "pseudo_spots":
+        cells = read(case["path"])
+        a, b = split_cells(cells.obs[key], 0.5, seed=seed)
+        return make_pseudo_spots(cells[a].copy(), key), cells[b].copy(), key
+    ref = read(case["reference"])
+    a, b = split_cells(ref.obs[key], 0.5, seed=seed)
+    return reference_mixtures(ref[a].copy(), key, seed), ref[b].copy(), key
+
+
+def imputation_case(case: dict, seed: int) -> tuple[ad.AnnData, ad.AnnData]:
+    """(measured target, reference)."""
+    if case["kind"] == "pseudo_spots":
+        cells = read(case["path"])
+        a, b = split_cells(cells.obs[case["label"]], 0.5, seed=seed)
+        return make_pseudo_spots(cells[a].copy(), case["label"]), cells[b].copy()
+    return read(case["path"]), read(case["reference"])
+
+
+# ------------------------------------------------------------------------------------------- runs
+
+
+def run_deconvolution(case: dict, kw: dict, seed: int, model: str) -> dict:
+    from spgpt_core.tl._deconvolve import compute_proportions
+
+    spots, ref, key = deconvolution_case(case, seed)
+    with measure(rec := {}):
+        r = compute_proportions(spots, ref, celltype_key=key, model=model, seed=seed, **kw)
+    s = M.deconvolution_scores(spots.obsm["true_proportions"], r.proportions)
+    return {**s, "seconds": rec["seconds"], "peak_rss_mb": rec["peak_rss_mb"], "method_run": r.info["method"],
+            "n_reference_cells": int(ref.n_obs)}
+
+
+def run_imputation(case: dict, kw: dict, seed: int, model: str, folds: int) -> dict:
+    from spgpt_core.tl._impute import compute_imputation, measured_expression
+    from spgpt_core.tl._mapping import match_genes
+
+    target, ref = imputation_case(case, seed)
+    sh = match_genes(target, ref)
+    genes_t = list(target.var_names[sh.a_idx])
+    to_ref = dict(zip(genes_t, ref.var_names[sh.b_idx]))
+    pearson, seconds, peak, method = [], 0.0, 0.0, None
+    for held in gene_folds(genes_t, folds, seed=seed):
+        sub = target[:, ~target.var_names.isin(held)].copy()
+        train_t = [g for g in genes_t if g not in held]
+        meas = measured_expression(target, held, train_t)
+        with measure(rec := {}):
+            r = compute_imputation(sub, ref, genes=[to_ref[g] for g in held], model=model, seed=seed, **kw)
+        pred = r.imputed.set_axis(held, axis=1)
+        pearson += list(M.pearson_per_gene(meas, pred).to_numpy())
+        seconds += rec["seconds"]
+        peak = max(peak, rec["peak_rss_mb"])
+        method = r.info["method"]
+    p = np.array(pearson, dtype=float)
+    ok = np.isfinite(p)
+    return {"median_pearson": float(np.median(p[ok])), "mean_pearson": float(np.mean(p[ok])),
+            "n_genes_scored": int(ok.sum()), "n_folds": folds, "seconds": round(seconds, 2), "peak_rss_mb": peak,
+            "method_run": method}
+
+
+# ------------------------------------------------------------------------------------------ driver
+
+
+def _effective(kw: dict, default: str) -> tuple:
+    method = kw.get("method", "auto")
+    method = default if method == "auto" else method
+    return method, method != "nnls" and kw.get("use_embeddings", True)
+
+
+def _twin(table: dict, name: str, default: str) -> str | None:
+    """The measured row whose options the default resolves to (same method, same use of embeddings)."""
+    if name != "spgpt default":
+        return None
+    want = _effective(table[name][0], default)
+    return next((n for n, (kw, _) in table.items() if n != name and _effective(kw, default) == want), None)
+
+
+def _git(*a) -> str:
+    return subprocess.run(["git", *a], capture_output=True, text=True, cwd=ROOT).stdout.strip()
+
+
+def run_family(family: str, set_name: str, *, quick: bool = False, model: str = "default",
+               cases: str | None = None, methods: str | None = None) -> None:
+    proto = yaml.safe_load(PROTOCOL.read_text())
+    spec = proto[family]
+    seeds = proto["seeds"][:1] if quick else proto["seeds"]
+    entries = [c for c in spec["cases"][set_name] if not cases or c["name"] in cases.split(",")]
+    table = DECONVOLUTION_METHODS if family == "deconvolution" else IMPUTATION_METHODS
+    todo_methods = {k: v for k, v in table.items() if not methods or k in methods.split("|")}
+    folds = spec.get("folds", 5)
+    out = RESULTS / f"generalize_{family}_{set_name}.jsonl"
+    done, rows_by_key = set(), {}
+    if out.exists():
+        for line in out.read_text().splitlines():
+            r = json.loads(line)
+            done.add((r["case"], r["pipeline"], r["seed"], r["model"], r.get("default_method")))
+            rows_by_key[(r["case"], r["pipeline"], r["seed"], r["model"])] = r
+    default = AUTO_METHOD["deconvolve" if family == "deconvolution" else "impute"]
+    for case in entries:
+        for name, (kw, kind) in todo_methods.items():
+            for seed in seeds:
+                # "spgpt default" is re-run when the default changes; the other rows do not depend on it
+                tag = default if name == "spgpt default" else None
+                if (case["name"], name, seed, model, tag) in done:
+                    continue
+                t = time.time()
+                twin = _twin(table, name, default)
+                if twin is not None and (case["name"], twin, seed, model, None) in done:
+                    # the default runs the same options as a row already measured: the same numbers (every
+                    # step is seeded), so they are copied rather than computed twice
+                    row = {**rows_by_key[(case["name"], twin, seed, model)], "pipeline": name, "kind": kind,
+                           "default_method": tag, "options": kw, "same_as": twin}
+                    with out.open("a") as f:
+                        f.write(json.dumps(row, default=float) + "\n")
+                    continue
+                if family == "deconvolution":
+                    res = run_deconvolution(case, kw, seed, model)
+                else:
+                    res = run_imputation(case, kw, seed, model, folds)
+                row = {"family": family, "set": set_name, "case": case["name"], "pipeline": name, "kind": kind,
+                       "seed": seed, "model": model, "default_method": tag, "options": kw, **res}
+                rows_by_key[(case["name"], name, seed, model)] = row
+                done.add((case["name"], name, seed, model, tag))
+                with out.open("a") as f:
+                    f.write(json.dumps(row, default=float) + "\n")
+                print(f"{case['name']} | {name} | seed {seed}: "
+                      + ", ".join(f"{k}={v:.3f}" for k, v in res.items() if isinstance(v, float) and k != "seconds")
+                      + f" ({time.time() - t:.0f}s)", flush=True)
+    report(family, set_name, out, model=model, quick=quick)
+
+
+def report(family: str, set_name: str, path: Path, *, model: str, quick: bool) -> pd.DataFrame:
+    df = pd.DataFrame([json.loads(line) for line in path.read_text().splitlines()])
+    df = df[df.model == model]
+    default = AUTO_METHOD["deconvolve" if family == "deconvolution" else "impute"]
+    df = df[(df.pipeline != "spgpt default") | (df.default_method == default)]
+    metric = "macro_f1" if family == "deconvolution" else "median_pearson"
+    cols = [metric, "jsd_mean", "pearson_per_type_mean"] if family == "deconvolution" else [metric, "mean_pearson"]
+    per = df.groupby(["pipeline", "case"])[metric].mean().unstack("case")
+    per["mean"] = per.mean(axis=1)
+    for extra in cols[1:]:
+        per[f"{extra} (mean)"] = df.groupby("pipeline")[extra].mean()
+    per["seconds (mean)"] = df.groupby("pipeline")["seconds"].mean()
+    per["n_seeds"] = df.groupby("pipeline")["seed"].nunique()
+    per = per.sort_values("mean", ascending=False)
+    per.index = [f"{i} (= {default})" if i == "spgpt default" else i for i in per.index]
+    kinds = df.drop_duplicates("pipeline").set_index("pipeline")["kind"]
+    body = _markdown(per.round(3))
+    title = {"deconvolution": "Deconvolution (macro-F1 of the dominant type; JSD and per-type Pearson r of "
+                              "proportions)",
+             "imputation": "Imputation, leave-genes-out (median Pearson r per gene over all folds)"}[family]
+    text = (f"# {title}, {set_name} set\n\nCommand: `python bench/generalize.py --family {family} --set {set_name}"
+            f"{' --quick' if quick else ''}` (model `{model}`; seeds: {sorted(df.seed.unique().tolist())}; "
+            f"commit {_git('rev-parse', '--short', 'HEAD')})\n\nBaselines: "
+            + ", ".join(sorted(k for k, v in kinds.items() if v == 'baseline'))
+            + f". `mean` is over cases of `{metric}`.\n\n{body}\n")
+    (RESULTS / f"generalize_{family}_{set_name}.md").write_text(text)
+    print(text)
+    if set_name == "test":
+        dirty = bool(_git("status", "--porcelain", "--untracked-files=no"))
+        with (RESULTS / "test_runs.jsonl").open("a") as f:
+            f.write(json.dumps({"family": family, "commit": _git("rev-parse", "HEAD"), "dirty": dirty,
+                                "time": time.strftime("%Y-%m-%d %H:%M"), "model": model, "quick": quick,
+                                "default_method": default, f"mean_{metric}": per["mean"].round(4).to_dict()}) + "\n")
+    return per
+
+
+def _markdown(df: pd.DataFrame) -> str:
+    cols = ["pipeline", *map(str, df.columns)]
+    rows = [[str(i), *("" if pd.isna(v) else f"{v:.3f}" if isinstance(v, float) else str(v) for v in r)]
+            for i, r in zip(df.index, df.itertuples(index=False))]
+    return "\n".join(["| " + " | ".join(cols) + " |", "|" + "---|" * len(cols)] + ["| " + " | ".join(r) + " |" for r in rows])
