@@ -36,6 +36,10 @@ LONG_MODULES: dict[str, str] = {
                               "code sit together so an entry reads top to bottom",
     "spgpt_core/metrics.py": "the paper's evaluation metrics (clustering, integration, deconvolution, imputation) "
                              "with their shared neighbour-graph and label helpers; to be split per task",
+    "spgpt_core/params.py": "every option of every verb declared once (default, check, flag, help), so the CLI, the "
+                            "API and the plugin read one declaration; one file by design",
+    "spgpt_core/tl/_mapping.py": "the mapping engine both deconvolution and imputation run (gene matching, input "
+                                 "scale, blocks, Tangram, NNLS, kNN); to be split into inputs and methods",
     "napari_spgpt/_io.py": "the plugin's reader and the slide model behind every widget (layers, SpatialData "
                            "selection, table sync) that the widgets all use; to be split with the widget restructure",
 }

@@ -13,9 +13,14 @@ arrays, AnnData objects).
 
 from __future__ import annotations
 
+import os
+import pickle
+import subprocess
+import sys
 import threading
 import time
 import traceback
+from multiprocessing.connection import Connection
 from typing import Any, Callable
 
 from .errors import Cancelled, SpgptError
@@ -59,7 +64,6 @@ def send_message(conn, obj) -> None:
     and the arrays go straight from their memory to the pipe, in writes that release the GIL. (A plain
     ``Connection.send`` first copies everything into one bytes object, holding the GIL: seconds for a
     1M-cell matrix, and so a frozen GUI.)"""
-    import pickle
 
     buffers: list = []
     head = pickle.dumps(obj, protocol=5, buffer_callback=buffers.append)
@@ -78,8 +82,6 @@ def recv_message(conn):
 def _main(job_fd: int, result_fd: int) -> None:
     """The child's loop: read ``sys.path``, then jobs, from ``job_fd`` until it closes (the parent is gone
     or done); answer each on ``result_fd``. Imports and JIT-compiled code stay warm between jobs."""
-    import sys
-    from multiprocessing.connection import Connection
 
     jobs, conn = Connection(job_fd, writable=False), Connection(result_fd, readable=False)
     try:
@@ -112,10 +114,6 @@ class ChildProcess:
     """A Python process that runs jobs one at a time (see :func:`run_in_child`)."""
 
     def __init__(self) -> None:
-        import os
-        import subprocess
-        import sys
-        from multiprocessing.connection import Connection
 
         job_r, job_w = os.pipe()
         res_r, res_w = os.pipe()
@@ -198,7 +196,6 @@ class ChildProcess:
 
 def _finish_recv(conn, sizes):
     """The rest of a :func:`send_message` whose size list was already read."""
-    import pickle
 
     head = conn.recv_bytes()
     buffers = []
@@ -210,14 +207,12 @@ def _finish_recv(conn, sizes):
 
 
 def sys_exc():
-    import sys
 
     return sys.exc_info()[1]
 
 
 def stop(proc, kill_after_s: float = KILL_AFTER_S) -> float:
     """Terminate ``proc`` (SIGTERM, then SIGKILL after ``kill_after_s``); the seconds it took."""
-    import subprocess
 
     t0 = time.perf_counter()
     if proc.poll() is None:

@@ -10,7 +10,8 @@ an H&E-like image) and a matching single-cell reference, runs the model, and wri
 * ``imputation.png``: imputed vs measured expression of the best, the median and the worst recovered of the
   genes hidden from the slide, with their Pearson r;
 * ``summary.txt``: the scores against the planted truth next to same-run baselines (PCA smoothed over
-  each spot's neighbours then a Gaussian mixture, PCA + k-means, Tangram on expression alone), and next steps.
+  each spot's neighbours then a Gaussian mixture, PCA + k-means, Tangram on expression alone, NNLS on
+  class means, kNN imputation), and next steps.
 """
 
 from __future__ import annotations
@@ -116,15 +117,18 @@ def run_demo(out: str | Path, model="default", *, seed: int = 0, overwrite: bool
 
 
 def _deconvolution(slide, reference, model, out: Path, seed: int, epochs: int) -> dict:
-    """spgpt deconvolution vs Tangram on expression alone, scored on the planted proportions."""
+    """spgpt deconvolution vs Tangram on expression alone and NNLS on class means, scored on the planted proportions."""
     log.info("deconvolution against the generated reference")
     truth = slide.obsm["true_proportions"]
     res = {}
-    for name, use_emb in (("spgpt", True), ("tangram", False)):
+    # spgpt's default method, Tangram as users run it (cells mode, expression) and the strongest simple
+    # baseline on the unseen-tissue test set (NNLS on class means)
+    for name, use_emb, method in (("spgpt", True, "auto"), ("tangram", False, "tangram_cells"),
+                                  ("nnls", False, "nnls")):
         key = f"{name}_proportions"
         tl.deconvolve(slide, reference, "cell_type", model, key_added=key, dominant_key=f"{name}_dominant_type",
                       use_embeddings=use_emb, spatial_rep="X_spgpt" if use_emb else None, seed=seed,
-                      num_epochs=epochs)
+                      num_epochs=epochs, method=method)
         res[f"{name}_deconv_macroF1"] = macro_f1(slide.obs["true_dominant_type"], slide.obs[f"{name}_dominant_type"])
         res[f"{name}_deconv_meanJSD"] = float(jensen_shannon(truth, slide.obsm[key][truth.columns]).mean())
     save_spatial_panels(slide, ["true_dominant_type", "spgpt_dominant_type", "tangram_dominant_type"],
@@ -148,9 +152,10 @@ def _imputation(slide, reference, model, out: Path, seed: int, epochs: int, n_ge
     sc.pp.log1p(measured)
     measured_df = measured.to_df()
     res, per_gene = {}, {}
-    for name, use_emb in (("spgpt", True), ("tangram", False)):
+    for name, use_emb, method in (("spgpt", True, "tangram_clusters"), ("tangram", False, "tangram_cells"),
+                                  ("knn", False, "knn")):
         tl.impute(masked, reference, genes=held, model=model, key_added=f"{name}_imputed", use_embeddings=use_emb,
-                  method="tangram_clusters" if use_emb else "tangram_cells", seed=seed, num_epochs=epochs)
+                  method=method, seed=seed, num_epochs=epochs)
         r = pearson_per_gene(measured_df, masked.obsm[f"{name}_imputed"][held])
         res[f"{name}_impute_median_pearson"] = float(np.nanmedian(r))
         per_gene[name] = r
@@ -175,8 +180,12 @@ _SUMMARY_ROWS = [
     ("domains", "ARI", "spgpt_domains_ARI", "pca_kmeans_ARI", "PCA + k-means", True),
     ("deconvolution", "macro F1", "spgpt_deconv_macroF1", "tangram_deconv_macroF1", "Tangram alone", True),
     ("deconvolution", "mean JSD", "spgpt_deconv_meanJSD", "tangram_deconv_meanJSD", "Tangram alone", False),
+    ("deconvolution", "macro F1", "spgpt_deconv_macroF1", "nnls_deconv_macroF1", "NNLS on class means", True),
+    ("deconvolution", "mean JSD", "spgpt_deconv_meanJSD", "nnls_deconv_meanJSD", "NNLS on class means", False),
     ("imputation", "median Pearson", "spgpt_impute_median_pearson", "tangram_impute_median_pearson",
      "Tangram alone", True),
+    ("imputation", "median Pearson", "spgpt_impute_median_pearson", "knn_impute_median_pearson",
+     "kNN on the reference", True),
 ]
 
 

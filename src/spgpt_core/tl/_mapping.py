@@ -19,6 +19,8 @@ import pandas as pd
 import scanpy as sc
 import scipy.sparse as sp
 import torch
+from scipy.optimize import nnls
+from sklearn.neighbors import NearestNeighbors
 from torch.nn.functional import softmax
 
 from ..checkpoint import load_model
@@ -521,6 +523,7 @@ def choose_method(requested: str, verb: str, n_spots: int, n_reference_cells: in
     ``auto``: the method the dev benchmark chose for ``verb`` (params.AUTO_METHOD), or its separable
     choice (AUTO_SEPARABLE_METHOD) from AUTO_SEPARABLE_FROM_SPOTS spots, or when cells mode would
     exceed MAX_CELLS_MODE_PAIRS. An explicit ``tangram_cells`` above that bound is refused."""
+    # read at call time, so a session (or a test) that sets the limits in spgpt_core.params is obeyed
     from ..params import AUTO_METHOD, AUTO_SEPARABLE_FROM_SPOTS, AUTO_SEPARABLE_METHOD, MAX_CELLS_MODE_PAIRS
 
     pairs = int(n_spots) * int(n_reference_cells)
@@ -573,7 +576,6 @@ def nnls_weights(spots, profiles: np.ndarray, *, chunk_size: int, progress: Prog
     on a linear scale; genes weighted by :func:`gene_weights`. Each spot is independent: rows are read
     and densified ``chunk_size`` at a time, so memory is set by the chunk, and progress / cancellation
     are checked per chunk."""
-    from scipy.optimize import nnls
 
     progress = ensure_progress(progress)
     w = gene_weights(profiles)
@@ -626,7 +628,6 @@ def knn_average(query: np.ndarray, reference: np.ndarray, values: np.ndarray, *,
                 progress: Progress | None = None, desc: str = "kNN imputation") -> np.ndarray:
     """Mean of ``values`` over each query row's ``k`` nearest ``reference`` rows by cosine similarity
     (rows L2-normalised, so Euclidean order = cosine order), queried ``chunk_size`` rows at a time."""
-    from sklearn.neighbors import NearestNeighbors
 
     def unit(X):
         X = np.asarray(X, dtype=np.float32)
