@@ -177,14 +177,12 @@ class EmbedWidget(SlideWidget):
             # (kNN, Leiden, k-means and UMAP hold the GIL for long at 1M cells): this thread only waits.
             from spgpt_core.child import run_in_child
             from spgpt_core.pl import stable_domains
-            from spgpt_core.tl._cluster import check_domains_request
 
             from ._jobs import domains_job, lean_copy
             from ._staging import Staged, scratch
 
-            # checked before anything starts; tl.domains checks again, at no cost
-            check_domains_request(adata, n_clusters=config.n_clusters, resolution=config.resolution,
-                                  method=config.method)
+            # the request is checked by tl.domains / tl.cluster in the child, before any model loads: importing
+            # the clustering code here would hold this process's GIL (and freeze napari) for a second or more
             progress.start(0, "starting the analysis process")
             model = job.model.model if job.model.model is not None else job.model.spec
             lean = lean_copy(adata, counts_layer=counts_layer, obsm=("spatial", EMBED_KEY) if reuse else ("spatial",),

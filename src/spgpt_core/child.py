@@ -46,8 +46,8 @@ class _PipeProgress(Progress):
         self._min = min_interval
         self._sent = 0.0
 
-    def start(self, total: int, desc: str = "") -> None:
-        super().start(total, desc)
+    def start(self, total: int, desc: str = "", unit: str | None = None) -> None:
+        super().start(total, desc, unit)  # the unit names a terminal bar's; the plugin's line shows counts
         self._conn.send(("start", (self.total, self.desc)))
         self._sent = time.monotonic()
 

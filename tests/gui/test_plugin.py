@@ -269,7 +269,8 @@ def test_embed_domains_layers_colours_legend_umap_screenshot(sample_viewer, qtbo
     expected = np.stack([hex_rgba(colors[d]) for d in adata.obs["spgpt_domain"]])
     np.testing.assert_allclose(layer.face_color, expected, atol=1e-6)
     assert w.legend.items == {k: v for k, v in colors.items()}
-    assert w.legend.title.endswith("; embedding, leiden)")  # what the domains were found from, and how
+    # what the domains were found from, and how (the defaults: fused features beside neighbours, gmm-tied)
+    assert w.legend.title.endswith("; fused + neighbours 0.8, gmm-tied)"), w.legend.title
     assert "spgpt_domain" in spots.features.columns  # hovering the spots shows the domain too
     assert w.umap_canvas is not None and w.umap_canvas.n_points == 1481
 
