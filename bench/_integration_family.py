@@ -21,7 +21,6 @@ from __future__ import annotations
 import hashlib
 import itertools
 import json
-import subprocess
 import time
 from pathlib import Path
 
@@ -29,6 +28,8 @@ import anndata as ad
 import numpy as np
 import pandas as pd
 import yaml
+
+from _report import log_test_run
 
 ROOT = Path(__file__).resolve().parents[1]
 DATA = ROOT.parent / "shared" / "data"
@@ -261,18 +262,9 @@ def report(path: Path, set_name: str, quick: bool, model: str, min_batch: float,
     print(body)
     (RESULTS / f"generalize_integration_{set_name}.md").write_text(body)
     if set_name == "test":
-        def git(*a):
-            return subprocess.run(["git", *a], capture_output=True, text=True, cwd=ROOT).stdout.strip()
-
-        # dirty: the code differs from the commit (this run's own result files do not count)
-        commit = git("rev-parse", "HEAD")
-        dirty = bool(git("status", "--porcelain", "--untracked-files=no", "--", ".", ":!bench/results"))
-        with (RESULTS / "test_runs.jsonl").open("a") as f:
-            f.write(json.dumps({"family": "integration", "commit": commit, "dirty": dirty,
-                                "time": time.strftime("%Y-%m-%d %H:%M"), "model": model, "quick": quick,
-                                "default": describe(spgpt_config()),
-                                "mean_avg_bio": table["avg_bio"].round(4).to_dict(),
-                                "mean_avg_batch": table["avg_batch"].round(4).to_dict()}) + "\n")
+        log_test_run({"family": "integration", "model": model, "quick": quick, "default": describe(spgpt_config()),
+                      "mean_avg_bio": table["avg_bio"].round(4).to_dict(),
+                      "mean_avg_batch": table["avg_batch"].round(4).to_dict()})
 
 
 if __name__ == "__main__":  # warm the embedding cache: python bench/_integration_family.py [MODEL]

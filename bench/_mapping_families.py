@@ -51,6 +51,8 @@ from helpers.pseudo_spots import make_pseudo_spots  # noqa: E402
 from spgpt_core import metrics as M  # noqa: E402
 from spgpt_core.params import AUTO_METHOD  # noqa: E402
 
+from _report import log_test_run
+
 #: name -> (tl keyword arguments, kind). Baselines are the simple methods on expression alone.
 DECONVOLUTION_METHODS = {
     "NNLS on class means": (dict(method="nnls"), "baseline"),
@@ -265,11 +267,8 @@ def report(family: str, set_name: str, path: Path, *, model: str, quick: bool) -
     (RESULTS / f"generalize_{family}_{set_name}.md").write_text(text)
     print(text)
     if set_name == "test":
-        dirty = bool(_git("status", "--porcelain", "--untracked-files=no"))
-        with (RESULTS / "test_runs.jsonl").open("a") as f:
-            f.write(json.dumps({"family": family, "commit": _git("rev-parse", "HEAD"), "dirty": dirty,
-                                "time": time.strftime("%Y-%m-%d %H:%M"), "model": model, "quick": quick,
-                                "default_method": default, f"mean_{metric}": per["mean"].round(4).to_dict()}) + "\n")
+        log_test_run({"family": family, "model": model, "quick": quick, "default_method": default,
+                      f"mean_{metric}": per["mean"].round(4).to_dict()})
     return per
 
 

@@ -5,11 +5,28 @@ BENCHMARKS.md is written by people and quotes these reports; the benchmarks neve
 
 from __future__ import annotations
 
+import json
 import re
+import subprocess
 import textwrap
+import time
 from pathlib import Path
 
 RESULTS = Path(__file__).resolve().parent / "results"
+ROOT = RESULTS.parents[1]
+
+
+def log_test_run(record: dict) -> None:
+    """Append a test-set run to results/test_runs.jsonl with its commit and whether the code differed
+    from it (this run's own result files do not count as a difference)."""
+    def git(*a):
+        return subprocess.run(["git", *a], capture_output=True, text=True, cwd=ROOT).stdout.strip()
+
+    head = {"commit": git("rev-parse", "HEAD"),
+            "dirty": bool(git("status", "--porcelain", "--untracked-files=no", "--", ".", ":!bench/results")),
+            "time": time.strftime("%Y-%m-%d %H:%M")}
+    with (RESULTS / "test_runs.jsonl").open("a") as f:
+        f.write(json.dumps({**head, **record}) + "\n")
 WIDTH = 100
 
 

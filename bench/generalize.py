@@ -18,7 +18,6 @@ import argparse
 import hashlib
 import itertools
 import json
-import subprocess
 import sys
 import time
 from dataclasses import fields
@@ -36,6 +35,8 @@ from spgpt_core.metrics import ari, nmi
 from spgpt_core.params import DomainsConfig
 from spgpt_core.tl._cluster import cluster_embedding
 from spgpt_core.tl._features import domain_features, expression_pcs, neighbour_mean, reduce, unit_variance
+
+from _report import log_test_run
 
 ROOT = Path(__file__).resolve().parents[1]
 DATA = ROOT.parent / "shared" / "data"
@@ -290,14 +291,7 @@ def report(path: Path, args, pipelines: list[dict]) -> None:
     (RESULTS / f"generalize_{args.set}{suffix}.md").write_text(
         f"# Domains, {args.set} set (mean ARI over seeds)\n\nCommand: `{command}`\n\n{text}\n")
     if args.set == "test":
-        git = lambda *a: subprocess.run(["git", *a], capture_output=True, text=True, cwd=ROOT).stdout.strip()  # noqa: E731
-        # dirty: the code differs from the commit (this run's own result files do not count)
-        commit = git("rev-parse", "HEAD")
-        dirty = bool(git("status", "--porcelain", "--untracked-files=no", "--", ".", ":!bench/results"))
-        with (RESULTS / "test_runs.jsonl").open("a") as f:
-            f.write(json.dumps({"commit": commit, "dirty": dirty, "time": time.strftime("%Y-%m-%d %H:%M"),
-                                "model": args.model, "quick": args.quick,
-                                "mean_ari": per["mean"].round(4).to_dict()}) + "\n")
+        log_test_run({"model": args.model, "quick": args.quick, "mean_ari": per["mean"].round(4).to_dict()})
 
 
 if __name__ == "__main__":
