@@ -61,6 +61,8 @@ DECONVOLUTION_METHODS = {
                                                       "baseline"),
     "spgpt Tangram cells + embeddings (paper)": (dict(method="tangram_cells", use_embeddings=True), "spgpt"),
     "spgpt Tangram clusters + embeddings": (dict(method="tangram_clusters", use_embeddings=True), "spgpt"),
+    "spgpt consensus (Tangram clusters + embeddings, NNLS)": (dict(method="consensus", use_embeddings=True),
+                                                              "spgpt"),
     "spgpt default": (dict(), "spgpt"),
 }
 IMPUTATION_METHODS = {

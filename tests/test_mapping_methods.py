@@ -1,4 +1,4 @@
-"""Mapping methods (tangram_cells, tangram_clusters, nnls, knn), the automatic choice by size, the early
+"""Mapping methods (tangram_cells, tangram_clusters, nnls, consensus, knn), the automatic choice by size, the early
 refusal of cells mode, chunking, input-scale detection and --genes found by any gene-name column."""
 
 from __future__ import annotations
@@ -57,6 +57,16 @@ def test_each_method_recovers_planted_proportions(planted, method, epochs):
     assert s["macro_f1"] > 0.4 and s["pearson_per_type_mean"] > 0.5, s
     assert res.info["method"] == method and res.info["method_requested"] == method
     np.testing.assert_allclose(res.proportions.sum(axis=1), 1.0, atol=1e-6)
+
+
+def test_consensus_is_the_mean_of_tangram_clusters_and_nnls(planted):
+    slide, ref = planted
+    kw = dict(celltype_key="cell_type", use_embeddings=False, num_epochs=100)
+    runs = {m: compute_proportions(slide, ref, method=m, **kw) for m in ("consensus", "tangram_clusters", "nnls")}
+    want = (runs["tangram_clusters"].proportions + runs["nnls"].proportions) / 2
+    pd.testing.assert_frame_equal(runs["consensus"].proportions, want, atol=1e-6)
+    info = runs["consensus"].info
+    assert info["method"] == "consensus" and info["nnls_seconds"] >= 0 and "final_loss" in info
 
 
 def test_nnls_recovers_exact_mixtures():

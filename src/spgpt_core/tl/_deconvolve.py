@@ -1,6 +1,6 @@
 """``tl.deconvolve``: cell-type proportions of every spot from a labelled reference (paper Methods 4.4.1).
 
-Three methods (``method``, :class:`spgpt_core.params.DeconvolveConfig`; the engine is :mod:`._mapping`):
+Four methods (``method``, :class:`spgpt_core.params.DeconvolveConfig`; the engine is :mod:`._mapping`):
 
 * ``tangram_cells``: Tangram's optimiser maps every (subsampled) reference cell onto the spots (steps
   1-6 below; the paper's pipeline). Its mapping matrix is reference cells x spots, so it is refused
@@ -13,6 +13,10 @@ Three methods (``method``, :class:`spgpt_core.params.DeconvolveConfig`; the engi
   means (``scipy.optimize.nnls``, every gene scaled by its mean over the classes so all genes weigh
   alike); proportions are the weights' shares. Separable by spot, run ``chunk_size`` spots at a time.
   Embeddings do not enter a linear mix, so no model is loaded.
+
+* ``consensus``: the mean of the ``tangram_clusters`` and ``nnls`` proportions (both run). Tangram spreads
+  each class's mass over the spots under a density prior; NNLS explains each spot alone as a linear mix.
+  They fail on different slides, and their mean stays near the better of the two.
 
 ``auto`` (the default) is the method the dev benchmark chose (``params.AUTO_METHOD``) and a separable one
 from ``params.AUTO_SEPARABLE_FROM_SPOTS`` spots; ``uns`` records the method and why.
@@ -181,18 +185,20 @@ def compute_proportions(spatial, reference, *, celltype_key: str, model="default
 
     model_info, M, map_info = None, None, {}
     E_sp = E_ref = None
-    if method == "nnls":
+    shares = []  # proportions of each method run (consensus averages two)
+    if method in ("nnls", "consensus"):
         # class means on the linear scale (mean values per cell of each type): a spot's weights then count
         # cells, and proportions are the weights' shares
         means = (onehot.T @ C_ref.toarray()) / members[:, None]
         t = time.time()
-        A = nnls_weights(C_sp, means, chunk_size=cfg.chunk_size, progress=progress,
+        W = nnls_weights(C_sp, means, chunk_size=cfg.chunk_size, progress=progress,
                          desc="deconvolution (NNLS)")
-        map_info = {"mapping_seconds": round(time.time() - t, 3)}
-        empty = A.sum(axis=1) <= 0
-        A[empty] = class_size  # a spot with no signal gets the reference's composition
+        map_info["nnls_seconds"] = round(time.time() - t, 3)
+        empty = W.sum(axis=1) <= 0
+        W[empty] = class_size  # a spot with no signal gets the reference's composition
         map_info["n_spots_without_fit"] = int(empty.sum())
-    else:
+        shares.append(W / W.sum(axis=1, keepdims=True))
+    if method != "nnls":
         E_sp = log_expression(C_sp, scales[0])
         E_ref = log_expression(C_ref, scales[1])
         if use_emb:
@@ -205,14 +211,19 @@ def compute_proportions(spatial, reference, *, celltype_key: str, model="default
         d = density(spatial, cfg.density_prior, scales[0])
         kw = dict(lambda_g2=cfg.lambda_g2, num_epochs=cfg.num_epochs, learning_rate=cfg.learning_rate, device=device)
         if method == "tangram_cells":
-            M, map_info = run_tangram(S, G, d=d, seed=cfg.seed, progress=progress, desc="deconvolution mapping", **kw)
-            A = M.T.astype(np.float64) @ onehot
+            M, tg_info = run_tangram(S, G, d=d, seed=cfg.seed, progress=progress, desc="deconvolution mapping", **kw)
+            T = M.T.astype(np.float64) @ onehot
         else:  # tangram_clusters: one source per type, its features the class sum over the whole reference
             S_cls = (onehot.T @ S) * (class_size / members)[:, None]
-            M, map_info = tangram_chunked(S_cls, G, d=d, d_source=class_size / class_size.sum() if d is not None
-                                          else None, chunk_size=cfg.chunk_size, seed=cfg.seed, progress=progress,
-                                          desc="deconvolution mapping (clusters)", **kw)
-            A = M.T.astype(np.float64) * class_size[None, :]  # each class's mass is its size (size-weighted)
+            M, tg_info = tangram_chunked(S_cls, G, d=d, d_source=class_size / class_size.sum() if d is not None
+                                         else None, chunk_size=cfg.chunk_size, seed=cfg.seed, progress=progress,
+                                         desc="deconvolution mapping (clusters)", **kw)
+            T = M.T.astype(np.float64) * class_size[None, :]  # each class's mass is its size (size-weighted)
+        map_info.update(tg_info)
+        shares.append(T / T.sum(axis=1, keepdims=True))
+    A = np.mean(shares, axis=0)
+    if method == "nnls":
+        map_info["mapping_seconds"] = map_info["nnls_seconds"]
     A = A / A.sum(axis=1, keepdims=True)
     props = pd.DataFrame(A, index=pd.Index(spatial.obs_names.astype(str)), columns=pd.Index(types))
     dominant = pd.Series(pd.Categorical(np.array(types)[A.argmax(axis=1)], categories=types), index=props.index)
