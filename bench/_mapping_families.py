@@ -145,7 +145,7 @@ def run_deconvolution(case: dict, kw: dict, seed: int, model: str) -> dict:
 
 def run_imputation(case: dict, kw: dict, seed: int, model: str, folds: int) -> dict:
     from spgpt_core.tl._impute import compute_imputation, measured_expression
-    from spgpt_core.tl._mapping import match_genes
+    from spgpt_core.tl._genes import match_genes
 
     target, ref = imputation_case(case, seed)
     sh = match_genes(target, ref)

@@ -298,7 +298,9 @@ def _selected(name: str, args) -> bool:
 
 def task_deconvolution(ms: ModelSource, args) -> list[dict]:
     from spgpt_core.tl._deconvolve import compute_proportions
-    from spgpt_core.tl._mapping import counts_block, log_normalise, match_genes, select_hvg
+    from spgpt_core.tl._expression import counts_block, log_normalise
+    from spgpt_core.tl._genes import match_genes
+    from spgpt_core.tl._mapping import select_hvg
 
     rows = []
     cases = deconvolution_cases(args.seed)
@@ -347,7 +349,8 @@ def tangram_public_imputation(target, ref, train_sp, train_ref, heldout_ref, epo
     Values: log1p(counts per 1e4 training-gene counts) in both datasets, the scale the metric uses."""
     import tangram as tg
 
-    from spgpt_core.tl._mapping import counts_block, gene_positions, log_normalise
+    from spgpt_core.tl._expression import counts_block, log_normalise
+    from spgpt_core.tl._genes import gene_positions
 
     ts = np.asarray(counts_block(target, gene_positions(target, train_sp)).sum(axis=1)).ravel()
     tr = np.asarray(counts_block(ref, gene_positions(ref, train_ref)).sum(axis=1)).ravel()
@@ -370,7 +373,7 @@ def tangram_public_imputation(target, ref, train_sp, train_ref, heldout_ref, epo
 
 
 def task_imputation(ms: ModelSource, args) -> list[dict]:
-    from spgpt_core.tl._mapping import match_genes
+    from spgpt_core.tl._genes import match_genes
     from spgpt_core.tl._impute import compute_imputation, measured_expression
 
     rows = []
@@ -435,7 +438,7 @@ def task_imputation(ms: ModelSource, args) -> list[dict]:
 
 def _imputation_inputs(case: str, seed: int):
     """(target with held-out genes removed, reference, held-out genes in target and reference naming, full target)."""
-    from spgpt_core.tl._mapping import match_genes
+    from spgpt_core.tl._genes import match_genes
 
     if case == "synthetic":
         from spgpt_core.datasets import make_sample_reference, make_sample_slide
@@ -460,7 +463,9 @@ def _resource_child(conn, job: dict) -> None:
 
     from spgpt_core.tl._deconvolve import compute_proportions
 
-    from spgpt_core.tl._mapping import counts_block, log_normalise, match_genes, select_hvg
+    from spgpt_core.tl._expression import counts_block, log_normalise
+    from spgpt_core.tl._genes import match_genes
+    from spgpt_core.tl._mapping import select_hvg
     from spgpt_core.tl._impute import compute_imputation
     from spgpt_core.checkpoint.pretrained import load_model
 

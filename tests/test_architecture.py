@@ -38,8 +38,6 @@ LONG_MODULES: dict[str, str] = {
                              "with their shared neighbour-graph and label helpers; to be split per task",
     "spgpt_core/params.py": "every option of every verb declared once (default, check, flag, help), so the CLI, the "
                             "API and the plugin read one declaration; one file by design",
-    "spgpt_core/tl/_mapping.py": "the mapping engine both deconvolution and imputation run (gene matching, input "
-                                 "scale, blocks, Tangram, NNLS, kNN); to be split into inputs and methods",
     "napari_spgpt/_io.py": "the plugin's reader and the slide model behind every widget (layers, SpatialData "
                            "selection, table sync) that the widgets all use; to be split with the widget restructure",
 }

@@ -12,7 +12,8 @@ from spgpt_core import metrics as M
 from spgpt_core import tl
 from spgpt_core.datasets import make_sample_reference, make_sample_slide
 from spgpt_core.tl._deconvolve import compute_proportions
-from spgpt_core.tl._mapping import match_genes, run_tangram, scale_embedding_block
+from spgpt_core.tl._genes import match_genes
+from spgpt_core.tl._mapping import run_tangram, scale_embedding_block
 from spgpt_core.errors import Cancelled, InputError
 from spgpt_core.progress import Progress
 

@@ -38,12 +38,13 @@ MAPPING_METHODS = ("auto", "tangram_cells", "tangram_clusters", "nnls")
 DECONVOLVE_METHODS = MAPPING_METHODS + ("consensus",)
 #: Imputation adds a baseline: the mean of each cell's k nearest reference cells in shared-gene space.
 IMPUTE_METHODS = MAPPING_METHODS + ("knn",)
-#: How the values in X are scaled: detected by default (tl._mapping.detect_scale).
+#: How the values in X are scaled: detected by default (tl._expression.detect_scale).
 INPUT_SCALES = ("auto", "counts", "normalised", "log1p")
 #: ``auto`` below the size limits: the method each verb's dev benchmark chose
 #: (bench/_mapping_families.py, bench/results/generalize_{deconvolution,imputation}_dev.md).
 #: Deconvolution, dev mean macro-F1 over 2 cases x 5 seeds: consensus (tangram_clusters with the
-#: embeddings averaged with nnls) 0.614 (JSD 0.275, per-type r 0.680), tangram_clusters with the embeddings
+#: embeddings and nnls, weighted by their fit to the slide) 0.620 (JSD 0.274, per-type r 0.683; with equal
+#: weights 0.614), tangram_clusters with the embeddings
 #: 0.581 (JSD 0.295, per-type r 0.653; the default before consensus existed), NNLS 0.570, Tangram clusters on
 #: expression 0.569, tangram_cells with the embeddings (the paper's) 0.548, Tangram cells on expression 0.521.
 #: Imputation, dev median r per gene (2 cases, seed 0, 5 gene folds): tangram_clusters with the embeddings

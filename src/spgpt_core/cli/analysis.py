@@ -162,7 +162,7 @@ def cmd_impute(args) -> None:
         from ..pl import save_imputation_panels
         from ..pp.counts import with_counts
         from ..tl._impute import measured_expression
-        from ..tl._mapping import gene_positions
+        from ..tl._genes import gene_positions
 
         mem = adata if not adata.isbacked else adata.to_memory()
         measured_from = with_counts(mem, args.counts_layer)

@@ -14,14 +14,19 @@ Four methods (``method``, :class:`spgpt_core.params.DeconvolveConfig`; the engin
   alike); proportions are the weights' shares. Separable by spot, run ``chunk_size`` spots at a time.
   Embeddings do not enter a linear mix, so no model is loaded.
 
-* ``consensus``: the mean of the ``tangram_clusters`` and ``nnls`` proportions (both run). Tangram spreads
-  each class's mass over the spots under a density prior; NNLS explains each spot alone as a linear mix.
-  They fail on different slides, and their mean stays near the better of the two.
+* ``consensus``: the ``tangram_clusters`` and ``nnls`` proportions (both run), averaged with weights set by
+  how well each explains the slide (``fit_r`` below). Tangram spreads each class's mass over the spots
+  under a density prior; NNLS explains each spot alone as a linear mix. They fail on different slides:
+  NNLS, for one, has no answer when the reference's genes are scaled differently from the slide's.
+
+Every run records ``fit_r``, a label-free check of the proportions: the median over training genes of
+the Pearson r across spots between measured expression and the mix of class profiles the proportions
+predict (near 0: the proportions do not explain the slide; check the reference matches the tissue).
 
 ``auto`` (the default) is the method the dev benchmark chose (``params.AUTO_METHOD``) and a separable one
 from ``params.AUTO_SEPARABLE_FROM_SPOTS`` spots; ``uns`` records the method and why.
 
-**Input scale** (``_mapping.detect_scale``, recorded in ``uns``): raw counts are normalised per spot as
+**Input scale** (``_expression.detect_scale``, recorded in ``uns``): raw counts are normalised per spot as
 below; values already normalised by their producer (volume-normalised MERFISH, counts per 10,000) keep
 each row's scale and get one global factor; log1p values are ``expm1``-ed back first. Ambiguous values
 are refused with a message naming ``--input-scale``.
@@ -75,6 +80,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 import pandas as pd
+import scipy.sparse as sp
 
 from ..device import choose_device
 from ..errors import InputError
@@ -84,9 +90,10 @@ from ..pl import celltype_colors
 from ..pp.counts import with_counts
 from ..progress import Progress
 from ..records import run_record
-from ._mapping import (choose_method, column_cosine, density, detect_scale, enriched_features, expressed_blocks,
-                       log_expression, match_genes, nnls_weights, no_shared_genes_error, run_tangram, select_hvg,
-                       tangram_chunked)
+from ._expression import detect_scale, expressed_blocks, log_expression
+from ._genes import match_genes, no_shared_genes_error
+from ._mapping import (choose_method, column_cosine, density, enriched_features, nnls_weights, run_tangram,
+                       select_hvg, tangram_chunked)
 
 log = logging.getLogger(__name__)
 
@@ -129,6 +136,37 @@ def subsample_per_type(labels: pd.Series, max_per_type: int | None, seed: int) -
             idx = rng.choice(idx, max_per_type, replace=False)
         keep.append(idx)
     return np.sort(np.concatenate(keep))
+
+
+def fit_r(C_sp, profiles: np.ndarray, props: np.ndarray, chunk_size: int = 20_000) -> float:
+    """How well proportions explain the slide, without labels: the median over genes of Pearson r across
+    spots between each spot's measured expression and the one its proportions predict (the mix of the
+    class profiles), both as log1p of counts per 10,000 over the training genes.
+
+    ``C_sp``: spots x genes, linear (sparse or :class:`._expression.StreamedBlock`); ``profiles``: classes x
+    genes, each row a class's mean relative expression; ``props``: spots x classes."""
+    n_genes = profiles.shape[1]
+    sums = np.zeros((5, n_genes))  # sum x, sum y, sum xy, sum x^2, sum y^2
+    chunks = (C_sp.chunks(chunk_size) if hasattr(C_sp, "chunks") else
+              ((s, min(C_sp.shape[0], s + chunk_size), C_sp[s:s + chunk_size]) for s in range(0, C_sp.shape[0],
+                                                                                         chunk_size)))
+    for start, stop, B in chunks:
+        Y = np.asarray(B.toarray() if sp.issparse(B) else B, dtype=np.float64)
+        Y = np.log1p(1e4 * Y / np.maximum(Y.sum(axis=1, keepdims=True), 1e-12))
+        X = np.log1p(1e4 * props[start:stop] @ profiles)
+        sums += [X.sum(0), Y.sum(0), (X * Y).sum(0), (X * X).sum(0), (Y * Y).sum(0)]
+    n = C_sp.shape[0]
+    cov = sums[2] - sums[0] * sums[1] / n
+    var = (sums[3] - sums[0] ** 2 / n) * (sums[4] - sums[1] ** 2 / n)
+    ok = var > 1e-12
+    return float(np.median(cov[ok] / np.sqrt(var[ok]))) if ok.any() else float("nan")
+
+
+def consensus_weights(scores: list[float]) -> np.ndarray:
+    """Each method's weight in ``consensus``: its :func:`fit_r`, floored at 0 (a method whose proportions
+    do not explain the slide's genes drops out); equal weights when no method explains them."""
+    w = np.array([max(s, 0.0) if np.isfinite(s) else 0.0 for s in scores])
+    return w / w.sum() if w.sum() > 0 else np.full(len(w), 1 / len(w))
 
 
 def compute_proportions(spatial, reference, *, celltype_key: str, model="default",
@@ -221,7 +259,20 @@ def compute_proportions(spatial, reference, *, celltype_key: str, model="default
             T = M.T.astype(np.float64) * class_size[None, :]  # each class's mass is its size (size-weighted)
         map_info.update(tg_info)
         shares.append(T / T.sum(axis=1, keepdims=True))
-    A = np.mean(shares, axis=0)
+    # each class's mean relative profile (rows of the reference normalised to 1): what a spot of given
+    # proportions is expected to look like, for the label-free fit of every method's proportions
+    C_rel = sp.diags(1 / np.maximum(np.asarray(C_ref.sum(axis=1)).ravel(), 1e-12)) @ C_ref
+    profiles = np.asarray(onehot.T @ C_rel) / members[:, None]
+    chunk = min(cfg.chunk_size, 10_000)
+    fits = [fit_r(C_sp, profiles, P, chunk) for P in shares]
+    if method == "consensus":
+        w = consensus_weights(fits)
+        A = w[0] * shares[0] + w[1] * shares[1]
+        map_info.update(fit_r_nnls=round(fits[0], 4), fit_r_tangram=round(fits[1], 4),
+                        consensus_weights=[round(float(x), 4) for x in w], fit_r=round(fit_r(C_sp, profiles, A, chunk), 4))
+    else:
+        A = shares[0]
+        map_info["fit_r"] = round(fits[0], 4)
     if method == "nnls":
         map_info["mapping_seconds"] = map_info["nnls_seconds"]
     A = A / A.sum(axis=1, keepdims=True)

@@ -60,10 +60,11 @@ from ..params import MIN_SHARED_GENES, ImputeConfig, resolve
 from ..pp.counts import with_counts
 from ..progress import Progress
 from ..records import run_record
-from ._mapping import (choose_method, column_cosine, counts_block, density, detect_scale, enriched_features,
-                       expressed_blocks, gene_positions, knn_average, linear_block, log_expression, log_normalise,
-                       lookup_sources, match_genes, nnls_weights, no_shared_genes_error, run_tangram, scale_totals,
-                       tangram_chunked)
+from ._expression import (counts_block, detect_scale, expressed_blocks, linear_block, log_expression, log_normalise,
+                          scale_totals)
+from ._genes import gene_positions, lookup_sources, match_genes, no_shared_genes_error
+from ._mapping import (choose_method, column_cosine, density, enriched_features, knn_average, nnls_weights,
+                       run_tangram, tangram_chunked)
 
 log = logging.getLogger(__name__)
 
