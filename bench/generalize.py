@@ -177,7 +177,8 @@ def main(argv=None) -> None:
     ap.add_argument("--slides", help="comma-separated subset of the set's slide names")
     ap.add_argument("--dev-best", type=int, default=3, help="test: also run the N best dev candidates (first seed) "
                                                              "and the best fused one (default: %(default)s)")
-    ap.add_argument("--methods", help="comma-separated clusterings of the candidates to run (default: all)")
+    ap.add_argument("--methods", help="domains: comma-separated clusterings of the candidates to run; deconvolution "
+                                       "and imputation: '|'-separated pipeline names (default: all)")
     ap.add_argument("--top", type=int, help="dev: run every seed only for the N candidates with the best mean ARI "
                                              "on the first seed (run --quick first)")
     args = ap.parse_args(argv)
@@ -187,7 +188,8 @@ def main(argv=None) -> None:
     if args.family in ("deconvolution", "imputation"):
         from _mapping_families import run_family
 
-        return run_family(args.family, args.set, quick=args.quick, model=args.model, cases=args.slides)
+        return run_family(args.family, args.set, quick=args.quick, model=args.model, cases=args.slides,
+                          methods=args.methods)
     proto = yaml.safe_load(PROTOCOL.read_text())
     seeds = proto["seeds"][:1] if args.quick else proto["seeds"]
     entries = [e for e in proto["domains"][args.set] if not args.slides or e["name"] in args.slides.split(",")]
