@@ -54,13 +54,37 @@ def expression_pcs(adata, *, n_top_genes: int | None = 3000, n_pcs: int = 30, se
         X.data = np.log1p(X.data)
         blocks.append(X)
     X = sp.vstack(blocks).tocsr()
+    del blocks
+    # one copy of the slide's values at a time (1.2 GB for 1M cells x 150 expressed genes): the squares
+    # share X's indices, and the scaling to unit variance is done in place
     mean = np.asarray(X.mean(axis=0)).ravel()
-    var = np.asarray(X.multiply(X).mean(axis=0)).ravel() - mean ** 2
+    squares = sp.csr_matrix((X.data * X.data, X.indices, X.indptr), shape=X.shape, copy=False)
+    var = np.asarray(squares.mean(axis=0)).ravel() - mean ** 2
+    del squares
     std = np.sqrt(np.maximum(var, 0))
-    work = ad.AnnData(X @ sp.diags(np.divide(1.0, std, out=np.zeros_like(std), where=std > 0)).astype(np.float32))
+    scale_columns_in_place(X, np.divide(1.0, std, out=np.zeros_like(std), where=std > 0).astype(np.float32))
+    work = ad.AnnData(X)
     n_comps = max(1, min(n_pcs, work.n_vars - 1, work.n_obs - 1))
     sc.pp.pca(work, n_comps=n_comps, random_state=seed, svd_solver="arpack")
     return np.asarray(work.obsm["X_pca"], dtype=np.float32)
+
+
+def scale_columns_in_place(X: sp.csr_matrix, factors: np.ndarray, rows_per_step: int = 65_536) -> None:
+    """``X @ diag(factors)`` without a second copy of X, bit for bit as scipy computes it: the same float32
+    products, and each row's entries in the order scipy's product leaves them (reversed), so what reads
+    X afterwards (arpack's matrix-vector products) sums in the same order and returns the same PCs."""
+    X.data *= factors[X.indices]
+    for a in range(0, X.shape[0], rows_per_step):
+        b = min(X.shape[0], a + rows_per_step)
+        s, e = X.indptr[a], X.indptr[b]
+        if e == s:
+            continue
+        ptr = X.indptr[a:b + 1] - s
+        row = np.repeat(np.arange(b - a), np.diff(ptr))
+        rev = ptr[row] + ptr[row + 1] - 1 - np.arange(e - s)
+        X.data[s:e] = X.data[s:e][rev]
+        X.indices[s:e] = X.indices[s:e][rev]
+    X.has_sorted_indices = False
 
 
 def unit_variance(F: np.ndarray) -> np.ndarray:
