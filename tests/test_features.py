@@ -24,3 +24,28 @@ def test_in_place_scaling_is_scipys_product_bit_for_bit():
     assert not got.has_sorted_indices
     v = rng.normal(size=40).astype(np.float32)
     assert np.array_equal(got @ v, want @ v)
+
+
+def test_covariance_pcs_are_the_arpack_pcs(monkeypatch):
+    """The streamed solver (used from STREAMED_PCA_FROM cells) gives the arpack path's components, and
+    tl.domains records which one ran."""
+    from sklearn.metrics import adjusted_rand_score
+
+    from spgpt_core import tl
+    from spgpt_core.datasets import make_sample_slide
+    from spgpt_core.tl import _features
+    from spgpt_core.tl._features import expression_pcs
+
+    slide = make_sample_slide(n_rows=40, n_cols=40, n_domains=5, seed=4)
+    a = expression_pcs(slide, n_pcs=10, solver="arpack")
+    info = {}
+    b = expression_pcs(slide, n_pcs=10, solver="covariance", chunk_size=333, info=info)
+    assert info == {"pca_solver": "covariance"} and b.shape == a.shape
+    for j in range(5):  # the leading components (the later ones of near-equal variance may rotate)
+        r = np.corrcoef(a[:, j], b[:, j])[0, 1]
+        assert abs(r) > 0.999, (j, r)
+        np.testing.assert_allclose(np.abs(b[:, j]), np.abs(a[:, j]), atol=1e-3 * np.abs(a[:, j]).max())
+    monkeypatch.setattr(_features, "STREAMED_PCA_FROM", 1000)
+    tl.domains(slide, "default", n_clusters=5, features="expression")
+    assert slide.uns["spgpt_domain"]["params"]["expression_pca_solver"] == "covariance"
+    assert adjusted_rand_score(slide.obs["domain"], slide.obs["spgpt_domain"]) > 0.5

@@ -63,12 +63,14 @@ def domains(adata, model="default", *, config: DomainsConfig | None = None, gene
         progress.check()
         progress.start(0, "finding domains")
     use_rep = embedding_key
+    pca_info: dict = {}
     if cfg.features != "embedding" or cfg.spatial_weight > 0:
         use_rep = f"{key_added}_features"
         ok = np.isfinite(emb).all(axis=1) if emb is not None else np.ones(adata.n_obs, dtype=bool)
         expr = None
         if cfg.features != "embedding":
-            expr = expression_pcs(work, n_top_genes=n_top_genes, n_pcs=EXPRESSION_PCS, seed=cfg.seed)[ok]
+            expr = expression_pcs(work, n_top_genes=n_top_genes, n_pcs=EXPRESSION_PCS, seed=cfg.seed,
+                                  info=pca_info)[ok]
         F = domain_features(expression=expr, embedding=None if emb is None else emb[ok],
                             coords=get_coordinates(adata, required=True)[ok], features=cfg.features,
                             embedding_weight=cfg.embedding_share, spatial_weight=cfg.spatial_weight,
@@ -87,6 +89,7 @@ def domains(adata, model="default", *, config: DomainsConfig | None = None, gene
         **({"embedding_share": cfg.embedding_share} if cfg.features == "fused" else {}),
         **({"spatial_k": cfg.spatial_k} if cfg.spatial_weight > 0 else {}),
         **({"n_pcs": cfg.n_pcs} if use_rep != embedding_key else {}),
+        **({"expression_pca_solver": pca_info["pca_solver"]} if pca_info else {}),
         finetune_epochs=cfg.finetune_epochs, batch_size=cfg.batch_size, max_seq_len=cfg.max_seq_len,
         drop_empty=cfg.drop_empty,
         **({"finetune_lr": cfg.finetune_lr, "max_context": cfg.max_context, "finetune_steps": cfg.finetune_steps,

@@ -35,28 +35,50 @@ TARGET_SUM = 1e4
 EXPRESSION_PCS = 30
 
 
-def expression_pcs(adata, *, n_top_genes: int | None = 3000, n_pcs: int = 30, seed: int = 0,
-                   chunk_size: int = 4096) -> np.ndarray:
-    """Principal components of log1p(counts per 1e4) over the ``n_top_genes`` most variable genes, each
-    gene scaled to unit variance (scanpy's ``pp.scale`` without clipping).
+#: From this many cells expression PCs come from the gene x gene covariance accumulated chunk by chunk
+#: (exact PCA, memory O(genes^2) instead of a log-normalised copy of the slide: 1.2 GB per 1M cells x 150
+#: expressed genes, more with arpack's temporaries). Below it, arpack on the sparse matrix as before, so
+#: results on benchmark-sized slides are unchanged.
+STREAMED_PCA_FROM = 200_000
 
-    Rows are read in chunks and kept sparse: genes are divided by their standard deviation (sparsity
-    kept) and PCA centres implicitly (scanpy, arpack), which equals PCA of the z-scored matrix without
-    ever densifying it."""
-    hv = highly_variable_mask(adata, n_top_genes, chunk_size=chunk_size) if n_top_genes else None
-    cols = np.flatnonzero(hv) if hv is not None else np.arange(adata.n_vars)
-    blocks = []
-    for _, _, X in iter_row_chunks(adata, chunk_size):
+
+def _log_chunks(adata, cols: np.ndarray, chunk_size: int):
+    """log1p(counts per 1e4) of the chosen genes, ``chunk_size`` rows at a time (float32 CSR)."""
+    for start, stop, X in iter_row_chunks(adata, chunk_size):
         X = sp.csr_matrix(X[:, cols], dtype=np.float32)
         totals = np.asarray(X.sum(axis=1)).ravel()
         scale = np.divide(TARGET_SUM, totals, out=np.zeros_like(totals), where=totals > 0)
         X = sp.diags(scale) @ X
         X.data = np.log1p(X.data)
-        blocks.append(X)
+        yield start, stop, X
+
+
+def expression_pcs(adata, *, n_top_genes: int | None = 3000, n_pcs: int = 30, seed: int = 0,
+                   chunk_size: int = 4096, solver: str = "auto", info: dict | None = None) -> np.ndarray:
+    """Principal components of log1p(counts per 1e4) over the ``n_top_genes`` most variable genes, each
+    gene scaled to unit variance (scanpy's ``pp.scale`` without clipping).
+
+    ``solver``: ``arpack`` keeps the rows sparse (genes divided by their standard deviation, centring
+    implicit: scanpy, arpack), which equals PCA of the z-scored matrix without densifying it;
+    ``covariance`` never holds the slide: it accumulates the genes' covariance over chunks of rows,
+    takes its leading eigenvectors and projects the chunks again (the same PCA up to float rounding and
+    each component's sign, fixed so its largest loading is positive). ``auto``: covariance from
+    :data:`STREAMED_PCA_FROM` cells. ``info`` (a dict) receives the solver used."""
+    if solver not in ("auto", "arpack", "covariance"):
+        raise ValueError(f"solver={solver!r}: use 'auto', 'arpack' or 'covariance'")
+    hv = highly_variable_mask(adata, n_top_genes, chunk_size=chunk_size) if n_top_genes else None
+    cols = np.flatnonzero(hv) if hv is not None else np.arange(adata.n_vars)
+    if solver == "auto":
+        solver = "covariance" if adata.n_obs >= STREAMED_PCA_FROM else "arpack"
+    if info is not None:
+        info["pca_solver"] = solver
+    if solver == "covariance":
+        return _covariance_pcs(adata, cols, n_pcs, chunk_size)
+    blocks = [X for _, _, X in _log_chunks(adata, cols, chunk_size)]
     X = sp.vstack(blocks).tocsr()
     del blocks
-    # one copy of the slide's values at a time (1.2 GB for 1M cells x 150 expressed genes): the squares
-    # share X's indices, and the scaling to unit variance is done in place
+    # one copy of the slide's values at a time: the squares share X's indices, and the scaling to unit
+    # variance is done in place
     mean = np.asarray(X.mean(axis=0)).ravel()
     squares = sp.csr_matrix((X.data * X.data, X.indices, X.indptr), shape=X.shape, copy=False)
     var = np.asarray(squares.mean(axis=0)).ravel() - mean ** 2
@@ -67,6 +89,31 @@ def expression_pcs(adata, *, n_top_genes: int | None = 3000, n_pcs: int = 30, se
     n_comps = max(1, min(n_pcs, work.n_vars - 1, work.n_obs - 1))
     sc.pp.pca(work, n_comps=n_comps, random_state=seed, svd_solver="arpack")
     return np.asarray(work.obsm["X_pca"], dtype=np.float32)
+
+
+def _covariance_pcs(adata, cols: np.ndarray, n_pcs: int, chunk_size: int) -> np.ndarray:
+    """:func:`expression_pcs` by the covariance of the z-scored genes, two passes over chunks of rows."""
+    g, n = len(cols), adata.n_obs
+    total, gram = np.zeros(g), np.zeros((g, g))
+    for _, _, X in _log_chunks(adata, cols, chunk_size):
+        X = X.astype(np.float64)
+        total += np.asarray(X.sum(axis=0)).ravel()
+        gram += (X.T @ X).toarray()
+    mean = total / n
+    cov = gram / n - np.outer(mean, mean)  # population covariance, as the arpack path's variance
+    std = np.sqrt(np.maximum(np.diag(cov), 0))
+    inv = np.divide(1.0, std, out=np.zeros_like(std), where=std > 0)
+    corr = cov * np.outer(inv, inv)
+    k = max(1, min(n_pcs, g - 1, n - 1))
+    vals, vecs = np.linalg.eigh(corr)
+    V = vecs[:, np.argsort(vals)[::-1][:k]]
+    V *= np.sign(V[np.abs(V).argmax(axis=0), np.arange(k)])  # deterministic sign per component
+    W = V * inv[:, None]  # z-scoring folded into the projection
+    offset = mean @ W
+    out = np.empty((n, k), dtype=np.float32)
+    for start, stop, X in _log_chunks(adata, cols, chunk_size):
+        out[start:stop] = np.asarray(X @ W) - offset
+    return out
 
 
 def scale_columns_in_place(X: sp.csr_matrix, factors: np.ndarray, rows_per_step: int = 65_536) -> None:
