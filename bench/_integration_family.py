@@ -29,7 +29,7 @@ import numpy as np
 import pandas as pd
 import yaml
 
-from _report import log_test_run
+from _report import log_test_run, model_suffix
 
 ROOT = Path(__file__).resolve().parents[1]
 DATA = ROOT.parent / "shared" / "data"
@@ -252,7 +252,8 @@ def report(path: Path, set_name: str, quick: bool, model: str, min_batch: float,
     show = show[~show.index.duplicated()]
     text = _markdown(show.round(3))
     chosen = choose_default(RESULTS / "generalize_integration_dev.jsonl", min_batch, model)
-    cmd = f"python bench/generalize.py --family integration --set {set_name}{' --quick' if quick else ''}"
+    cmd = (f"python bench/generalize.py --family integration --set {set_name}{' --quick' if quick else ''}"
+           + (f" --model {model}" if model != "default" else ""))
     body = (f"# Integration, {set_name} set (mean over slide groups of the mean over seeds)\n\n"
             f"Command: `{cmd}` (model `{model}`)\n\nDefault now: `{describe(spgpt_config())}`; "
             f"dev rule: highest mean AvgBIO with mean AvgBATCH >= {min_batch}; dev's choice: "
@@ -260,7 +261,7 @@ def report(path: Path, set_name: str, quick: bool, model: str, min_batch: float,
             f"{len(table)} pipelines; shown: baselines, the default, the best {min(15, int(ok.sum()))} with "
             f"AvgBATCH >= {min_batch} (on this set), the ablations and the embedding as the model returns it.\n\n{text}\n")
     print(body)
-    (RESULTS / f"generalize_integration_{set_name}.md").write_text(body)
+    (RESULTS / f"generalize_integration_{set_name}{model_suffix(model)}.md").write_text(body)
     if set_name == "test":
         log_test_run({"family": "integration", "model": model, "quick": quick, "default": describe(spgpt_config()),
                       "mean_avg_bio": table["avg_bio"].round(4).to_dict(),

@@ -51,7 +51,7 @@ from helpers.pseudo_spots import make_pseudo_spots  # noqa: E402
 from spgpt_core import metrics as M  # noqa: E402
 from spgpt_core.params import AUTO_METHOD  # noqa: E402
 
-from _report import log_test_run
+from _report import log_test_run, model_suffix
 
 #: name -> (tl keyword arguments, kind). Baselines are the simple methods on expression alone.
 DECONVOLUTION_METHODS = {
@@ -262,11 +262,11 @@ def report(family: str, set_name: str, path: Path, *, model: str, quick: bool) -
                               "proportions)",
              "imputation": "Imputation, leave-genes-out (median Pearson r per gene over all folds)"}[family]
     text = (f"# {title}, {set_name} set\n\nCommand: `python bench/generalize.py --family {family} --set {set_name}"
-            f"{' --quick' if quick else ''}` (model `{model}`; seeds: {sorted(df.seed.unique().tolist())}; "
+            f"{' --quick' if quick else ''}{f' --model {model}' if model != 'default' else ''}` (model `{model}`; seeds: {sorted(df.seed.unique().tolist())}; "
             f"commit {_git('rev-parse', '--short', 'HEAD')})\n\nBaselines: "
             + ", ".join(sorted(k for k, v in kinds.items() if v == 'baseline'))
             + f". `mean` is over cases of `{metric}`.\n\n{body}\n")
-    (RESULTS / f"generalize_{family}_{set_name}.md").write_text(text)
+    (RESULTS / f"generalize_{family}_{set_name}{model_suffix(model)}.md").write_text(text)
     print(text)
     if set_name == "test":
         log_test_run({"family": family, "model": model, "quick": quick, "default_method": default,

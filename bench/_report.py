@@ -27,6 +27,14 @@ def log_test_run(record: dict) -> None:
             "time": time.strftime("%Y-%m-%d %H:%M")}
     with (RESULTS / "test_runs.jsonl").open("a") as f:
         f.write(json.dumps({**head, **record}) + "\n")
+
+
+def model_suffix(model: str) -> str:
+    """The part of a report's file name that says which model ran: none for the shipped default, else
+    ``_`` + the run folder's name (``runs/held-out-continual/model`` -> ``_held-out-continual``)."""
+    return "" if model == "default" else "_" + Path(model).parent.name
+
+
 WIDTH = 100
 
 

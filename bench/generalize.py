@@ -36,7 +36,7 @@ from spgpt_core.params import DomainsConfig
 from spgpt_core.tl._cluster import cluster_embedding
 from spgpt_core.tl._features import domain_features, expression_pcs, neighbour_mean, reduce, unit_variance
 
-from _report import log_test_run
+from _report import log_test_run, model_suffix
 
 ROOT = Path(__file__).resolve().parents[1]
 DATA = ROOT.parent / "shared" / "data"
@@ -289,7 +289,7 @@ def report(path: Path, args, pipelines: list[dict]) -> None:
     print(text)
     command = f"python bench/generalize.py --set {args.set}{' --quick' if args.quick else ''}" + (
         f" --model {args.model}" if args.model != "default" else "") + (f" --top {args.top}" if args.top is not None else "")
-    suffix = "" if args.model == "default" else "_" + Path(args.model).parent.name
+    suffix = model_suffix(args.model)
     (RESULTS / f"generalize_{args.set}{suffix}.md").write_text(
         f"# Domains, {args.set} set (mean ARI over seeds)\n\nCommand: `{command}`\n\n{text}\n")
     if args.set == "test":
