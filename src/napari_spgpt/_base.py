@@ -11,7 +11,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 import pandas as pd
-from magicgui.widgets import CheckBox, ComboBox, Container, PushButton, TextEdit
+from magicgui.widgets import CheckBox, ComboBox, Container, PushButton, SpinBox, TextEdit
 from napari.utils import notifications
 from qtpy.QtCore import Qt
 from qtpy.QtWidgets import (QAbstractItemView, QApplication, QGridLayout, QHeaderView, QLabel, QTableWidget,
@@ -311,13 +311,24 @@ class ReferenceSlideWidget(SlideWidget):
                                  reference_gene_col=None if ref_col in (None, AUTO_GENES) else ref_col,
                                  **({"method": method.value} if method is not None else {}))
 
-    def method_control(self):
-        """The mapping method box, its choices and default as the core declares them (``config_class``)."""
+    def _declared(self, name: str):
         from dataclasses import fields
 
-        f = next(f for f in fields(self.config_class) if f.name == "method")
+        return next(f for f in fields(self.config_class) if f.name == name)
+
+    def method_control(self):
+        """The mapping method box, its choices and default as the core declares them (``config_class``)."""
+        f = self._declared("method")
         return ComboBox(label="Method", choices=list(f.metadata["choices"]), value=f.default,
                         tooltip=f.metadata["help"])
+
+    def mapping_controls(self) -> tuple:
+        """The mapping-epochs and seed boxes, their defaults and help as the core declares them."""
+        e, s = self._declared("num_epochs"), self._declared("seed")
+        epochs = SpinBox(label="Mapping epochs", value=e.default, min=1, max=100_000, step=100,
+                         tooltip=f"{e.metadata['help']} (default {e.default})")
+        seed = SpinBox(label="Seed", value=s.default, min=0, max=2**31 - 1, tooltip=s.metadata["help"])
+        return epochs, seed
 
 
 @dataclass(frozen=True)

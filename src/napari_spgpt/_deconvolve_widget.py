@@ -12,7 +12,7 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 import pandas as pd
-from magicgui.widgets import ComboBox, Container, FileEdit, RadioButtons, SpinBox
+from magicgui.widgets import ComboBox, Container, FileEdit, RadioButtons
 from napari.utils import notifications
 from spgpt_core.errors import SpgptError
 from spgpt_core.params import DeconvolveConfig
@@ -43,9 +43,7 @@ class DeconvolveWidget(ReferenceSlideWidget):
         self.reference = FileEdit(label="Reference", mode="r", filter="AnnData (*.h5ad)",
                                   tooltip="Single-cell reference .h5ad with a cell-type column")
         self.celltype_key = dynamic(ComboBox, label="Cell-type column")
-        self.epochs = SpinBox(label="Mapping epochs", value=1000, min=1, max=100_000, step=100,
-                              tooltip="Tangram optimisation epochs (spgpt default 1000)")
-        self.seed = SpinBox(label="Seed", value=0, min=0, max=2**31 - 1)
+        self.epochs, self.seed = self.mapping_controls()
         self.method = self.method_control()
         self.scale = RadioButtons(label="Colour scale", choices=[PER_TYPE, SHARED], value=PER_TYPE)
         self.show_layer = dynamic(ComboBox, [DOMINANT], label="Show", tooltip="Which result layer is visible")

@@ -10,7 +10,7 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 import pandas as pd
-from magicgui.widgets import CheckBox, ComboBox, Container, FileEdit, Label, LineEdit, PushButton, Select, SpinBox
+from magicgui.widgets import CheckBox, ComboBox, Container, FileEdit, Label, LineEdit, PushButton, Select
 from napari.utils import notifications
 from spgpt_core.errors import SpgptError
 from spgpt_core.params import ImputeConfig
@@ -86,9 +86,7 @@ class ImputeWidget(ReferenceSlideWidget):
                                   tooltip="Reference .h5ad (single-cell or another slide) that measured the genes")
         self.missing_only = CheckBox(value=True, text="List only genes the slide did not measure")
         self.picker = GenePicker("Genes to impute")
-        self.epochs = SpinBox(label="Mapping epochs", value=1000, min=1, max=100_000, step=100,
-                              tooltip="Tangram optimisation epochs (spgpt default 1000)")
-        self.seed = SpinBox(label="Seed", value=0, min=0, max=2**31 - 1)
+        self.epochs, self.seed = self.mapping_controls()
         self.method = self.method_control()
         self.show_layer = dynamic(ComboBox, label="Show", tooltip="Which imputed gene is visible")
         self.scale_note = Label(value=f"Colour: 0 to the gene's 99th percentile, in {UNITS}; colourbar on the canvas")
