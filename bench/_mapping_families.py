@@ -108,13 +108,18 @@ def reference_mixtures(cells: ad.AnnData, key: str, seed: int, n_spots: int = 30
     return out
 
 
+def pseudo_spot_halves(case: dict, seed: int) -> tuple[ad.AnnData, ad.AnnData]:
+    """The slide's labelled cells split 50/50 per type: pseudo-spots of one half, the other half as reference."""
+    cells = read(case["path"])
+    a, b = split_cells(cells.obs[case["label"]], 0.5, seed=seed)
+    return make_pseudo_spots(cells[a].copy(), case["label"]), cells[b].copy()
+
+
 def deconvolution_case(case: dict, seed: int) -> tuple[ad.AnnData, ad.AnnData, str]:
     """(spots with obsm['true_proportions'], reference, label key)."""
     key = case["label"]
     if case["kind"] == "pseudo_spots":
-        cells = read(case["path"])
-        a, b = split_cells(cells.obs[key], 0.5, seed=seed)
-        return make_pseudo_spots(cells[a].copy(), key), cells[b].copy(), key
+        return (*pseudo_spot_halves(case, seed), key)
     ref = read(case["reference"])
     a, b = split_cells(ref.obs[key], 0.5, seed=seed)
     return reference_mixtures(ref[a].copy(), key, seed), ref[b].copy(), key
@@ -123,9 +128,7 @@ def deconvolution_case(case: dict, seed: int) -> tuple[ad.AnnData, ad.AnnData, s
 def imputation_case(case: dict, seed: int) -> tuple[ad.AnnData, ad.AnnData]:
     """(measured target, reference)."""
     if case["kind"] == "pseudo_spots":
-        cells = read(case["path"])
-        a, b = split_cells(cells.obs[case["label"]], 0.5, seed=seed)
-        return make_pseudo_spots(cells[a].copy(), case["label"]), cells[b].copy()
+        return pseudo_spot_halves(case, seed)
     return read(case["path"]), read(case["reference"])
 
 
