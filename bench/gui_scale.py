@@ -172,7 +172,7 @@ def measure_job(n_cells: int, workdir: Path, method: str = "kmeans", features: s
 
     sys.path.insert(0, str(ROOT.parent / "tests"))
     from _xenium_like import xenium_like_path
-    from helpers.gui_latency import Heartbeat
+    from helpers.gui_latency import Heartbeat, time_final_update
 
     from napari_spgpt._layers import slide_layers
     from spgpt_core import child
@@ -198,16 +198,7 @@ def measure_job(n_cells: int, workdir: Path, method: str = "kmeans", features: s
     _, w = viewer.window.add_plugin_dock_widget("spgpt", "Embed & domains")
     w.features.value, w.method.value, w.n_domains.value, w.umap.value = features, method, 5, False
     phase = {"now": "job"}
-    drawing: list[float] = []
-    show = w._done
-
-    def timed_done(*a):
-        phase["now"] = "drawing"
-        t = time.perf_counter()
-        show(*a)
-        drawing.append(time.perf_counter() - t)
-
-    w._done = timed_done
+    drawing = time_final_update(w, phase)
     statuses: list[str] = []
     w.controls.status.changed.connect(lambda v: statuses.append(str(v)))
     beat = Heartbeat(lambda: phase["now"])

@@ -32,7 +32,7 @@ def big_slide(tmp_path_factory):
 
 
 def test_200k_cells_all_drawn_domains_in_child_and_cancel(viewer, qtbot, big_slide, record_property):
-    from helpers.gui_latency import Heartbeat
+    from helpers.gui_latency import Heartbeat, time_final_update
     from napari.layers import Labels
     from napari_spgpt._layers import shown_per_cell, slide_layers
     from sklearn.metrics import adjusted_rand_score
@@ -55,16 +55,7 @@ def test_200k_cells_all_drawn_domains_in_child_and_cancel(viewer, qtbot, big_sli
     w.umap.value = False
     assert "--features expression" in w.command.value
     phase = {"now": "job"}
-    done_s: list[float] = []
-    show = w._done
-
-    def timed_done(*args):
-        phase["now"] = "drawing"
-        t = time.perf_counter()
-        show(*args)
-        done_s.append(time.perf_counter() - t)
-
-    w._done = timed_done
+    done_s = time_final_update(w, phase)
     beat = Heartbeat(lambda: phase["now"])
     settle = time.perf_counter() + 1.0
     qtbot.waitUntil(lambda: time.perf_counter() > settle, timeout=5000)

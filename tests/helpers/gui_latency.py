@@ -18,6 +18,21 @@ from collections import defaultdict
 TICK_MS = 10
 
 
+def time_final_update(widget, phase: dict) -> list[float]:
+    """Wrap the widget's ``_done`` (the final layer update on the GUI thread): it sets ``phase["now"]``
+    to ``"drawing"`` and appends its duration in seconds to the returned list."""
+    show, took = widget._done, []
+
+    def timed(*args):
+        phase["now"] = "drawing"
+        t = time.perf_counter()
+        show(*args)
+        took.append(time.perf_counter() - t)
+
+    widget._done = timed
+    return took
+
+
 class Heartbeat:
     """Records the delay of every tick of a 10 ms QTimer, labelled with the current phase."""
 
