@@ -90,7 +90,7 @@ from ..pl import celltype_colors
 from ..pp.counts import with_counts
 from ..progress import Progress
 from ..records import run_record
-from ._expression import detect_scale, expressed_blocks, log_expression
+from ._expression import block_rows, detect_scale, expressed_blocks, log_expression
 from ._genes import match_genes, no_shared_genes_error
 from ._mapping import (choose_method, column_cosine, density, enriched_features, nnls_weights, run_tangram,
                        select_hvg, tangram_chunked)
@@ -147,11 +147,8 @@ def fit_r(C_sp, profiles: np.ndarray, props: np.ndarray, chunk_size: int = 20_00
     genes, each row a class's mean relative expression; ``props``: spots x classes."""
     n_genes = profiles.shape[1]
     sums = np.zeros((5, n_genes))  # sum x, sum y, sum xy, sum x^2, sum y^2
-    chunks = (C_sp.chunks(chunk_size) if hasattr(C_sp, "chunks") else
-              ((s, min(C_sp.shape[0], s + chunk_size), C_sp[s:s + chunk_size]) for s in range(0, C_sp.shape[0],
-                                                                                         chunk_size)))
-    for start, stop, B in chunks:
-        Y = np.asarray(B.toarray() if sp.issparse(B) else B, dtype=np.float64)
+    for start, stop, B in block_rows(C_sp, chunk_size):
+        Y = B.toarray()
         Y = np.log1p(1e4 * Y / np.maximum(Y.sum(axis=1, keepdims=True), 1e-12))
         X = np.log1p(1e4 * props[start:stop] @ profiles)
         sums += [X.sum(0), Y.sum(0), (X * Y).sum(0), (X * X).sum(0), (Y * Y).sum(0)]

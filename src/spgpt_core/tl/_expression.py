@@ -77,6 +77,18 @@ class StreamedBlock:
         return out
 
 
+def block_rows(spots, chunk_size: int):
+    """(start, stop, rows) of a slide block ``chunk_size`` rows at a time: a :class:`StreamedBlock` reads
+    them from X, a matrix is sliced."""
+    if isinstance(spots, StreamedBlock):
+        yield from spots.chunks(chunk_size)
+        return
+    spots = sp.csr_matrix(spots)
+    n = spots.shape[0]
+    for s in range(0, n, chunk_size):
+        yield s, min(n, s + chunk_size), spots[s:min(n, s + chunk_size)]
+
+
 def expressed_blocks(spatial, reference, genes: SharedGenes, what: str, scales: tuple[dict, dict] | None = None,
                      stream_slide: bool = False, chunk_size: int = 50_000):
     """Linear values (:func:`linear_block`) of ``genes`` in both datasets, keeping the genes expressed in

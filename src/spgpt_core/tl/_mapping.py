@@ -18,7 +18,6 @@ from dataclasses import dataclass
 import anndata as ad
 import numpy as np
 import scanpy as sc
-import scipy.sparse as sp
 import torch
 from scipy.optimize import nnls
 from sklearn.neighbors import NearestNeighbors
@@ -28,7 +27,7 @@ from ..checkpoint import load_model
 from ..errors import InputError
 from ..progress import Progress, ensure_progress
 from ._embed import compute_embedding
-from ._expression import StreamedBlock, row_totals
+from ._expression import block_rows, row_totals
 from ._genes import SharedGenes
 
 log = logging.getLogger(__name__)
@@ -264,7 +263,7 @@ def nnls_weights(spots, profiles: np.ndarray, *, chunk_size: int, progress: Prog
                  desc: str = "NNLS") -> np.ndarray:
     """Non-negative weights W (spots x K) with spot ~ W @ profiles, one ``scipy.optimize.nnls`` per spot.
 
-    ``spots`` (spots x genes: a sparse matrix or a :class:`StreamedBlock`) and ``profiles`` (K x genes)
+    ``spots`` (spots x genes: a sparse matrix or a :class:`._expression.StreamedBlock`) and ``profiles`` (K x genes)
     on a linear scale; genes weighted by :func:`gene_weights`. Each spot is independent: rows are read
     and densified ``chunk_size`` at a time, so memory is set by the chunk, and progress / cancellation
     are checked per chunk."""
@@ -273,11 +272,7 @@ def nnls_weights(spots, profiles: np.ndarray, *, chunk_size: int, progress: Prog
     w = gene_weights(profiles)
     A = (np.asarray(profiles, dtype=np.float64) * w[None, :]).T  # genes x K
     n = spots.shape[0]
-    if isinstance(spots, StreamedBlock):
-        chunks = spots.chunks(chunk_size)
-    else:
-        spots = sp.csr_matrix(spots)
-        chunks = ((s, min(n, s + chunk_size), spots[s:min(n, s + chunk_size)]) for s in range(0, n, chunk_size))
+    chunks = block_rows(spots, chunk_size)
     out = np.zeros((n, A.shape[1]), dtype=np.float64)
     progress.start(n, desc)
     try:
