@@ -74,7 +74,7 @@ def domains(adata, model="default", *, config: DomainsConfig | None = None, gene
         F = domain_features(expression=expr, embedding=None if emb is None else emb[ok],
                             coords=get_coordinates(adata, required=True)[ok], features=cfg.features,
                             embedding_weight=cfg.embedding_share, spatial_weight=cfg.spatial_weight,
-                            spatial_k=cfg.spatial_k, n_pcs=cfg.n_pcs, seed=cfg.seed)
+                            spatial_k=cfg.spatial_k, n_pcs=cfg.n_pcs, seed=cfg.seed, info=pca_info)
         full = np.full((adata.n_obs, F.shape[1]), np.nan, dtype=np.float32)
         full[ok] = F
         adata.obsm[use_rep] = full
@@ -89,7 +89,8 @@ def domains(adata, model="default", *, config: DomainsConfig | None = None, gene
         **({"embedding_share": cfg.embedding_share} if cfg.features == "fused" else {}),
         **({"spatial_k": cfg.spatial_k} if cfg.spatial_weight > 0 else {}),
         **({"n_pcs": cfg.n_pcs} if use_rep != embedding_key else {}),
-        **({"expression_pca_solver": pca_info["pca_solver"]} if pca_info else {}),
+        **({"expression_pca_solver": pca_info["pca_solver"]} if "pca_solver" in pca_info else {}),
+        **({"features_dtype": pca_info["features_dtype"]} if "features_dtype" in pca_info else {}),
         finetune_epochs=cfg.finetune_epochs, batch_size=cfg.batch_size, max_seq_len=cfg.max_seq_len,
         drop_empty=cfg.drop_empty,
         **({"finetune_lr": cfg.finetune_lr, "max_context": cfg.max_context, "finetune_steps": cfg.finetune_steps,

@@ -134,40 +134,79 @@ def scale_columns_in_place(X: sp.csr_matrix, factors: np.ndarray, rows_per_step:
     X.has_sorted_indices = False
 
 
-def unit_variance(F: np.ndarray) -> np.ndarray:
+#: From this many spots the combined features are float32: half the memory (0.75 GB per 1M spots x 188
+#: columns) at a precision far below the features' noise. Below it float64, as the benchmark tables were
+#: measured.
+FLOAT32_FROM = STREAMED_PCA_FROM
+_ROWS = 65_536  # rows per step where a temporary the size of the block would otherwise be made
+
+
+def features_dtype(n_obs: int) -> type:
+    return np.float32 if n_obs >= FLOAT32_FROM else np.float64
+
+
+def _centre_scale_into(out: np.ndarray, F: np.ndarray, weight: float) -> None:
+    """``out[:] = weight * F`` centred and scaled to unit total variance, with no temporary the size of F
+    (``out`` may be a column slice of a wider array)."""
+    out[...] = F
+    out -= out.mean(axis=0, dtype=np.float64).astype(out.dtype)
+    squares = sum(float(np.square(out[a:a + _ROWS], dtype=np.float64).sum()) for a in range(0, len(out), _ROWS))
+    total = np.sqrt(squares / max(len(out), 1))
+    out *= out.dtype.type(weight / total if total > 0 else weight)
+
+
+def _blocks(blocks: list[tuple[np.ndarray, float]], dtype, spare: int = 0) -> np.ndarray:
+    """The blocks side by side in one new array, each centred with total variance ``weight**2``, and
+    ``spare`` more columns left for the caller (the neighbour means)."""
+    n = len(blocks[0][0])
+    width = sum(np.shape(B)[1] for B, _ in blocks)
+    out = np.empty((n, width + spare), dtype=dtype)
+    col = 0
+    for B, weight in blocks:
+        _centre_scale_into(out[:, col:col + np.shape(B)[1]], B, weight)
+        col += np.shape(B)[1]
+    return out
+
+
+def unit_variance(F: np.ndarray, dtype=np.float64) -> np.ndarray:
     """Centred, scaled so the block's total variance is 1 (blocks of different widths weigh the same)."""
-    F = np.asarray(F, dtype=np.float64)
-    F = F - F.mean(axis=0)
-    total = np.sqrt((F ** 2).sum() / max(len(F), 1))
-    return F / total if total > 0 else F
+    return _blocks([(F, 1.0)], dtype)
 
 
-def fuse(expression: np.ndarray, embedding: np.ndarray, embedding_weight: float) -> np.ndarray:
+def fuse(expression: np.ndarray, embedding: np.ndarray, embedding_weight: float, dtype=np.float64) -> np.ndarray:
     """Both blocks at unit variance, the embedding with share ``embedding_weight`` of the total."""
     w = float(embedding_weight)
-    return np.hstack([np.sqrt(1 - w) * unit_variance(expression), np.sqrt(w) * unit_variance(embedding)])
+    return _blocks([(expression, np.sqrt(1 - w)), (embedding, np.sqrt(w))], dtype)
 
 
-def neighbour_mean(F: np.ndarray, coords: np.ndarray, k: int, seed: int = 0) -> np.ndarray:
-    """Mean of each spot's ``k`` nearest spots' features (the spot itself left out)."""
+def neighbour_mean(F: np.ndarray, coords: np.ndarray, k: int, seed: int = 0,
+                   out: np.ndarray | None = None) -> np.ndarray:
+    """Mean of each spot's ``k`` nearest spots' features (the spot itself left out), into ``out`` if given.
+    Gathered a chunk of rows at a time: ``F[idx]`` whole would be an n x k x d copy (4.5 GB for 1M spots x 6
+    neighbours x 94 columns)."""
     k = min(k, len(F) - 1)
     idx = knn_indices(np.asarray(coords, dtype=np.float64), k, seed)
-    # a sparse averaging matrix (k entries a row), not F[idx]: that gathers an n x k x d copy, 4.5 GB for
-    # 1M spots x 6 neighbours x 94 fused columns; this needs n x k indices and the n x d result
-    n = len(F)
-    dtype = F.dtype if np.issubdtype(F.dtype, np.floating) else np.float64
-    W = sp.csr_matrix((np.full(n * k, 1.0 / k, dtype=dtype), idx.ravel(), np.arange(0, n * k + 1, k)), shape=(n, n))
-    return np.asarray(W @ F)
+    if out is None:
+        dtype = F.dtype if np.issubdtype(F.dtype, np.floating) else np.float64
+        out = np.empty(np.shape(F), dtype=dtype)
+    for a in range(0, len(F), _ROWS):
+        rows = idx[a:a + _ROWS]
+        acc = F[rows[:, 0]].astype(out.dtype, copy=False)
+        for j in range(1, k):
+            acc += F[rows[:, j]]
+        acc /= k
+        out[a:a + len(rows)] = acc
+    return out
 
 
-def with_neighbourhood(F: np.ndarray, coords: np.ndarray, *, spatial_weight: float, k: int,
-                       seed: int = 0) -> np.ndarray:
-    """BANKSY-style features: own block and neighbour-mean block, the latter with share ``spatial_weight``."""
-    if spatial_weight <= 0:
-        return F
-    F = unit_variance(F)
-    return np.hstack([np.sqrt(1 - spatial_weight) * F,
-                      np.sqrt(spatial_weight) * neighbour_mean(F, coords, k, seed)])
+def _with_neighbourhood(out: np.ndarray, width: int, coords: np.ndarray, *, spatial_weight: float, k: int,
+                        seed: int) -> None:
+    """BANKSY-style features in place: ``out[:, :width]`` (at unit variance) beside its neighbour means in
+    ``out[:, width:]``, the latter with share ``spatial_weight`` of the variance."""
+    own, nbr = out[:, :width], out[:, width:]
+    neighbour_mean(own, coords, k, seed, out=nbr)
+    own *= out.dtype.type(np.sqrt(1 - spatial_weight))
+    nbr *= out.dtype.type(np.sqrt(spatial_weight))
 
 
 def reduce(F: np.ndarray, n_pcs: int, seed: int = 0) -> np.ndarray:
@@ -180,16 +219,21 @@ def reduce(F: np.ndarray, n_pcs: int, seed: int = 0) -> np.ndarray:
 
 def domain_features(*, expression: np.ndarray | None, embedding: np.ndarray | None, coords: np.ndarray,
                     features: str, embedding_weight: float, spatial_weight: float, spatial_k: int, n_pcs: int,
-                    seed: int = 0) -> np.ndarray:
+                    seed: int = 0, info: dict | None = None) -> np.ndarray:
     """The matrix spatial domains are clustered on (rows: the spots given, in order). The embedding
-    alone without neighbours is returned as the model gives it (the paper's zero-shot path)."""
+    alone without neighbours is returned as the model gives it (the paper's zero-shot path). One array of
+    the combined width is filled in place (float32 from :data:`FLOAT32_FROM` spots; ``info`` receives the
+    dtype), so the peak is that array and a chunk, not several copies of it."""
     if features == "embedding" and spatial_weight <= 0:
         return np.asarray(embedding, dtype=np.float32)
-    if features == "embedding":
-        F = unit_variance(embedding)
-    elif features == "expression":
-        F = unit_variance(expression)
-    else:
-        F = fuse(expression, embedding, embedding_weight)
-    F = with_neighbourhood(F, coords, spatial_weight=spatial_weight, k=spatial_k, seed=seed)
+    w = float(embedding_weight)
+    blocks = {"embedding": [(embedding, 1.0)], "expression": [(expression, 1.0)],
+              "fused": [(expression, np.sqrt(1 - w)), (embedding, np.sqrt(w))]}[features]
+    dtype = features_dtype(len(coords))
+    if info is not None:
+        info["features_dtype"] = np.dtype(dtype).name
+    width = sum(np.shape(B)[1] for B, _ in blocks)
+    F = _blocks(blocks, dtype, spare=width if spatial_weight > 0 else 0)
+    if spatial_weight > 0:
+        _with_neighbourhood(F, width, coords, spatial_weight=spatial_weight, k=spatial_k, seed=seed)
     return reduce(F, n_pcs, seed)
