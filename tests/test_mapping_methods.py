@@ -282,3 +282,18 @@ def test_normalised_rows_keep_their_relative_scale(planted):
         else:  # the producer's per-row scale survives: back is proportional to the row totals
             np.testing.assert_allclose(back / raw, (back / raw)[0], rtol=1e-3)
             assert np.std(back) / np.mean(back) > 0.1
+
+
+def test_auto_maps_a_slide_at_the_size_switch_by_nnls_in_seconds():
+    """At AUTO_SEPARABLE_FROM_SPOTS spots auto needs no model (a path that cannot load proves it) and maps
+    20k spots quickly: below it the consensus' Tangram epochs cost ~25 ms a spot."""
+    n_rows = int(np.ceil(params.AUTO_SEPARABLE_FROM_SPOTS / 150 * 1.3))  # ~80% of the grid is tissue
+    slide = make_sample_slide(n_rows=n_rows, n_cols=150, seed=0, reference=make_sample_reference(seed=0))
+    assert slide.n_obs >= params.AUTO_SEPARABLE_FROM_SPOTS
+    ref = make_sample_reference(n_cells_per_type=60, seed=0)
+    t = time.time()
+    res = compute_proportions(slide, ref, celltype_key="cell_type", model="/no/such/model.pt")
+    assert time.time() - t < 60
+    assert res.info["method"] == "nnls" and f">= {params.AUTO_SEPARABLE_FROM_SPOTS:,}" in res.info["method_reason"]
+    s = M.deconvolution_scores(slide.obsm["true_proportions"], res.proportions)
+    assert s["macro_f1"] > 0.4 and s["pearson_per_type_mean"] > 0.5, s

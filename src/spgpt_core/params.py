@@ -52,12 +52,14 @@ INPUT_SCALES = ("auto", "counts", "normalised", "log1p")
 #: 0.164, kNN 0.148.
 AUTO_METHOD = {"deconvolve": "consensus", "impute": "tangram_clusters"}
 #: ``auto`` at or above this many spots uses a method that is separable by spot (chunked, memory set by
-#: --chunk-size), whatever the small-slide choice: cells mode grows with spots x reference cells.
-AUTO_SEPARABLE_FROM_SPOTS = 100_000
-#: ``auto``'s separable method. Deconvolution: nnls. On dev it scored 0.570 macro-F1 against 0.581 for
-#: tangram_clusters with the embeddings (a difference inside the seed spread, sd 0.04-0.05), and it needs
-#: no model and no optimiser: 100k spots in 162 s and 1.4 GB on 2 shared cores (bench/scale_mapping.py),
-#: where tangram_clusters must embed every spot and run 1000 epochs per chunk. Imputation: nnls, the best
+#: --chunk-size), whatever the small-slide choice. The small-slide choices embed every spot and run Tangram's
+#: 1,000 epochs over all of them, ~25 ms a spot on one core (bench/scale.py, 5 types: deconvolve 191 s at 10k
+#: spots, 1,201 s at 50k; Tangram's epochs 91% of it); here they take ~7 min, so no slide waits much longer
+#: than that for ``auto``, while NNLS maps 100k spots in ~12 s. Every benchmark pair is far below it.
+AUTO_SEPARABLE_FROM_SPOTS = 20_000
+#: ``auto``'s separable method. Deconvolution: nnls. On dev it scored 0.570 macro-F1 against 0.620 for
+#: consensus (0.581 for its Tangram part), the price of a mapping that needs no model and no optimiser:
+#: 100k spots in 12 s and 1.26 GB, 1M in 48 s (bench/scale.py). Imputation: nnls, the best
 #: dev method (0.164) of those that run at 100k cells (kNN 0.148); tangram_clusters maps |reference|/10
 #: centroids (300 for a 3,000-cell reference), which at 100k cells costs hours.
 AUTO_SEPARABLE_METHOD = {"deconvolve": "nnls", "impute": "nnls"}

@@ -270,7 +270,7 @@ def register(sub) -> None:
                        description="Maps a labelled single-cell reference onto the spots (paper Methods 4.4.1). By "
                        "default (--method auto) the consensus of Tangram on the reference's class centroids, on "
                        "expression enriched with the model's embeddings, and NNLS on class means, each weighted by "
-                       "how well its proportions explain the slide; NNLS alone from 100,000 spots. Writes obsm[KEY] "
+                       "how well its proportions explain the slide; NNLS alone from 20,000 spots. Writes obsm[KEY] "
                        "(DataFrame spots x cell types) and obs[DOMINANT_KEY].")
     add_input_args(p)
     add_model_args(p)
