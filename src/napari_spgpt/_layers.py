@@ -15,6 +15,7 @@ expression) use a colormap with explicit contrast limits.
 
 from __future__ import annotations
 
+import weakref
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
@@ -336,10 +337,25 @@ def _upsert_raster(viewer, slide: LoadedSlide, name: str, features: pd.DataFrame
             layer.data = data
             layer.colormap = transparent_bottom(colormap)
             layer.contrast_limits = raster_limits((lo, hi))
-        layer.colorbar.visible = colorbar
     layer.metadata.update(meta)
     layer.visible = visible
+    if categorical_map is None:
+        _colorbar_while_visible(layer, colorbar)
     return layer
+
+
+def _colorbar_while_visible(layer, wanted: bool) -> None:
+    """Show the layer's colorbar only while the layer is visible: building its vispy overlay takes ~0.1 s,
+    and the per-type / per-gene layers are added hidden, five or more at a time, on the GUI thread."""
+    layer.metadata["colorbar"] = bool(wanted)
+    layer.colorbar.visible = bool(wanted) and layer.visible
+    if layer not in _COLORBAR_FOLLOWS:
+        layer.events.visible.connect(
+            lambda _e, la=layer: setattr(la.colorbar, "visible", la.visible and la.metadata.get("colorbar", False)))
+        _COLORBAR_FOLLOWS.add(layer)
+
+
+_COLORBAR_FOLLOWS: weakref.WeakSet = weakref.WeakSet()  # layers whose colorbar already follows their visibility
 
 
 def _same_colors(a: dict, b: dict) -> bool:

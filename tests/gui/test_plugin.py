@@ -642,3 +642,14 @@ def test_large_slide_is_drawn_whole_as_a_raster(viewer, qtbot, tmp_path, notific
     assert spots.features["index"].tolist()[:3] == [1, 2, 3]
     assert (spots.features["spot"].to_numpy() == big.obs_names.to_numpy()).all()
     assert elapsed < 60
+    # a continuous overlay added hidden gets its colorbar (a costly vispy overlay) only once it is shown
+    from napari_spgpt._layers import upsert_result
+
+    feats = pd.DataFrame({"spot": big.obs_names, "value": rng.random(n)})
+    layer = upsert_result(viewer, slide, "big value", feats, kind="proportion", column="value", visible=False,
+                          colorbar=True)
+    assert not layer.visible and not layer.colorbar.visible
+    layer.visible = True
+    assert layer.colorbar.visible
+    layer.visible = False
+    assert not layer.colorbar.visible

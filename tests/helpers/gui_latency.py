@@ -18,18 +18,20 @@ from collections import defaultdict
 TICK_MS = 10
 
 
-def time_final_update(widget, phase: dict) -> list[float]:
-    """Wrap the widget's ``_done`` (the final layer update on the GUI thread): it sets ``phase["now"]``
-    to ``"drawing"`` and appends its duration in seconds to the returned list."""
-    show, took = widget._done, []
+def time_final_update(widget, phase: dict, method: str = "_done") -> list[float]:
+    """Wrap the widget's ``method`` (its final layer update on the GUI thread: ``_done``, or ``commit``
+    for the mapping widgets): it sets ``phase["now"]`` to ``"drawing"`` and appends its duration in
+    seconds to the returned list."""
+    show, took = getattr(widget, method), []
 
     def timed(*args):
         phase["now"] = "drawing"
         t = time.perf_counter()
-        show(*args)
+        result = show(*args)
         took.append(time.perf_counter() - t)
+        return result
 
-    widget._done = timed
+    setattr(widget, method, timed)
     return took
 
 
