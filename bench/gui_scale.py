@@ -253,7 +253,8 @@ def measure_job(n_cells: int, workdir: Path, method: str = "kmeans", features: s
         unchanged = (bool(slide.adata.obsm["spgpt_proportions"].equals(before))
                      and len(slide.adata.uns.get("spgpt_napari", {})) == runs)
     ari = score
-    out = {"n_cells": n_cells, "widget": widget, "features": features, "method": method, "open_s": round(opened, 2),
+    commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True, cwd=ROOT).stdout.strip()
+    out = {"n_cells": n_cells, "widget": widget, "commit": commit, "features": features, "method": method, "open_s": round(opened, 2),
            "job_s": round(job_s, 1), "drawing_s": [round(x, 2) for x in drawing], "ari": round(float(ari), 3),
            "stalls": beat.summary(), "stalls_over_50ms": beat.big[:40], "cancel_s": round(cancel_s, 2),
            "cancel_left_state_unchanged": bool(unchanged), "status_samples": [s for s in statuses if "/s" in s][-3:],
@@ -316,16 +317,22 @@ def render(results: list[dict]) -> str:
     jobs = json.loads(jobs_path.read_text()) if jobs_path.is_file() else []
     if jobs:
         lines += ["", "### While a job runs (`python bench/gui_scale.py --job N`)", "",
-                  "Embed & domains (domains from the expression, k-means, no UMAP) on the N-cell slide, its analysis "
-                  "in the child process; a 10 ms QTimer ticks on the GUI thread (a stall is a tick's delay beyond "
-                  "10 ms). Drawing: the widget's GUI-thread step after the job (commit + layers + legend). Cancel: "
-                  "from the Cancel click, while the second run's child computes, to the widget idle again.", "",
-                  "| cells | open s | job s | max stall ms | p99 stall ms | median stall ms | stalls > 100 ms | "
-                  "drawing s | cancel s | state unchanged | ARI | peak RSS GB GUI / child | note |",
-                  "|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
+                  "`domains`: Embed & domains (domains from the expression, k-means, no UMAP) on the N-cell slide, "
+                  "its analysis in the child process; `deconvolve` (`--widget deconvolve`): the Deconvolve widget's "
+                  "default with a generated 5-type reference (NNLS at these sizes), in the worker thread. A 10 ms "
+                  "QTimer ticks on the GUI thread (a stall is a tick's delay beyond 10 ms; the largest one's step "
+                  "as the widget reported it). Drawing: the widget's GUI-thread step after the job (commit + layers "
+                  "+ legend). Cancel: from the Cancel click, while the second run computes, to the widget idle "
+                  "again. Score: ARI of the domains (or of the dominant type) against the planted domains.", "",
+                  "| widget | cells | open s | job s | max stall ms (step) | p99 stall ms | median stall ms | "
+                  "stalls > 100 ms | drawing s | cancel s | state unchanged | score | peak RSS GB GUI / child | note |",
+                  "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
         for j in jobs:
             st = j["stalls"]["job"]
-            lines.append(f"| {j['n_cells']:,} | {j['open_s']} | {j['job_s']} | {st['max_stall_ms']} | "
+            big = [b for b in j.get("stalls_over_50ms", []) if b[0].startswith("job")]
+            step = max(big, key=lambda b: b[1])[0].split(": ", 1)[-1].split(" @")[0] if big and ":" in big[0][0] else ""
+            lines.append(f"| {j.get('widget', 'domains')} | {j['n_cells']:,} | {j['open_s']} | {j['job_s']} | "
+                         f"{st['max_stall_ms']}{f' ({step})' if step else ''} | "
                          f"{st['p99_stall_ms']} | {st['median_stall_ms']} | {st['stalls_over_100ms']} | "
                          f"{j['drawing_s']} | {j['cancel_s']} | {j['cancel_left_state_unchanged']} | {j['ari']} | "
                          f"{j['peak_rss_gb_gui']} / {j['peak_rss_gb_child']} | {j.get('note', '')} |")

@@ -125,7 +125,7 @@ def category_raster(raster: CellRaster, codes: np.ndarray) -> np.ndarray:
     # int32 like the cell ids: napari compiles its label-colour mapping (numba) once per dtype, ~5-10 s
     lut = np.zeros(raster.n_cells + 1, dtype=np.int32)
     lut[1:] = np.where(codes >= 0, codes + 1, 0)
-    return lut[raster.ids]
+    return per_pixel(lut, raster)
 
 
 def value_raster(raster: CellRaster, values: np.ndarray, background: float) -> np.ndarray:
@@ -134,4 +134,10 @@ def value_raster(raster: CellRaster, values: np.ndarray, background: float) -> n
     lut = np.empty(raster.n_cells + 1, dtype=np.float32)
     lut[0] = background
     lut[1:] = np.where(np.isfinite(v), v, background)
-    return lut[raster.ids]
+    return per_pixel(lut, raster)
+
+
+def per_pixel(lut: np.ndarray, raster: CellRaster) -> np.ndarray:
+    """``lut[raster.ids]``, ids being 0..n_cells by construction: ``take`` without the bounds checks is
+    ~1.8x faster than fancy indexing (16M pixels: 95 vs 173 ms), time spent on the GUI thread per overlay."""
+    return np.take(lut, raster.ids, mode="clip")
