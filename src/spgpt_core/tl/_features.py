@@ -155,7 +155,7 @@ def _centre_scale_into(out: np.ndarray, F: np.ndarray, weight: float) -> None:
     out *= out.dtype.type(weight / total if total > 0 else weight)
 
 
-def _blocks(blocks: list[tuple[np.ndarray, float]], dtype, spare: int = 0) -> np.ndarray:
+def stacked_blocks(blocks: list[tuple[np.ndarray, float]], dtype, spare: int = 0) -> np.ndarray:
     """The blocks side by side in one new array, each centred with total variance ``weight**2``, and
     ``spare`` more columns left for the caller (the neighbour means)."""
     n = len(blocks[0][0])
@@ -170,13 +170,13 @@ def _blocks(blocks: list[tuple[np.ndarray, float]], dtype, spare: int = 0) -> np
 
 def unit_variance(F: np.ndarray, dtype=np.float64) -> np.ndarray:
     """Centred, scaled so the block's total variance is 1 (blocks of different widths weigh the same)."""
-    return _blocks([(F, 1.0)], dtype)
+    return stacked_blocks([(F, 1.0)], dtype)
 
 
 def fuse(expression: np.ndarray, embedding: np.ndarray, embedding_weight: float, dtype=np.float64) -> np.ndarray:
     """Both blocks at unit variance, the embedding with share ``embedding_weight`` of the total."""
     w = float(embedding_weight)
-    return _blocks([(expression, np.sqrt(1 - w)), (embedding, np.sqrt(w))], dtype)
+    return stacked_blocks([(expression, np.sqrt(1 - w)), (embedding, np.sqrt(w))], dtype)
 
 
 def neighbour_mean(F: np.ndarray, coords: np.ndarray, k: int, seed: int = 0,
@@ -233,7 +233,7 @@ def domain_features(*, expression: np.ndarray | None, embedding: np.ndarray | No
     if info is not None:
         info["features_dtype"] = np.dtype(dtype).name
     width = sum(np.shape(B)[1] for B, _ in blocks)
-    F = _blocks(blocks, dtype, spare=width if spatial_weight > 0 else 0)
+    F = stacked_blocks(blocks, dtype, spare=width if spatial_weight > 0 else 0)
     if spatial_weight > 0:
         _with_neighbourhood(F, width, coords, spatial_weight=spatial_weight, k=spatial_k, seed=seed)
     return reduce(F, n_pcs, seed)

@@ -47,7 +47,7 @@ from ..progress import Progress
 from ..records import run_record
 from ._cluster import cluster
 from ._embed import compute_embedding
-from ._features import expression_pcs, fuse, neighbour_mean, reduce, unit_variance
+from ._features import expression_pcs, features_dtype, neighbour_mean, reduce, stacked_blocks
 
 log = logging.getLogger(__name__)
 
@@ -114,17 +114,17 @@ def joint_counts(slides, vocab, names: list[str], gene_cols: list, n_top_genes: 
     return parts, len(ids), matches
 
 
-def per_slide_correct(F: np.ndarray, batch: np.ndarray, how: str) -> np.ndarray:
+def per_slide_correct(F: np.ndarray, batch: np.ndarray, how: str, dtype=np.float64, copy: bool = True) -> np.ndarray:
     """Each slide's rows centred on their own mean (``"centre"``), also scaled to unit total variance
-    (``"scale"``), or returned as they are (``"none"``).
+    (``"scale"``), or returned as they are (``"none"``); in ``F`` itself with ``copy=False``.
 
     Why: a zero-shot embedding and expression PCs of several slides carry a per-slide offset (sequencing
     depth, chemistry, section) on top of the biology; removing each slide's mean removes that offset while
     keeping the differences between cells of one slide. Scaling also stops one slide with a wider spread
     from dominating the joint PCA."""
+    F = np.array(F, dtype=dtype) if copy else F
     if how == "none":
-        return np.asarray(F, dtype=np.float64)
-    F = np.array(F, dtype=np.float64)
+        return F
     for b in pd.unique(batch):
         rows = batch == b
         F[rows] -= F[rows].mean(axis=0)
@@ -145,26 +145,28 @@ def integrated_features(*, embedding: np.ndarray | None, expression: np.ndarray 
     optionally put beside the mean of its ``spatial_k`` nearest spots **of its own slide** (coordinates of
     different slides live in different frames) with share ``spatial_weight``, and the result reduced to
     ``n_pcs`` components. The embedding alone, uncorrected and without neighbours, is returned as the model
-    gives it (the paper's zero-shot path)."""
+    gives it (the paper's zero-shot path). The combined features fill one array in place (float32 from
+    ``_features.FLOAT32_FROM`` cells), as for domains."""
     batch = np.asarray(batch)
     if features == "embedding" and per_slide == "none" and spatial_weight <= 0:
         return np.asarray(embedding, dtype=np.float32)
-    if features == "embedding":
-        F = unit_variance(per_slide_correct(embedding, batch, per_slide))
-    elif features == "expression":
-        F = unit_variance(per_slide_correct(expression, batch, per_slide))
-    else:
-        F = fuse(per_slide_correct(expression, batch, per_slide), per_slide_correct(embedding, batch, per_slide),
-                 embedding_share)
+    dtype = features_dtype(len(batch))
+    w = float(embedding_share)
+    chosen = {"embedding": [(embedding, 1.0)], "expression": [(expression, 1.0)],
+              "fused": [(expression, np.sqrt(1 - w)), (embedding, np.sqrt(w))]}[features]
+    blocks = [(per_slide_correct(B, batch, per_slide, dtype), weight) for B, weight in chosen]
+    width = sum(B.shape[1] for B, _ in blocks)
+    F = stacked_blocks(blocks, dtype, spare=width if spatial_weight > 0 else 0)
+    del blocks
     if spatial_weight > 0:
-        F = unit_variance(F)
-        N = np.empty_like(F)
+        own, nbr = F[:, :width], F[:, width:]
         for b in pd.unique(batch):
             rows = np.flatnonzero(batch == b)
-            N[rows] = neighbour_mean(F[rows], coords[rows], spatial_k, seed) if len(rows) > 1 else F[rows]
-        F = np.hstack([np.sqrt(1 - spatial_weight) * F, np.sqrt(spatial_weight) * N])
+            nbr[rows] = neighbour_mean(own[rows], coords[rows], spatial_k, seed) if len(rows) > 1 else own[rows]
+        own *= F.dtype.type(np.sqrt(1 - spatial_weight))
+        nbr *= F.dtype.type(np.sqrt(spatial_weight))
         # the neighbour means of centred rows are nearly, not exactly, centred: centre (scale) once more
-        F = per_slide_correct(F, batch, per_slide)
+        per_slide_correct(F, batch, per_slide, copy=False)
     return reduce(F, n_pcs, seed)
 
 
