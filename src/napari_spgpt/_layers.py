@@ -15,7 +15,6 @@ expression) use a colormap with explicit contrast limits.
 
 from __future__ import annotations
 
-import weakref
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
@@ -78,6 +77,10 @@ def spots_layer_tuple(slide: LoadedSlide) -> tuple:
         from napari.utils.colormaps import DirectLabelColormap  # napari: only when a slide is shown
 
         features.insert(0, "index", np.arange(1, slide.adata.n_obs + 1))  # label i + 1 is cell i
+        # result overlays are uint8 category rasters (_raster.category_raster); napari compiles its uint8 label
+        # colouring (numba, 2-3 s, once per process) on first use: pay it while the slide opens, not in the
+        # final update of the first result
+        DirectLabelColormap(color_dict={None: BASE_COLOR, 0: "transparent"}).map(np.zeros(1, dtype=np.uint8))
         kwargs = {"name": f"{slide.name} spots", "features": features, "opacity": 0.6, "metadata": meta,
                   "colormap": DirectLabelColormap(color_dict={None: BASE_COLOR, 0: "transparent"}),
                   **slide.raster.layer_kwargs}
@@ -293,7 +296,7 @@ def _upsert_raster(viewer, slide: LoadedSlide, name: str, features: pd.DataFrame
     from napari.layers import Image, Labels
     from napari.utils.colormaps import DirectLabelColormap
 
-    from ._raster import category_raster, value_raster
+    from ._raster import category_raster, colorbar_while_visible, same_colors, value_raster
 
     r = slide.raster
     layer = next((la for la in viewer.layers if la.name == name
@@ -316,7 +319,7 @@ def _upsert_raster(viewer, slide: LoadedSlide, name: str, features: pd.DataFrame
         if layer is None:
             return viewer.add_labels(data, name=name, colormap=cmap, features=feats, metadata=meta, visible=visible,
                                      **r.layer_kwargs)
-        if not _same_colors(layer.colormap.color_dict, cmap.color_dict):  # a change maps every pixel again
+        if not same_colors(layer.colormap.color_dict, cmap.color_dict):  # a change maps every pixel again
             layer.colormap = cmap
         layer.data = data
         if not layer.features.equals(feats):
@@ -340,26 +343,8 @@ def _upsert_raster(viewer, slide: LoadedSlide, name: str, features: pd.DataFrame
     layer.metadata.update(meta)
     layer.visible = visible
     if categorical_map is None:
-        _colorbar_while_visible(layer, colorbar)
+        colorbar_while_visible(layer, colorbar)
     return layer
-
-
-def _colorbar_while_visible(layer, wanted: bool) -> None:
-    """Show the layer's colorbar only while the layer is visible: building its vispy overlay takes ~0.1 s,
-    and the per-type / per-gene layers are added hidden, five or more at a time, on the GUI thread."""
-    layer.metadata["colorbar"] = bool(wanted)
-    layer.colorbar.visible = bool(wanted) and layer.visible
-    if layer not in _COLORBAR_FOLLOWS:
-        layer.events.visible.connect(
-            lambda _e, la=layer: setattr(la.colorbar, "visible", la.visible and la.metadata.get("colorbar", False)))
-        _COLORBAR_FOLLOWS.add(layer)
-
-
-_COLORBAR_FOLLOWS: weakref.WeakSet = weakref.WeakSet()  # layers whose colorbar already follows their visibility
-
-
-def _same_colors(a: dict, b: dict) -> bool:
-    return a.keys() == b.keys() and all(np.allclose(np.asarray(a[k]), np.asarray(b[k])) for k in a)
 
 
 def upsert_result(
