@@ -276,10 +276,11 @@ def render(rows: list[dict]) -> str:
 
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--verbs", default="embed,cluster,domains", help="comma-separated, of: " + ", ".join(VERBS + EXTRA))
-    p.add_argument("--sizes", default="10000,100000", help="comma-separated cell counts")
-    p.add_argument("--visium-hd", type=int, metavar="BINS", help="also embed a Visium HD-like slide of BINS 8 µm "
-                   f"bins x {HD_GENES:,} genes (sparse)")
+    p.add_argument("--verbs", help="comma-separated, of: " + ", ".join(VERBS + EXTRA) + " (default: embed,cluster,"
+                   "domains; none with --visium-hd alone)")
+    p.add_argument("--sizes", help="comma-separated cell counts (default: 10000,100000)")
+    p.add_argument("--visium-hd", type=int, metavar="BINS", help="embed a Visium HD-like slide of BINS 8 µm "
+                   f"bins x {HD_GENES:,} genes (sparse); alone, only that")
     p.add_argument("--model", default="default")
     p.add_argument("--timeout", type=float, default=None, help="stop a run after this many seconds (recorded as "
                    "a miss)")
@@ -288,13 +289,17 @@ def main() -> None:
     p.add_argument("--cache", default=str(CACHE), help="generated slides and outputs (outside git)")
     p.add_argument("--write", action="store_true", help="render OUT's table into scale.md beside it")
     args = p.parse_args()
+    if not (args.visium_hd and args.verbs is None and args.sizes is None):
+        args.verbs, args.sizes = args.verbs or "embed,cluster,domains", args.sizes or "10000,100000"
+    else:
+        args.verbs = args.sizes = ""
     out, cache = Path(args.out), Path(args.cache)
     verbs = [v.strip() for v in args.verbs.split(",") if v.strip()]
     bad = sorted(set(verbs) - set(VERBS) - set(EXTRA))
     if bad:
         p.error(f"unknown verb(s) {', '.join(bad)}; choose from {', '.join(VERBS)}")
     sizes = [int(s) for s in args.sizes.split(",") if s.strip()]
-    if not args.write:
+    if not args.write and verbs:
         run(verbs, sizes, out=out, cache=cache, model=args.model, timeout=args.timeout,
             rerun_failed=args.rerun_failed)
     if args.visium_hd:
