@@ -103,11 +103,17 @@ def joint_counts(slides, vocab, names: list[str], gene_cols: list, n_top_genes: 
     for a, m in zip(slides, matches):
         pos = {int(v): j for j, v in enumerate(m.vocab_ids) if v >= 0}
         cols = np.array([pos[int(i)] for i in ids])
-        sub = a[:, cols]
-        sub = sub.to_memory() if sub.isbacked else sub.copy()
-        X = sp.csr_matrix(sub.X, dtype=np.float32)
-        parts.append(ad.AnnData(X=X, obs=sub.obs.copy(), var=pd.DataFrame(index=pd.Index(symbols))))
-    hv = highly_variable_mask(ad.concat(parts, index_unique="-"), n_top_genes)
+        if not a.isbacked and np.array_equal(cols, np.arange(a.n_vars)) and sp.isspmatrix_csr(a.X) \
+                and a.X.dtype == np.float32:
+            X = a.X  # every gene shared, in order: the slide's own matrix (read only), not a copy of it
+        else:
+            sub = a[:, cols]
+            sub = sub.to_memory() if sub.isbacked else sub.copy()
+            X = sp.csr_matrix(sub.X, dtype=np.float32)
+        parts.append(ad.AnnData(X=X, obs=a.obs.copy(), var=pd.DataFrame(index=pd.Index(symbols))))
+    # the joint copy only when there are more shared genes than kept ones (else every gene is used)
+    hv = highly_variable_mask(ad.concat(parts, index_unique="-"), n_top_genes) \
+        if n_top_genes and len(ids) > n_top_genes else None
     if hv is not None:
         parts = [p[:, hv].copy() for p in parts]
         log.info("using the %d most variable of %d shared genes (chosen on all slides)", int(hv.sum()), len(ids))
@@ -221,10 +227,11 @@ def integrate(slides, model="default", *, config: IntegrateConfig | None = None,
         part.obs[modality_key] = mod if mod is not None else "unknown"
         part.obs[batch_key] = name
         slide_info[name] = {**info, "modality": str(part.obs[modality_key].iloc[0])}
+    order = {col: list(dict.fromkeys(p.obs[col].iloc[0] for p in parts)) for col in (batch_key, modality_key)}
     out = ad.concat(parts, join="outer", merge=None, index_unique="-", keys=names, label=None)
+    del parts  # a copy of every slide's counts, now in `out` (1.2 GB per 1M cells x 150 expressed genes)
     for col in (batch_key, modality_key):
-        out.obs[col] = pd.Categorical(out.obs[col].astype(str),
-                                      categories=list(dict.fromkeys(p.obs[col].iloc[0] for p in parts)))
+        out.obs[col] = pd.Categorical(out.obs[col].astype(str), categories=order[col])
     for c in out.obs.columns:  # outer joins leave object columns with NaN: keep them h5ad-writable
         if out.obs[c].dtype == object:
             out.obs[c] = out.obs[c].astype(str).where(out.obs[c].notna(), None).astype("category")
@@ -242,7 +249,8 @@ def integrate(slides, model="default", *, config: IntegrateConfig | None = None,
         ok = ~empty_rows
         expr = None
         if cfg.features != "embedding":  # the genes the model saw, PCs on all slides together
-            expr = expression_pcs(out[ok], n_top_genes=None, n_pcs=cfg.n_pcs, seed=cfg.seed)
+            # the slide itself when no cell is empty: a view's X would be materialised, another copy
+            expr = expression_pcs(out if ok.all() else out[ok], n_top_genes=None, n_pcs=cfg.n_pcs, seed=cfg.seed)
         F = integrated_features(embedding=None if emb is None else emb[ok], expression=expr,
                                 batch=out.obs[batch_key].to_numpy()[ok],
                                 coords=out.obsm["spatial"][ok] if "spatial" in out.obsm else None,
