@@ -164,6 +164,41 @@ def measure_one(rep: str, n_cells: int, frames: int, workdir: Path) -> dict:
     return out
 
 
+def measure_draw(n_cells: int, workdir: Path) -> dict:
+    """The Deconvolve widget's drawing alone: open the slide, deconvolve it in process (NNLS, generated
+    5-type reference), then time ``render`` (the final layer update) twice, adding then updating its six
+    layers: wall seconds and the GUI thread's CPU seconds (which other jobs on the machine barely change)."""
+    import anndata as ad
+    import napari
+    from qtpy.QtWidgets import QApplication
+    from scale import make_reference
+
+    from _xenium_like import xenium_like_path
+    from napari_spgpt._layers import slide_layers
+    from spgpt_core import tl
+
+    path = xenium_like_path(n_cells, workdir)
+    viewer = napari.Viewer(show=True)
+    viewer.window._qt_window.resize(1280, 900)
+    app = QApplication.instance()
+    viewer.open(str(path), plugin="spgpt")
+    app.processEvents()
+    slide = slide_layers(viewer)[0].metadata["spgpt_slide"]
+    ref = ad.read_h5ad(make_reference(Path(workdir) / "reference.h5ad"))
+    tl.deconvolve(slide.adata, ref, "cell_type", "default", method="nnls")
+    _, w = viewer.window.add_plugin_dock_widget("spgpt", "Deconvolve")
+    out = {"n_cells": n_cells, "widget": "deconvolve", "commit": subprocess.run(
+        ["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True, cwd=ROOT).stdout.strip()}
+    for step in ("add", "update"):
+        t, c = time.perf_counter(), time.thread_time()
+        w.render(slide)
+        app.processEvents()
+        out[f"{step}_wall_s"] = round(time.perf_counter() - t, 2)
+        out[f"{step}_gui_cpu_s"] = round(time.thread_time() - c, 2)
+    viewer.close()
+    return out
+
+
 def measure_job(n_cells: int, workdir: Path, method: str = "kmeans", features: str = "expression",
                 widget: str = "domains") -> dict:
     """Open the slide, run a widget's job while a 10 ms QTimer ticks on the GUI thread, time the drawing
@@ -353,11 +388,16 @@ def main(argv=None) -> int:
     p.add_argument("--one", nargs=2, metavar=("REP", "N"), help=argparse.SUPPRESS)
     p.add_argument("--job", type=int, metavar="N", help="measure GUI stalls, drawing and cancel while Embed & "
                    "domains runs on an N-cell slide; appends to bench/results/gui_jobs.json")
+    p.add_argument("--draw", type=int, metavar="N", help="time the Deconvolve widget's drawing of its result "
+                   "on an N-cell slide (adding, then updating its layers); prints JSON")
     p.add_argument("--method", default="kmeans")
     p.add_argument("--features", default="expression")
     p.add_argument("--widget", choices=["domains", "deconvolve"], default="domains",
                    help="--job: the widget whose job runs (default: %(default)s)")
     args = p.parse_args(argv)
+    if args.draw:
+        print(json.dumps(measure_draw(args.draw, Path(args.workdir))), flush=True)
+        os._exit(0)
     if args.job:
         res = measure_job(args.job, Path(args.workdir), args.method, args.features, args.widget)
         print(json.dumps(res), flush=True)
