@@ -173,12 +173,6 @@ def unit_variance(F: np.ndarray, dtype=np.float64) -> np.ndarray:
     return stacked_blocks([(F, 1.0)], dtype)
 
 
-def fuse(expression: np.ndarray, embedding: np.ndarray, embedding_weight: float, dtype=np.float64) -> np.ndarray:
-    """Both blocks at unit variance, the embedding with share ``embedding_weight`` of the total."""
-    w = float(embedding_weight)
-    return stacked_blocks([(expression, np.sqrt(1 - w)), (embedding, np.sqrt(w))], dtype)
-
-
 def neighbour_mean(F: np.ndarray, coords: np.ndarray, k: int, seed: int = 0,
                    out: np.ndarray | None = None) -> np.ndarray:
     """Mean of each spot's ``k`` nearest spots' features (the spot itself left out), into ``out`` if given.
@@ -199,12 +193,26 @@ def neighbour_mean(F: np.ndarray, coords: np.ndarray, k: int, seed: int = 0,
     return out
 
 
-def _with_neighbourhood(out: np.ndarray, width: int, coords: np.ndarray, *, spatial_weight: float, k: int,
-                        seed: int) -> None:
+def feature_blocks(features: str, expression, embedding, embedding_weight: float) -> list[tuple[np.ndarray, float]]:
+    """The (block, weight) pairs ``features`` combines: each block is later centred at total variance
+    ``weight**2``, so fused blocks share unit variance with the embedding's share ``embedding_weight``."""
+    w = float(embedding_weight)
+    return {"embedding": [(embedding, 1.0)], "expression": [(expression, 1.0)],
+            "fused": [(expression, np.sqrt(1 - w)), (embedding, np.sqrt(w))]}[features]
+
+
+def with_neighbourhood(out: np.ndarray, width: int, coords: np.ndarray, *, spatial_weight: float, k: int,
+                       seed: int, groups: np.ndarray | None = None) -> None:
     """BANKSY-style features in place: ``out[:, :width]`` (at unit variance) beside its neighbour means in
-    ``out[:, width:]``, the latter with share ``spatial_weight`` of the variance."""
+    ``out[:, width:]``, the latter with share ``spatial_weight`` of the variance. With ``groups`` (one
+    slide name per row) neighbours are looked for within each row's own group only."""
     own, nbr = out[:, :width], out[:, width:]
-    neighbour_mean(own, coords, k, seed, out=nbr)
+    if groups is None:
+        neighbour_mean(own, coords, k, seed, out=nbr)
+    else:
+        for g in np.unique(groups):
+            rows = np.flatnonzero(groups == g)
+            nbr[rows] = neighbour_mean(own[rows], coords[rows], k, seed) if len(rows) > 1 else own[rows]
     own *= out.dtype.type(np.sqrt(1 - spatial_weight))
     nbr *= out.dtype.type(np.sqrt(spatial_weight))
 
@@ -226,14 +234,12 @@ def domain_features(*, expression: np.ndarray | None, embedding: np.ndarray | No
     dtype), so the peak is that array and a chunk, not several copies of it."""
     if features == "embedding" and spatial_weight <= 0:
         return np.asarray(embedding, dtype=np.float32)
-    w = float(embedding_weight)
-    blocks = {"embedding": [(embedding, 1.0)], "expression": [(expression, 1.0)],
-              "fused": [(expression, np.sqrt(1 - w)), (embedding, np.sqrt(w))]}[features]
+    blocks = feature_blocks(features, expression, embedding, embedding_weight)
     dtype = features_dtype(len(coords))
     if info is not None:
         info["features_dtype"] = np.dtype(dtype).name
     width = sum(np.shape(B)[1] for B, _ in blocks)
     F = stacked_blocks(blocks, dtype, spare=width if spatial_weight > 0 else 0)
     if spatial_weight > 0:
-        _with_neighbourhood(F, width, coords, spatial_weight=spatial_weight, k=spatial_k, seed=seed)
+        with_neighbourhood(F, width, coords, spatial_weight=spatial_weight, k=spatial_k, seed=seed)
     return reduce(F, n_pcs, seed)

@@ -47,7 +47,7 @@ from ..progress import Progress
 from ..records import run_record
 from ._cluster import cluster
 from ._embed import compute_embedding
-from ._features import expression_pcs, features_dtype, neighbour_mean, reduce, stacked_blocks
+from ._features import expression_pcs, feature_blocks, features_dtype, reduce, stacked_blocks, with_neighbourhood
 
 log = logging.getLogger(__name__)
 
@@ -103,14 +103,10 @@ def joint_counts(slides, vocab, names: list[str], gene_cols: list, n_top_genes: 
     for a, m in zip(slides, matches):
         pos = {int(v): j for j, v in enumerate(m.vocab_ids) if v >= 0}
         cols = np.array([pos[int(i)] for i in ids])
-        if not a.isbacked and np.array_equal(cols, np.arange(a.n_vars)) and sp.isspmatrix_csr(a.X) \
-                and a.X.dtype == np.float32:
-            X = a.X  # every gene shared, in order: the slide's own matrix (read only), not a copy of it
-        else:
-            sub = a[:, cols]
-            sub = sub.to_memory() if sub.isbacked else sub.copy()
-            X = sp.csr_matrix(sub.X, dtype=np.float32)
-        parts.append(ad.AnnData(X=X, obs=a.obs.copy(), var=pd.DataFrame(index=pd.Index(symbols))))
+        sub = a[:, cols]
+        sub = sub.to_memory() if sub.isbacked else sub.copy()
+        X = sp.csr_matrix(sub.X, dtype=np.float32)
+        parts.append(ad.AnnData(X=X, obs=sub.obs.copy(), var=pd.DataFrame(index=pd.Index(symbols))))
     # the joint copy only when there are more shared genes than kept ones (else every gene is used)
     hv = highly_variable_mask(ad.concat(parts, index_unique="-"), n_top_genes) \
         if n_top_genes and len(ids) > n_top_genes else None
@@ -157,20 +153,13 @@ def integrated_features(*, embedding: np.ndarray | None, expression: np.ndarray 
     if features == "embedding" and per_slide == "none" and spatial_weight <= 0:
         return np.asarray(embedding, dtype=np.float32)
     dtype = features_dtype(len(batch))
-    w = float(embedding_share)
-    chosen = {"embedding": [(embedding, 1.0)], "expression": [(expression, 1.0)],
-              "fused": [(expression, np.sqrt(1 - w)), (embedding, np.sqrt(w))]}[features]
-    blocks = [(per_slide_correct(B, batch, per_slide, dtype), weight) for B, weight in chosen]
+    blocks = [(per_slide_correct(B, batch, per_slide, dtype), weight)
+              for B, weight in feature_blocks(features, expression, embedding, embedding_share)]
     width = sum(B.shape[1] for B, _ in blocks)
     F = stacked_blocks(blocks, dtype, spare=width if spatial_weight > 0 else 0)
     del blocks
     if spatial_weight > 0:
-        own, nbr = F[:, :width], F[:, width:]
-        for b in pd.unique(batch):
-            rows = np.flatnonzero(batch == b)
-            nbr[rows] = neighbour_mean(own[rows], coords[rows], spatial_k, seed) if len(rows) > 1 else own[rows]
-        own *= F.dtype.type(np.sqrt(1 - spatial_weight))
-        nbr *= F.dtype.type(np.sqrt(spatial_weight))
+        with_neighbourhood(F, width, coords, spatial_weight=spatial_weight, k=spatial_k, seed=seed, groups=batch)
         # the neighbour means of centred rows are nearly, not exactly, centred: centre (scale) once more
         per_slide_correct(F, batch, per_slide, copy=False)
     return reduce(F, n_pcs, seed)
