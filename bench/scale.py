@@ -200,6 +200,12 @@ def commit() -> str:
     return r.stdout.strip() + ("+dirty" if dirty else "")
 
 
+def torch_threads() -> int:
+    """Threads the measured process computes with: OMP_NUM_THREADS when set (on a machine shared with
+    other jobs one thread gives comparable CPU seconds), else torch's default, one per core."""
+    return int(os.environ.get("OMP_NUM_THREADS") or os.cpu_count() or 1)
+
+
 def load(path: Path) -> list[dict]:
     if not path.exists():
         return []
@@ -208,7 +214,9 @@ def load(path: Path) -> list[dict]:
 
 def run(verbs: list[str], sizes: list[int], *, out: Path, cache: Path, model: str, timeout: float | None,
         rerun_failed: bool = False) -> list[dict]:
-    done = {(r["verb"], r["size"]) for r in load(out) if r["ok"] or not rerun_failed}
+    threads = torch_threads()
+    done = {(r["verb"], r["size"]) for r in load(out)
+            if (r["ok"] or not rerun_failed) and r.get("threads", 1) == threads}
     new = []
     for size in sizes:
         for verb in verbs:
@@ -217,7 +225,7 @@ def run(verbs: list[str], sizes: list[int], *, out: Path, cache: Path, model: st
             if verb == "cluster" and not (cache / "out" / f"embed_{size}.h5ad").exists():
                 new += run(["embed"], [size], out=out, cache=cache, model=model, timeout=timeout)  # its input
             cmd, dst, n_cells = command(verb, size, cache, model)
-            r = {"verb": verb, "size": size, "cells": n_cells,
+            r = {"verb": verb, "size": size, "cells": n_cells, "threads": threads,
                  **measure(cmd, cache / "logs" / f"{verb}_{size}.log", timeout)}
             if r["ok"]:
                 r["cells_per_s"] = round(n_cells / r["seconds"], 1)
@@ -245,31 +253,35 @@ def run(verbs: list[str], sizes: list[int], *, out: Path, cache: Path, model: st
 def render(rows: list[dict]) -> str:
     latest: dict[tuple, dict] = {}
     for r in rows:
-        latest[(r["verb"], r["size"])] = r  # the last run of each pair
-    lines = ["| verb | cells | seconds | CPU s | cells/s | cells/CPU-s | peak GB | ARI | time(1M)/time(100k) |",
-             "|---|---:|---:|---:|---:|---:|---:|---:|---:|"]
+        latest[(r["verb"], r["size"], r.get("threads", 1))] = r  # the last run of each pair and thread count
+    lines = ["| verb | cells | threads | seconds | CPU s | cells/s | cells/CPU-s | peak GB | ARI | time(1M)/time(100k) |",
+             "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
     order = {v: i for i, v in enumerate((*VERBS, *EXTRA, "embed (Visium HD-like)"))}
-    for (verb, size), r in sorted(latest.items(), key=lambda kv: (order.get(kv[0][0], 99), kv[0][1])):
+    for (verb, size, threads), r in sorted(latest.items(),
+                                           key=lambda kv: (order.get(kv[0][0], 99), kv[0][2], kv[0][1])):
         ratio = ""
-        if size == 1_000_000 and (verb, 100_000) in latest and latest[(verb, 100_000)]["ok"] and r["ok"]:
-            base = latest[(verb, 100_000)]  # wall and CPU: the wall ratio also measures the neighbours' load
+        base = latest.get((verb, 100_000, threads))
+        if size == 1_000_000 and base and base["ok"] and r["ok"]:  # wall and CPU: the wall ratio also measures the neighbours' load
             ratio = f"{r['seconds'] / base['seconds']:.1f} (CPU {r['cpu_s'] / base['cpu_s']:.1f})"
         if not r["ok"]:
-            lines.append(f"| {verb} | {r['cells']:,} | {r['seconds']:,.0f} | {r.get('cpu_s') or ''} | | | "
+            lines.append(f"| {verb} | {r['cells']:,} | {r.get('threads', 1)} | {r['seconds']:,.0f} | "
+                         f"{r.get('cpu_s') or ''} | | | "
                          f"{r['peak_gb'] or ''} | | "
                          f"failed: {r['error'].splitlines()[-1][:80] if r.get('error') else ''} |")
             continue
         ari = f"{r['ari']:.3f}" if "ari" in r else ""
         per_cpu = f"{r['cells'] / r['cpu_s']:,.0f}" if r.get("cpu_s") else ""
-        lines.append(f"| {verb} | {r['cells']:,} | {r['seconds']:,.0f} | {r.get('cpu_s') or 0:,.0f} | "
+        lines.append(f"| {verb} | {r['cells']:,} | {r.get('threads', 1)} | {r['seconds']:,.0f} | "
+                     f"{r.get('cpu_s') or 0:,.0f} | "
                      f"{r['cells_per_s']:,.0f} | {per_cpu} | "
                      f"{r['peak_gb']:.2f} | {ari} | {ratio} |")
     cmds = sorted({r["command"] for r in latest.values()})
     return ("# Every verb at scale (`bench/scale.py`)\n\nGenerated Xenium-like slides (300 genes, median ~150 "
             "expressed genes per cell, 5 planted domains); each run a fresh `spgpt` process under "
             "`/usr/bin/time -v` (wall seconds including start-up and file I/O, CPU seconds user + system, peak "
-            "RSS), one torch thread (OMP_NUM_THREADS=1). Machine: 2 cores, shared with other jobs (CPU s / seconds = "
-            "the share of a core the run got; cells/CPU-s is the rate without the neighbours). "
+            "RSS), with the torch threads in the `threads` column (1: OMP_NUM_THREADS=1, run while other jobs "
+            "shared the machine; 2: torch's default on this 2-core machine, run alone). CPU s / seconds is the "
+            "share of the cores the run got; cells/CPU-s is the rate without the neighbours. "
             "Raw results: `scale.jsonl`.\n\n" + "\n".join(lines) + "\n\nCommands ($CACHE = "
             "bench/.cache/scale):\n\n" + "\n".join(f"    {c}" for c in cmds) + "\n")
 
@@ -312,12 +324,12 @@ def main() -> None:
 
 def run_visium_hd(n_bins: int, *, out: Path, cache: Path, model: str, timeout: float | None) -> None:
     verb = "embed (Visium HD-like)"
-    if any(r["verb"] == verb and r["size"] == n_bins for r in load(out)):
+    if any(r["verb"] == verb and r["size"] == n_bins and r.get("threads", 1) == torch_threads() for r in load(out)):
         return
     src = make_slide(cache / f"visium_hd_{n_bins}.h5ad", n_bins, n_genes=HD_GENES, umis=HD_UMIS, spacing=8.0)
     dst = cache / "out" / f"embed_hd_{n_bins}.h5ad"
     cmd = spgpt("embed", str(src), "--out", str(dst), "--model", model, "--overwrite")
-    r = {"verb": verb, "size": n_bins, "cells": n_bins, **measure(cmd, cache / "logs" / f"embed_hd_{n_bins}.log",
+    r = {"verb": verb, "size": n_bins, "cells": n_bins, "threads": torch_threads(), **measure(cmd, cache / "logs" / f"embed_hd_{n_bins}.log",
                                                                   timeout)}
     if r["ok"]:
         r["cells_per_s"] = round(n_bins / r["seconds"], 1)

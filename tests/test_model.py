@@ -51,6 +51,20 @@ def test_query_free_pass_equals_context_part_of_generative_pass(net):
     torch.testing.assert_close(emb, ctx[:, 0])
 
 
+def test_cls_only_last_layer_equals_the_full_pass_with_ragged_padding(net):
+    """spot_embedding computes the last layer for <cls> alone; with padded cells of different
+    lengths in one batch it must equal the <cls> row of the full layer stack."""
+    genes, values, pad = _cells(B=4, P=9, seed=3)
+    pad[1, -3:] = True
+    pad[2, -1:] = True
+    genes[pad], values[pad] = 98, -2.0
+    for layer in range(1, len(net.layers) + 1):
+        x = net.gene_encoder(genes) + net.value_encoder(values)
+        for block in net.layers[:layer]:
+            x = block(x, x.shape[1], (~pad)[:, None, None, :])
+        torch.testing.assert_close(net.spot_embedding(genes, values, pad, layer=layer), x[:, 0])
+
+
 def test_spot_embedding_layer_reads_the_cls_state_after_that_layer(net):
     genes, values, pad = _cells()
     n = len(net.layers)

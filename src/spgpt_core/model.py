@@ -163,6 +163,17 @@ class Attention(nn.Module):
             y = torch.cat([y, yq], dim=2)
         return self.out_proj(y.transpose(1, 2).reshape(B, L, D))
 
+    def forward_first(self, x: torch.Tensor, ctx_mask: torch.Tensor | None) -> torch.Tensor:
+        """Output of token 0 alone (B, 1, d), every token a context token: keys and values for all,
+        the query for token 0 only. What the ``<cls>`` state needs from the last layer."""
+        B, L, D = x.shape
+        w, b = self.qkv.weight, self.qkv.bias
+        q = F.linear(x[:, :1], w[:D], b[:D]).view(B, 1, self.n_heads, D // self.n_heads).transpose(1, 2)
+        k, v = F.linear(x, w[D:], b[D:]).view(B, L, 2, self.n_heads, D // self.n_heads).permute(2, 0, 3, 1, 4)
+        y = F.scaled_dot_product_attention(q, k, v, attn_mask=ctx_mask,
+                                           dropout_p=self.dropout if self.training else 0.0)
+        return self.out_proj(y.transpose(1, 2).reshape(B, 1, D))
+
 
 class Block(nn.Module):
     """Post-norm transformer layer, as in the released scGPT checkpoints."""
@@ -179,6 +190,12 @@ class Block(nn.Module):
     def forward(self, x: torch.Tensor, n_ctx: int, ctx_mask: torch.Tensor | None) -> torch.Tensor:
         x = self.norm1(x + self.dropout(self.attn(x, n_ctx, ctx_mask)))
         return self.norm2(x + self.dropout(self.linear2(self.dropout(F.relu(self.linear1(x))))))
+
+    def forward_first(self, x: torch.Tensor, ctx_mask: torch.Tensor | None) -> torch.Tensor:
+        """``forward(x)[:, :1]`` without query tokens, computing the rest of the sequence only as keys
+        and values (a quarter of the work of a layer at embedding time)."""
+        x0 = self.norm1(x[:, :1] + self.dropout(self.attn.forward_first(x, ctx_mask)))
+        return self.norm2(x0 + self.dropout(self.linear2(self.dropout(F.relu(self.linear1(x0))))))
 
 
 class Expert(nn.Module):
@@ -314,7 +331,10 @@ class SpGPTModel(nn.Module):
     def spot_embedding(self, genes, values, pad_mask, layer: int = -1) -> torch.Tensor:
         """``<cls>`` state (B, d), not normalised, after transformer layer ``layer`` (1-based;
         -1, the default and the paper's choice: the final layer)."""
-        return self.encode(genes, values, pad_mask, n_layers=self.layers_to_run(layer))[0][:, 0]
+        n = self.layers_to_run(layer) or len(self.layers)
+        x = self.encode(genes, values, pad_mask, n_layers=n - 1)[0]
+        ctx_mask = (~pad_mask)[:, None, None, :] if bool(pad_mask.any()) else None
+        return self.layers[n - 1].forward_first(x, ctx_mask)[:, 0]
 
     def layers_to_run(self, layer: int) -> int | None:
         """``encode``'s ``n_layers`` for a 1-based ``layer`` (-1: all); ValueError when out of range."""
