@@ -155,9 +155,9 @@ def prepare_group(names: list[str], proto: dict, model_spec: str, seeds: list[in
     labels = np.concatenate([a.obs["_label"].to_numpy() for a in slides]).astype(str)
     ignore = {x.lower() for x in proto["ignore_labels"]} | {"nan", "none", ""}
     scored = ~pd.Series(labels[ok]).str.lower().isin(ignore).to_numpy()
-    hv_parts, _, _ = joint_counts(slides, vocab, names, [None] * len(slides), b["n_top_genes"])
+    hv_parts, _, _ = joint_counts(list(slides), vocab, names, [None] * len(slides), b["n_top_genes"])
     hv = ad.concat(hv_parts, index_unique="-")[ok]
-    all_parts, n_shared, _ = joint_counts(slides, vocab, names, [None] * len(slides), None)
+    all_parts, n_shared, _ = joint_counts(list(slides), vocab, names, [None] * len(slides), None)  # it lets go of each entry
     joint = ad.concat(all_parts, index_unique="-")[ok].copy()
     return {"emb": emb, "ok": ok, "batch": batch, "labels": labels, "scored": scored,
             "xy": np.vstack([get_coordinates(a, required=True) for a in slides]), "n_shared": n_shared,

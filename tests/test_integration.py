@@ -38,6 +38,10 @@ def test_two_starmap_slices(mpfc, tiny_model):
         assert a.shape == b.shape and (a.X != b.X).nnz == 0 and list(a.obs.columns) == list(b.obs.columns)
     s = M.integration_scores(emb[ok], out.obs["cell_type"].to_numpy()[ok], out.obs["batch"].to_numpy()[ok])
     assert 0 <= s["avg_bio"] <= 1 and 0 <= s["avg_batch"] <= 1
+    # slides given as an iterator (the CLI's way, so each slide can be freed once copied): the same result
+    again = integrate(iter(mpfc), tiny_model, batch_names=["BZ5", "BZ9"])
+    np.testing.assert_array_equal(again.obsm["X_spgpt"], emb)
+    assert (again.X != out.X).nnz == 0 and again.obs.equals(out.obs)
 
 
 def test_ensembl_slides_share_genes_through_symbols(dlpfc_small, tiny_model, tmp_path):

@@ -89,7 +89,8 @@ def joint_counts(slides, vocab, names: list[str], gene_cols: list, n_top_genes: 
 
     Returns (parts, n_shared, matches): one AnnData per slide, restricted to the ``n_top_genes`` most
     variable shared genes chosen on all slides together (None: every shared gene). Raises before any
-    embedding when the slides share too few genes."""
+    embedding when the slides share too few genes. Each entry of ``slides`` is set to None once its part
+    is built, so a slide nobody else holds (the CLI's) is freed before the next is copied."""
     ids, matches = shared_vocab_genes(slides, vocab, gene_cols)
     if len(ids) < MIN_SHARED_GENES:
         per = "; ".join(f"{n}: {m.n_matched} matched" for n, m in zip(names, matches))
@@ -100,13 +101,14 @@ def joint_counts(slides, vocab, names: list[str], gene_cols: list, n_top_genes: 
         )
     symbols = [vocab.tokens[i] for i in ids]
     parts = []
-    for a, m in zip(slides, matches):
+    for i, m in enumerate(matches):
         pos = {int(v): j for j, v in enumerate(m.vocab_ids) if v >= 0}
-        cols = np.array([pos[int(i)] for i in ids])
-        sub = a[:, cols]
-        sub = sub.to_memory() if sub.isbacked else sub.copy()
-        X = sp.csr_matrix(sub.X, dtype=np.float32)
-        parts.append(ad.AnnData(X=X, obs=sub.obs.copy(), var=pd.DataFrame(index=pd.Index(symbols))))
+        cols = np.array([pos[int(g)] for g in ids])
+        a, slides[i] = slides[i], None
+        X = a[:, cols].to_memory().X if a.isbacked else a.X[:, cols]  # only X and obs: not layers or obsm
+        parts.append(ad.AnnData(X=sp.csr_matrix(X, dtype=np.float32), obs=a.obs.copy(),
+                                var=pd.DataFrame(index=pd.Index(symbols))))
+        del a, X
     # the joint copy only when there are more shared genes than kept ones (else every gene is used)
     hv = highly_variable_mask(ad.concat(parts, index_unique="-"), n_top_genes) \
         if n_top_genes and len(ids) > n_top_genes else None
@@ -199,10 +201,12 @@ def integrate(slides, model="default", *, config: IntegrateConfig | None = None,
     slides = [with_counts(a, layer, f"slide {name}") for a, layer, name in zip(slides, counts_layers, names)]
     model = load_model(model, device=choose_device(device, model))
     t0 = time.time()
+    # from here on only the parts: our list lets go of each slide (freed if the caller holds none, as the CLI)
     parts, n_shared, matches = joint_counts(slides, model.vocab, names, gene_cols, cfg.n_top_genes)
+    del slides
     embs, empties, slide_info = [], [], {}
-    for name, a, m, mod, part in zip(names, slides, matches, modalities, parts):
-        info = {"n_cells": int(a.n_obs), "gene_match": m.to_dict()}
+    for name, m, mod, part in zip(names, matches, modalities, parts):
+        info = {"n_cells": int(part.n_obs), "gene_match": m.to_dict()}
         if cfg.uses_embedding:
             emb, prep = compute_embedding(part, model, modality=mod, empty=empty, seed=cfg.seed,
                                           batch_size=cfg.batch_size, layer=layer, max_seq_len=cfg.max_seq_len,
