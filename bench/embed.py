@@ -71,7 +71,7 @@ def token_lengths(adata, model, seed=0) -> np.ndarray:
 def encoder_flops(cfg, lengths: np.ndarray) -> float:
     from spgpt_core.model import matmul_flops_per_token
 
-    return float(sum(matmul_flops_per_token(cfg, int(L)) * L for L in lengths))
+    return float(sum(matmul_flops_per_token(cfg, int(L), embedding=True) * L for L in lengths))
 
 
 def bench_size(name: str, adata, n_cells: int, n_ref: int, tmp: Path, peak: float, reps: int = 2) -> dict:

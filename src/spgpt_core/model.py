@@ -395,10 +395,15 @@ def count_parameters(model: nn.Module) -> int:
     return sum(p.numel() for p in model.parameters())
 
 
-def matmul_flops_per_token(cfg: SpGPTConfig, seq_len: int) -> float:
-    """Forward FLOPs per token of the encoder (2 per multiply-add), used by the benchmarks."""
+def matmul_flops_per_token(cfg: SpGPTConfig, seq_len: int, embedding: bool = False) -> float:
+    """Forward FLOPs per token of the encoder (2 per multiply-add), used by the benchmarks.
+
+    ``embedding``: as :meth:`SpGPTModel.spot_embedding` computes it, the last layer only as keys and
+    values (its ``<cls>`` row, one token in ``seq_len``, is left out)."""
     d, f = cfg.d_model, cfg.d_ffn
     per_layer = 2 * (4 * d * d + 2 * d * f) + 2 * 2 * seq_len * d  # projections + FFN + QK^T and AV
+    if embedding:
+        return (cfg.n_layers - 1) * per_layer + 2 * 2 * d * d + 2 * d * d
     return cfg.n_layers * per_layer + 2 * d * d  # + value encoder's d x d layer
 
 
