@@ -244,9 +244,10 @@ def integrate(slides, model="default", *, config: IntegrateConfig | None = None,
         if cfg.features != "embedding":  # the genes the model saw, PCs on all slides together
             # the slide itself when no cell is empty: a view's X would be materialised, another copy
             expr = expression_pcs(out if ok.all() else out[ok], n_top_genes=None, n_pcs=cfg.n_pcs, seed=cfg.seed)
-        F = integrated_features(embedding=None if emb is None else emb[ok], expression=expr,
-                                batch=out.obs[batch_key].to_numpy()[ok],
-                                coords=out.obsm["spatial"][ok] if "spatial" in out.obsm else None,
+        rows = slice(None) if ok.all() else ok  # views, not copies, when no cell was dropped
+        F = integrated_features(embedding=None if emb is None else emb[rows], expression=expr,
+                                batch=out.obs[batch_key].to_numpy()[rows],
+                                coords=out.obsm["spatial"][rows] if "spatial" in out.obsm else None,
                                 features=cfg.features, embedding_share=cfg.embedding_share, per_slide=cfg.per_slide,
                                 spatial_weight=cfg.spatial_weight, spatial_k=cfg.spatial_k, n_pcs=cfg.n_pcs,
                                 seed=cfg.seed)
