@@ -192,14 +192,21 @@ class Block(nn.Module):
         self.dropout = nn.Dropout(cfg.dropout)
 
     def forward(self, x: torch.Tensor, n_ctx: int, ctx_mask: torch.Tensor | None) -> torch.Tensor:
-        x = self.norm1(x + self.dropout(self.attn(x, n_ctx, ctx_mask)))
-        return self.norm2(x + self.dropout(self.linear2(self.dropout(F.relu(self.linear1(x))))))
+        return self._feed_forward(self.norm1(x + self.dropout(self.attn(x, n_ctx, ctx_mask))))
 
     def forward_first(self, x: torch.Tensor, ctx_mask: torch.Tensor | None) -> torch.Tensor:
-        """``forward(x)[:, :1]`` without query tokens, computing the rest of the sequence only as keys
-        and values (a quarter of the work of a layer at embedding time)."""
-        x0 = self.norm1(x[:, :1] + self.dropout(self.attn.forward_first(x, ctx_mask)))
-        return self.norm2(x0 + self.dropout(self.linear2(self.dropout(F.relu(self.linear1(x0))))))
+        """``forward(x)[:, :1]`` without query tokens: the rest of the sequence is computed only as keys
+        and values, everything else for token 0 alone."""
+        return self._feed_forward(self.norm1(x[:, :1] + self.dropout(self.attn.forward_first(x, ctx_mask))))
+
+    def _feed_forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.norm2(x + self.dropout(self.linear2(self.dropout(F.relu(self.linear1(x))))))
+
+
+def context_mask(pad_mask: torch.Tensor) -> torch.Tensor | None:
+    """(B, 1, 1, P) True for real context keys, or None when nothing is padded (SDPA's fast path).
+    Padded query rows need no mask: they see the context and themselves, and nothing reads them."""
+    return (~pad_mask)[:, None, None, :] if bool(pad_mask.any()) else None
 
 
 class SpGPTModel(nn.Module):
@@ -248,8 +255,7 @@ class SpGPTModel(nn.Module):
         if query_genes is not None:
             xq = self.gene_encoder(query_genes) + self.flag_embedding.weight[1]
             x = torch.cat([x, xq], dim=1)
-        # padded query rows need no mask: they see the context and themselves, and nothing reads them
-        ctx_mask = (~pad_mask)[:, None, None, :] if bool(pad_mask.any()) else None
+        ctx_mask = context_mask(pad_mask)
         for layer in self.layers[:n_layers]:
             x = layer(x, P, ctx_mask)
         return x[:, :P], (x[:, P:] if query_genes is not None else None)
@@ -259,8 +265,7 @@ class SpGPTModel(nn.Module):
         -1, the default and the paper's choice: the final layer)."""
         n = self.layers_to_run(layer) or len(self.layers)
         x = self.encode(genes, values, pad_mask, n_layers=n - 1)[0]
-        ctx_mask = (~pad_mask)[:, None, None, :] if bool(pad_mask.any()) else None
-        return self.layers[n - 1].forward_first(x, ctx_mask)[:, 0]
+        return self.layers[n - 1].forward_first(x, context_mask(pad_mask))[:, 0]
 
     def layers_to_run(self, layer: int) -> int | None:
         """``encode``'s ``n_layers`` for a 1-based ``layer`` (-1: all); ValueError when out of range."""

@@ -74,8 +74,8 @@ def cmd_integrate(args) -> None:
     t0 = time.time()
     # a generator: tl.integrate then holds the only reference to each slide and frees it once its shared
     # genes are copied (at 1M cells the input slides are ~2 GB)
-    adata = tl.integrate((read_slide(s) for s in args.slides), args.model, config=config, batch_names=names, batch_key=args.batch_key,
-                         modality_key=args.modality_key, modalities=mods, gene_cols=gene_cols,
+    adata = tl.integrate((read_slide(s) for s in args.slides), args.model, config=config, batch_names=names,
+                         batch_key=args.batch_key, modality_key=args.modality_key, modalities=mods, gene_cols=gene_cols,
                          key_added=args.key_added, device=args.device, counts_layers=counts_layers,
                          progress=_progress(args, "cell"))
     write_h5ad(adata, out, overwrite=args.overwrite)
