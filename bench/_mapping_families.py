@@ -49,7 +49,7 @@ from _protocol import gene_folds, measure, split_cells  # noqa: E402
 from helpers.pseudo_spots import make_pseudo_spots  # noqa: E402
 
 from spgpt_core import metrics as M  # noqa: E402
-from spgpt_core.params import AUTO_METHOD  # noqa: E402
+from spgpt_core.params import AUTO_METHOD, DeconvolveConfig, ImputeConfig  # noqa: E402
 
 from _report import log_test_run, model_suffix
 
@@ -63,6 +63,9 @@ DECONVOLUTION_METHODS = {
     "spgpt Tangram clusters + embeddings": (dict(method="tangram_clusters", use_embeddings=True), "spgpt"),
     "spgpt consensus (Tangram clusters + embeddings, NNLS)": (dict(method="consensus", use_embeddings=True),
                                                               "spgpt"),
+    # the default without the model: what the embedding adds to the consensus
+    "spgpt consensus on expression (Tangram clusters, NNLS) [ablation]": (
+        dict(method="consensus", use_embeddings=False), "spgpt"),
     "spgpt default": (dict(), "spgpt"),
 }
 IMPUTATION_METHODS = {
@@ -176,18 +179,27 @@ def run_imputation(case: dict, kw: dict, seed: int, model: str, folds: int) -> d
 # ------------------------------------------------------------------------------------------ driver
 
 
-def _effective(kw: dict, default: str) -> tuple:
+def _effective(kw: dict, default: str, config_class) -> tuple:
     method = kw.get("method", "auto")
     method = default if method == "auto" else method
-    return method, method != "nnls" and kw.get("use_embeddings", True)
+    return method, method != "nnls" and kw.get("use_embeddings", config_class().use_embeddings)
 
 
-def _twin(table: dict, name: str, default: str) -> str | None:
+def _twin(table: dict, name: str, default: str, config_class) -> str | None:
     """The measured row whose options the default resolves to (same method, same use of embeddings)."""
     if name != "spgpt default":
         return None
-    want = _effective(table[name][0], default)
-    return next((n for n, (kw, _) in table.items() if n != name and _effective(kw, default) == want), None)
+    want = _effective(table[name][0], default, config_class)
+    return next((n for n, (kw, _) in table.items()
+                 if n != name and _effective(kw, default, config_class) == want), None)
+
+
+def default_tag(family: str) -> str:
+    """What "spgpt default" runs, recorded with its rows so they are re-run when it changes: the method
+    ``auto`` picks, and "(expression)" when the default maps without the embeddings."""
+    verb = "deconvolve" if family == "deconvolution" else "impute"
+    uses = (DeconvolveConfig if family == "deconvolution" else ImputeConfig)().use_embeddings
+    return AUTO_METHOD[verb] + ("" if uses else " (expression)")
 
 
 def _git(*a) -> str:
@@ -211,15 +223,16 @@ def run_family(family: str, set_name: str, *, quick: bool = False, model: str = 
             done.add((r["case"], r["pipeline"], r["seed"], r["model"], r.get("default_method")))
             rows_by_key[(r["case"], r["pipeline"], r["seed"], r["model"])] = r
     default = AUTO_METHOD["deconvolve" if family == "deconvolution" else "impute"]
+    config_class = DeconvolveConfig if family == "deconvolution" else ImputeConfig
     for case in entries:
         for name, (kw, kind) in todo_methods.items():
             for seed in seeds:
                 # "spgpt default" is re-run when the default changes; the other rows do not depend on it
-                tag = default if name == "spgpt default" else None
+                tag = default_tag(family) if name == "spgpt default" else None
                 if (case["name"], name, seed, model, tag) in done:
                     continue
                 t = time.time()
-                twin = _twin(table, name, default)
+                twin = _twin(table, name, default, config_class)
                 if twin is not None and (case["name"], twin, seed, model, None) in done:
                     # the default runs the same options as a row already measured: the same numbers (every
                     # step is seeded), so they are copied rather than computed twice
@@ -247,7 +260,7 @@ def run_family(family: str, set_name: str, *, quick: bool = False, model: str = 
 def report(family: str, set_name: str, path: Path, *, model: str, quick: bool) -> pd.DataFrame:
     df = pd.DataFrame([json.loads(line) for line in path.read_text().splitlines()])
     df = df[df.model == model]
-    default = AUTO_METHOD["deconvolve" if family == "deconvolution" else "impute"]
+    default = default_tag(family)
     df = df[(df.pipeline != "spgpt default") | (df.default_method == default)]
     metric = "macro_f1" if family == "deconvolution" else "median_pearson"
     cols = [metric, "jsd_mean", "pearson_per_type_mean"] if family == "deconvolution" else [metric, "mean_pearson"]

@@ -134,6 +134,14 @@ def ablations() -> list[dict]:
             for f in ("embedding", "expression", "fused") if f != d["features"]]
 
 
+def share_sweep(shares) -> list[dict]:
+    """The default pipeline, fused, at each embedding share other than the default's own."""
+    d = spgpt_config()
+    return [{"pipeline": describe(cfg), "kind": "spgpt", **cfg}
+            for cfg in (spgpt_config(features="fused", embedding_share=w) for w in shares)
+            if not (d["features"] == "fused" and cfg["embedding_share"] == d["embedding_share"])]
+
+
 def features_for(p: dict, slide: dict, b: dict, seed: int) -> np.ndarray:
     ok, xy = slide["ok"], slide["xy"]
     if p["kind"] == "baseline":
@@ -179,6 +187,9 @@ def main(argv=None) -> None:
                                                              "and the best fused one (default: %(default)s)")
     ap.add_argument("--methods", help="domains: comma-separated clusterings of the candidates to run; deconvolution "
                                        "and imputation: '|'-separated pipeline names (default: all)")
+    ap.add_argument("--share-sweep", action="store_true",
+                    help="dev: also the default pipeline at every embedding share of the protocol's candidates "
+                         "(the rule that chooses the share; expression alone is the share-0 ablation)")
     ap.add_argument("--top", type=int, help="dev: run every seed only for the N candidates with the best mean ARI "
                                              "on the first seed (run --quick first)")
     args = ap.parse_args(argv)
@@ -198,8 +209,12 @@ def main(argv=None) -> None:
     if args.set == "dev":
         pipelines += [p for p in candidates(proto["candidates"])
                       if not args.methods or p["method"] in args.methods.split(",")]
+        if args.share_sweep:
+            pipelines += share_sweep(proto["candidates"]["embedding_weight"])
         if args.top is not None:
-            pipelines = [p for p in pipelines if p["kind"] == "baseline" or p in [default_pipeline(), *ablations()]
+            keep = [default_pipeline(), *ablations(), *(share_sweep(proto["candidates"]["embedding_weight"])
+                                                       if args.share_sweep else [])]
+            pipelines = [p for p in pipelines if p["kind"] == "baseline" or p in keep
                          or p["pipeline"] in best_on_first_seed(RESULTS / "generalize_dev.jsonl", seeds[0], args.top,
                                                                 args.methods.split(",") if args.methods else None)]
     else:  # the default, its ablations and the dev's best candidates
@@ -209,6 +224,7 @@ def main(argv=None) -> None:
             fused = best_on_first_seed(dev, proto["seeds"][0], 1, features="fused")
             known = {p["pipeline"]: p for p in candidates(proto["candidates"])}
             pipelines += [{**known[name], "kind": "spgpt"} for name in dict.fromkeys(best + fused) if name in known]
+    pipelines = list({p["pipeline"]: p for p in pipelines}.values())  # a sweep row may also be a candidate
     out = RESULTS / f"generalize_{args.set}.jsonl"
     done = set()
     if out.exists():
@@ -288,7 +304,8 @@ def report(path: Path, args, pipelines: list[dict]) -> None:
     text = _markdown(show.round(3))
     print(text)
     command = f"python bench/generalize.py --set {args.set}{' --quick' if args.quick else ''}" + (
-        f" --model {args.model}" if args.model != "default" else "") + (f" --top {args.top}" if args.top is not None else "")
+        f" --model {args.model}" if args.model != "default" else "") + (
+        f" --top {args.top}" if args.top is not None else "") + (" --share-sweep" if args.share_sweep else "")
     suffix = model_suffix(args.model)
     (RESULTS / f"generalize_{args.set}{suffix}.md").write_text(
         f"# Domains, {args.set} set (mean ARI over seeds)\n\nCommand: `{command}`\n\n{text}\n")
