@@ -242,8 +242,8 @@ def step_domains(c: Check) -> dict:
 
     k = "3" if c.dry else "5"
     out = c.work / "domains.h5ad"
-    r = c.spgpt("domains", str(sample_slide(c)), "--n-clusters", k, "--model", c.model, "--device", c.device,
-                "--out", str(out), "--overwrite")
+    r = c.spgpt("domains", str(sample_slide(c)), "--n-clusters", k, "--features", "fused", "--model", c.model,
+                "--device", c.device, "--out", str(out), "--overwrite")  # fused: the model's path, on the GPU
     a = ad.read_h5ad(out)
     return {**r, "model": c.model, "device": a.uns["X_spgpt"]["params"]["device"], "cells": int(a.n_obs),
             "domains": int(a.obs["spgpt_domain"].nunique()),

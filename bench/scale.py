@@ -36,12 +36,11 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "src"))
 
 VERBS = ("embed", "cluster", "domains", "integrate", "deconvolve", "impute", "finetune")
-#: Not a verb of its own: `spgpt domains --features expression`, the domains pipeline with no model, so
-#: the cost of everything after embedding (reading, features, clustering, smoothing, writing) at a size
-#: where embedding itself would take hours on 2 shared cores. And `spgpt domains --finetune-epochs 1`, the
-#: paper's fine-tuned domains in one command (fine-tuning is bounded by its step budget, then the slide is
-#: embedded with the fine-tuned model).
-EXTRA = ("domains-expression", "domains-finetuned")
+#: Not verbs of their own: `spgpt domains --features fused`, domains found with the model's embedding
+#: (the default finds them in the slide's expression alone and loads no model), and the same after
+#: `--finetune-epochs 1`, the paper's fine-tuned domains in one command (fine-tuning is bounded by its
+#: step budget, then the slide is embedded with the fine-tuned model).
+EXTRA = ("domains-fused", "domains-finetuned")
 N_DOMAINS = 5
 N_GENES = 300
 #: transcripts per cell: with the generator's skewed gene profiles this gives ~150 expressed genes per cell
@@ -127,12 +126,12 @@ def command(verb: str, size: int, cache: Path, model: str) -> tuple[list[str], P
     if verb == "domains":
         return spgpt("domains", str(slide()), "--n-clusters", str(N_DOMAINS), "--out", str(out), *m,
                      "--overwrite"), out, size
-    if verb == "domains-expression":
-        return spgpt("domains", str(slide()), "--n-clusters", str(N_DOMAINS), "--features", "expression",
-                     "--out", str(out), "--overwrite"), out, size
-    if verb == "domains-finetuned":
-        return spgpt("domains", str(slide()), "--n-clusters", str(N_DOMAINS), "--finetune-epochs", "1",
+    if verb == "domains-fused":
+        return spgpt("domains", str(slide()), "--n-clusters", str(N_DOMAINS), "--features", "fused",
                      "--out", str(out), *m, "--overwrite"), out, size
+    if verb == "domains-finetuned":
+        return spgpt("domains", str(slide()), "--n-clusters", str(N_DOMAINS), "--features", "fused",
+                     "--finetune-epochs", "1", "--out", str(out), *m, "--overwrite"), out, size
     if verb == "integrate":
         halves = [make_slide(cache / f"xenium_{size // 2}_seed{s}.h5ad", size // 2, seed=s) for s in (1, 2)]
         return spgpt("integrate", *map(str, halves), "--out", str(out), *m, "--overwrite"), out, 2 * (size // 2)
@@ -234,7 +233,7 @@ def run(verbs: list[str], sizes: list[int], *, out: Path, cache: Path, model: st
                  **measure(cmd, cache / "logs" / f"{verb}_{size}.log", timeout)}
             if r["ok"]:
                 r["cells_per_s"] = round(n_cells / r["seconds"], 1)
-                if verb in ("domains", "cluster", "domains-expression", "domains-finetuned"):
+                if verb in ("domains", "cluster", *EXTRA):
                     r["ari"], r["n_found"] = ari_of(dst)
                     r["clustering"] = {k: v for k, v in run_record(dst, "spgpt_domain").items()
                                        if k in ("method", "path", "n_subsample", "assign", "resolution",
@@ -257,11 +256,14 @@ def run(verbs: list[str], sizes: list[int], *, out: Path, cache: Path, model: st
 
 def render(rows: list[dict]) -> str:
     latest: dict[tuple, dict] = {}
+    shown = (*VERBS, *EXTRA, "embed (Visium HD-like)")
     for r in rows:
+        if r["verb"] not in shown:  # a pipeline no longer offered (kept in the jsonl as history)
+            continue
         latest[(r["verb"], r["size"], r.get("threads", 1))] = r  # the last run of each pair and thread count
     lines = ["| verb | cells | threads | seconds | CPU s | cells/s | cells/CPU-s | peak GB | ARI | time(1M)/time(100k) |",
              "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
-    order = {v: i for i, v in enumerate((*VERBS, *EXTRA, "embed (Visium HD-like)"))}
+    order = {v: i for i, v in enumerate(shown)}
     for (verb, size, threads), r in sorted(latest.items(),
                                            key=lambda kv: (order.get(kv[0][0], 99), kv[0][2], kv[0][1])):
         ratio = ""

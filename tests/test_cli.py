@@ -149,8 +149,8 @@ def test_domains_fine_tunes_on_variable_genes_and_writes_the_whole_slide(tmp_pat
     slide.write_h5ad(src)
     before = hashlib.sha256(src.read_bytes()).hexdigest()
     out = tmp_path / "dom.h5ad"
-    assert main(["-q", "domains", str(src), "--n-clusters", "5", "--n-top-genes", "200", "--finetune-epochs", "1",
-                 "--out", str(out)]) == 0
+    assert main(["-q", "domains", str(src), "--n-clusters", "5", "--n-top-genes", "200", "--features", "fused",
+                 "--finetune-epochs", "1", "--out", str(out)]) == 0
     res = ad.read_h5ad(out)
     assert res.shape == slide.shape  # fine-tuned and embedded on 200 genes, written back whole
     assert res.obs["spgpt_domain"].nunique() == 5
@@ -159,11 +159,17 @@ def test_domains_fine_tunes_on_variable_genes_and_writes_the_whole_slide(tmp_pat
     # shipped model: 0.79 fine-tuned, 0.76 zero-shot; an untrained random:small network gets 0.35 zero-shot
     assert M.ari(res.obs["domain"].astype(str).to_numpy(), res.obs["spgpt_domain"].astype(str).to_numpy()) > 0.7
     assert hashlib.sha256(src.read_bytes()).hexdigest() == before
-    # the default is zero-shot (as the napari widget): no fine-tuning epoch, same domains found
+    # fine-tuning needs the model's features: with the default (the expression alone) it is refused up front
+    capsys.readouterr()
+    assert main(["-q", "domains", str(src), "--n-clusters", "5", "--finetune-epochs", "1", "--out",
+                 str(tmp_path / "x.h5ad")]) == 2
+    assert "--features fused" in capsys.readouterr().err and not (tmp_path / "x.h5ad").exists()
+    # the default: domains from the slide's own expression, no model and no embedding, same domains found
     zs = tmp_path / "zero_shot.h5ad"
     assert main(["-q", "domains", str(src), "--n-clusters", "5", "--n-top-genes", "200", "--out", str(zs),
                  "--plot"]) == 0
     assert f"figure: {zs.with_suffix('.png')}" in capsys.readouterr().out and zs.with_suffix(".png").stat().st_size
     res = ad.read_h5ad(zs)
     assert res.uns["spgpt_domain"]["params"]["finetune_epochs"] == 0
+    assert res.uns["spgpt_domain"]["params"]["features"] == "expression" and "X_spgpt" not in res.obsm
     assert M.ari(res.obs["domain"].astype(str).to_numpy(), res.obs["spgpt_domain"].astype(str).to_numpy()) > 0.7

@@ -41,7 +41,8 @@ def _commands(files, device):
     s, o, r = str(paths["slide"]), str(paths["other"]), str(paths["ref"])
     return {
         "embed": ["embed", s, *model, "--out", str(d / f"e_{device}.h5ad"), "--overwrite"],
-        "domains": ["domains", s, "--n-clusters", "3", *model, "--out", str(d / f"d_{device}.h5ad"), "--overwrite"],
+        # the model's path: the default (the expression alone) loads no model
+        "domains": ["domains", s, "--n-clusters", "3", "--features", "fused", *model, "--out", str(d / f"d_{device}.h5ad"), "--overwrite"],
         "integrate": ["integrate", s, o, *model, "--out", str(d / f"i_{device}.h5ad"), "--overwrite"],
         "deconvolve": ["deconvolve", s, "--reference", r, "--celltype-key", "cell_type", *model, "--mapping-epochs", "5",
                        "--out", str(d / f"dc_{device}.h5ad"), "--overwrite"],
@@ -73,7 +74,7 @@ def test_python_api_default_is_the_models_device(fake_gpu, files):
     slide = ad.read_h5ad(paths["slide"])
     tl.embed(slide, "random:tiny")
     assert slide.uns["X_spgpt"]["params"]["device"] == "cpu"
-    tl.domains(slide, "random:tiny", n_clusters=3)
+    tl.domains(slide, "random:tiny", n_clusters=3, features="fused")
     assert fake_gpu == []
     with pytest.raises(WentToCuda):
         tl.embed(slide, "random:tiny", device="cuda")

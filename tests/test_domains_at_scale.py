@@ -28,13 +28,25 @@ def big_slide(tmp_path_factory):
 @pytest.fixture(scope="module")
 def domains_out(big_slide):
     out = big_slide.with_name("domains_10k.h5ad")
-    assert main(["-q", "domains", str(big_slide), "--n-clusters", str(N_DOMAINS), "--out", str(out)]) == 0
+    # the model's path (embedding fused with the expression): its embedding is what `spgpt cluster` re-clusters
+    assert main(["-q", "domains", str(big_slide), "--n-clusters", str(N_DOMAINS), "--features", "fused",
+                 "--out", str(out)]) == 0
     return out
 
 
 def test_domains_recovers_planted_bands_at_10k_spots(domains_out):
     a = ad.read_h5ad(domains_out)
     assert a.n_obs >= 10_000 and a.obs["spgpt_domain"].nunique() == N_DOMAINS
+    assert a.uns["spgpt_domain"]["params"]["features"] == "fused" and "X_spgpt" in a.obsm
+    assert adjusted_rand_score(a.obs["domain"], a.obs["spgpt_domain"]) > 0.6
+
+
+def test_default_domains_at_10k_spots(big_slide, tmp_path):
+    """The default (the slide's expression beside its neighbourhood, no model) at 10k spots."""
+    out = tmp_path / "default_10k.h5ad"
+    assert main(["-q", "domains", str(big_slide), "--n-clusters", str(N_DOMAINS), "--out", str(out)]) == 0
+    a = ad.read_h5ad(out)
+    assert a.n_obs >= 10_000 and a.uns["spgpt_domain"]["params"]["features"] == "expression"
     assert adjusted_rand_score(a.obs["domain"], a.obs["spgpt_domain"]) > 0.6
 
 

@@ -76,7 +76,8 @@ def test_out_of_memory_while_training_names_the_options(slide, monkeypatch):
 def test_domains_and_mapping_take_max_seq_len(slide):
     from spgpt_core.params import DeconvolveConfig, DomainsConfig, ImputeConfig
 
-    out = tl.domains(slide.copy(), SpGPT.random("tiny", seed=0), n_clusters=3, max_seq_len=24, smooth_k=0)
+    out = tl.domains(slide.copy(), SpGPT.random("tiny", seed=0), n_clusters=3, max_seq_len=24, smooth_k=0,
+                     features="fused")
     assert out.uns["X_spgpt"]["params"]["max_seq_len"] == 24
     assert out.uns["spgpt_domain"]["params"]["max_seq_len"] == 24
     for cls in (DeconvolveConfig, ImputeConfig):

@@ -19,9 +19,9 @@ CHANGED = {
                            max_cells_per_type=None, n_top_genes=200, embedding_weight=0.5, reference_gene_col="sym",
                            method="nnls", chunk_size=1000, input_scale="normalised", reference_input_scale="log1p"),
     ImputeConfig: dict(method="knn", knn_k=5, chunk_size=1000, input_scale="log1p", n_clusters=12, cluster_ratio=5,
-                       density_prior="none", batch_size=8, spatial_rep="E", reference_rep="E"),
-    DomainsConfig: dict(n_clusters=5, method="kmeans", smooth_k=0, n_top_genes=0, finetune_epochs=2,
-                        finetune_lr=1e-4, max_context=64, drop_empty=True, seed=7),
+                       density_prior="none", batch_size=8, spatial_rep="E", reference_rep="E", use_embeddings=True),
+    DomainsConfig: dict(n_clusters=5, method="kmeans", smooth_k=0, n_top_genes=0, features="fused",
+                        finetune_epochs=2, finetune_lr=1e-4, max_context=64, drop_empty=True, seed=7),
     IntegrateConfig: dict(features="expression", embedding_share=0.75, per_slide="scale", spatial_weight=0.0,
                           spatial_k=12, n_pcs=20, n_top_genes=None, n_clusters=4, batch_size=8, max_seq_len=100, seed=3),
 }
@@ -59,6 +59,8 @@ def test_flags_hold_only_what_changed():
     assert to_flags(DeconvolveConfig()) == []
     assert to_flags(DeconvolveConfig(num_epochs=50, use_embeddings=False)) == ["--no-embeddings", "--mapping-epochs",
                                                                                 "50"]
+    # imputation maps on expression alone by default: its flag turns the embeddings on
+    assert to_flags(ImputeConfig()) == [] and to_flags(ImputeConfig(use_embeddings=True)) == ["--embeddings"]
     # a flag means the same in every verb that has it: --n-top-genes, --seed, --batch-size
     for name in ("seed", "batch_size"):
         flags = {f.metadata["flag"] for cls in CHANGED for f in cls.__dataclass_fields__.values() if f.name == name}
@@ -81,6 +83,10 @@ def test_bad_values_and_unknown_options_are_refused():
         resolve(ImputeConfig, None, {"epochs": 3})
     with pytest.raises(InputError, match="finetune_epochs=-1"):
         DomainsConfig(n_clusters=3, finetune_epochs=-1)
+    # fine-tuning changes the embedding, which the default (expression alone) does not use
+    with pytest.raises(InputError, match="--features fused"):
+        DomainsConfig(n_clusters=3, finetune_epochs=1)
+    assert DomainsConfig(n_clusters=3, finetune_epochs=1, features="embedding").finetune_epochs == 1
     # knn imputes; it has no proportions to give
     with pytest.raises(InputError, match="method='knn'"):
         DeconvolveConfig(method="knn")

@@ -95,11 +95,24 @@ class EmbedWidget(SlideWidget):
         add_native(extras, self.legend)
         self._extras = extras
         self.mode.changed.connect(self._on_mode)
+        self.features.changed.connect(self._on_features)
         self.by.changed.connect(self._on_by)
+        self._on_features()
         self.update_command()
 
     def _on_mode(self, *_) -> None:
         self.epochs.visible = self.mode.value == FINETUNE
+        if self.mode.value == FINETUNE and self.features.value == "expression":
+            self.features.value = "fused"  # fine-tuning changes the embedding: domains must use it
+
+    def _on_features(self, *_) -> None:
+        if self.features.value == "expression" and self.mode.value == FINETUNE:
+            self.mode.value = ZERO_SHOT  # the expression alone uses no model, fine-tuned or not
+        self.controls.run_button.text = self.run_label()
+
+    def run_label(self) -> str:
+        """What Run does: find domains, embedding the slide first when the features use the model."""
+        return "Find domains" if self.features.value == "expression" else self.run_text
 
     def _on_by(self, *_) -> None:
         self.n_domains.visible = self.by.value == BY_NUMBER

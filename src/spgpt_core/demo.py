@@ -31,6 +31,7 @@ from .datasets import make_sample_reference, make_sample_slide
 from .errors import InputError
 from .io import get_coordinates, write_h5ad
 from .metrics import ari, jensen_shannon, macro_f1, nmi, pearson_per_gene
+from .params import DeconvolveConfig, ImputeConfig
 from .pl import save_imputation_panels, save_spatial_panels
 from .progress import Progress
 from .tl._cluster import gmm_labels
@@ -83,6 +84,10 @@ def run_demo(out: str | Path, model="default", *, seed: int = 0, overwrite: bool
     model = load_model(model, device="auto")  # the main job uses a GPU when there is one
     log.info("model: %s", ", ".join(f"{k}={v}" for k, v in model.describe().items()))
     t = time.time()
+    # the model's spot embeddings (obsm['X_spgpt']): the mapping steps below use them beside the expression
+    tl.embed(slide, model, seed=seed, progress=progress)
+    timings["embed"] = time.time() - t
+    t = time.time()
     tl.domains(slide, model, n_clusters=n_domains, seed=seed, progress=progress)  # spgpt domains' defaults
     timings["domains"] = time.time() - t
     slide.obsm["X_pca"] = P = pca_embedding(slide, seed)
@@ -123,8 +128,8 @@ def _deconvolution(slide, reference, model, out: Path, seed: int, epochs: int) -
     res = {}
     # spgpt's default method, Tangram as users run it (cells mode, expression) and the strongest simple
     # baseline on the unseen-tissue test set (NNLS on class means)
-    for name, use_emb, method in (("spgpt", True, "auto"), ("tangram", False, "tangram_cells"),
-                                  ("nnls", False, "nnls")):
+    for name, use_emb, method in (("spgpt", DeconvolveConfig().use_embeddings, "auto"),
+                                  ("tangram", False, "tangram_cells"), ("nnls", False, "nnls")):
         key = f"{name}_proportions"
         tl.deconvolve(slide, reference, "cell_type", model, key_added=key, dominant_key=f"{name}_dominant_type",
                       use_embeddings=use_emb, spatial_rep="X_spgpt" if use_emb else None, seed=seed,
@@ -152,8 +157,10 @@ def _imputation(slide, reference, model, out: Path, seed: int, epochs: int, n_ge
     sc.pp.log1p(measured)
     measured_df = measured.to_df()
     res, per_gene = {}, {}
-    for name, use_emb, method in (("spgpt", True, "tangram_clusters"), ("tangram", False, "tangram_cells"),
-                                  ("knn", False, "knn")):
+    # spgpt's defaults (Tangram on reference centroids, on expression: ImputeConfig), Tangram as users run
+    # it and kNN on the reference
+    for name, use_emb, method in (("spgpt", ImputeConfig().use_embeddings, "auto"),
+                                  ("tangram", False, "tangram_cells"), ("knn", False, "knn")):
         tl.impute(masked, reference, genes=held, model=model, key_added=f"{name}_imputed", use_embeddings=use_emb,
                   method=method, seed=seed, num_epochs=epochs)
         r = pearson_per_gene(measured_df, masked.obsm[f"{name}_imputed"][held])

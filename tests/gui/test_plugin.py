@@ -248,6 +248,9 @@ def test_embed_domains_layers_colours_legend_umap_screenshot(sample_viewer, qtbo
     w = add_widget(viewer, "Embed & domains")
     spots, slide = slide_of(viewer)
     assert w.slide is slide
+    assert w.controls.run_button.text == "Find domains"  # the default: the slide's expression, no model
+    w.features.value = "fused"  # the model's path: embed, then domains from expression and embedding
+    assert w.controls.run_button.text == "Embed && find domains"
     w.n_domains.value = 5
     w.smooth_k.value = 6
     w.n_top_genes.value = 200  # the sample slide has 400 genes: the model gets the 200 most variable
@@ -269,7 +272,7 @@ def test_embed_domains_layers_colours_legend_umap_screenshot(sample_viewer, qtbo
     expected = np.stack([hex_rgba(colors[d]) for d in adata.obs["spgpt_domain"]])
     np.testing.assert_allclose(layer.face_color, expected, atol=1e-6)
     assert w.legend.items == {k: v for k, v in colors.items()}
-    # what the domains were found from, and how (the defaults: fused features beside neighbours, gmm-tied)
+    # what the domains were found from, and how (fused features beside neighbours, gmm-tied)
     assert w.legend.title.endswith("; fused + neighbours 0.8, gmm-tied)"), w.legend.title
     assert "spgpt_domain" in spots.features.columns  # hovering the spots shows the domain too
     assert w.umap_canvas is not None and w.umap_canvas.n_points == 1481
@@ -293,6 +296,27 @@ def test_embed_domains_layers_colours_legend_umap_screenshot(sample_viewer, qtbo
         assert (np.abs(rgb - target).max(axis=1) <= 12).sum() > 20, f"domain colour {c} not visible"
 
 
+def test_default_domains_need_no_model(viewer, qtbot, tmp_path):
+    """The widget's default is the core's: domains from the slide's expression beside its neighbourhood,
+    no embedding; the command it shows names no model, and the legend says what was used."""
+    from spgpt_core import datasets
+
+    small = datasets.make_sample_slide(n_rows=12, n_cols=14, n_domains=3, seed=3)
+    small.write_h5ad(tmp_path / "small.h5ad")
+    viewer.open(str(tmp_path / "small.h5ad"), plugin="spgpt")
+    w = add_widget(viewer, "Embed & domains")
+    w.n_domains.value = 3
+    assert w.controls.run_button.text == "Find domains"
+    assert "spgpt domains" in w.command.value and "--model" not in w.command.value
+    w.run()
+    wait_job(qtbot, w)
+    assert w.controls.last_error is None, w.controls.last_error
+    _, slide = slide_of(viewer)
+    assert "X_spgpt" not in slide.adata.obsm and slide.adata.uns["spgpt_domain"]["params"]["features"] == "expression"
+    assert w.legend.title.endswith("; expression + neighbours 0.8, gmm-tied)"), w.legend.title
+    assert viewer.layers["small domains"].features["spgpt_domain"].nunique() == 3
+
+
 def test_finetune_then_embed(viewer, qtbot, tmp_path):
     from napari_spgpt._embed_widget import FINETUNE
     from spgpt_core import datasets
@@ -302,12 +326,15 @@ def test_finetune_then_embed(viewer, qtbot, tmp_path):
     viewer.open(str(tmp_path / "small.h5ad"), plugin="spgpt")
     w = add_widget(viewer, "Embed & domains")
     assert w.mode.enabled  # spgpt_core.train is in this build
+    assert w.features.value == "expression"  # the core's default: no model
     w.mode.value = FINETUNE
+    assert w.features.value == "fused"  # fine-tuning only matters to features that use the embedding
     w.epochs.value = 1
     w.method.value = "kmeans"
     w.n_domains.value = 3
     w.umap.value = False
     assert "spgpt domains" in w.command.value and "--finetune-epochs 1" in w.command.value
+    assert "--features fused" in w.command.value
     w.run()
     wait_job(qtbot, w)
     assert w.controls.last_error is None, w.controls.last_error
@@ -316,6 +343,8 @@ def test_finetune_then_embed(viewer, qtbot, tmp_path):
     assert viewer.layers["small domains"].features["spgpt_domain"].nunique() == 3
     params = slide.adata.uns["spgpt_napari"]["run_000"]["params"]
     assert params["mode"] == FINETUNE and params["finetune_epochs"] == 1
+    w.features.value = "expression"  # and back: the expression alone is found zero-shot, with no model
+    assert w.mode.value != FINETUNE and "--finetune-epochs" not in w.command.value
 
 
 def test_cancel_stops_between_batches(sample_viewer, qtbot, notifications):
@@ -592,6 +621,7 @@ def test_real_dlpfc_slide_as_zarr_embeds_and_clusters(viewer, qtbot, tmp_path):
     assert len(spots.data) == 3639
     e = add_widget(viewer, "Embed & domains")
     e.n_domains.value = 7
+    e.features.value = "fused"  # embeds the real slide (its gene symbols matched to the model's)
     e.umap.value = False
     e.run()
     wait_job(qtbot, e)

@@ -8,6 +8,8 @@ Heavy modules are imported inside each command so ``spgpt --help`` stays fast.
 
 from __future__ import annotations
 
+import argparse
+
 import json
 import time
 from pathlib import Path
@@ -299,6 +301,8 @@ def register(sub) -> None:
     g.add_argument("--all-missing", action="store_true", help="impute every reference gene the slide does not measure")
     p.add_argument("--key-added", default="spgpt_imputed", help="obsm key of the imputed genes (default: %(default)s)")
     add_options(p, ImputeConfig)
+    # expression alone is the default since 2026-12-06; the flag that asked for it still works
+    p.add_argument("--no-embeddings", dest="use_embeddings", action="store_false", help=argparse.SUPPRESS)
     p.add_argument("--plot", action="store_true", help="also write OUT.png with the imputed genes in space")
     p.set_defaults(func=cmd_impute)
 

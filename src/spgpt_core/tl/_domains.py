@@ -1,12 +1,13 @@
 """``tl.domains``: spatial domains of a slide in one call, the workflow behind ``spgpt domains``, the
 plugin's Embed & domains widget and the demo.
 
-The slide's most variable matched genes are chosen once; the model is (optionally) fine-tuned on
-them and embeds every spot with them. Domains are then clustered from the embedding, from the slide's
-own expression or from both fused, each optionally beside its spatial neighbourhood (:mod:`._features`),
-and the labels are smoothed over each spot's spatial neighbours. Every input is checked before the
-model is loaded; with ``features="expression"`` no model is loaded at all. Options:
-:class:`spgpt_core.params.DomainsConfig`.
+Domains are clustered from the slide's own expression (the default: on tissue the model was not
+pretrained on, its embedding added nothing measurable, see ``DomainsConfig``), from the model's
+embedding or from both fused, each optionally beside its spatial neighbourhood (:mod:`._features`), and
+the labels are smoothed over each spot's spatial neighbours. When the embedding is used, the slide's
+most variable matched genes are chosen once; the model is (optionally) fine-tuned on them and embeds
+every spot with them. Every input is checked before the model is loaded; with ``features="expression"``
+no model is loaded at all. Options: :class:`spgpt_core.params.DomainsConfig`.
 """
 
 from __future__ import annotations
@@ -32,14 +33,16 @@ def domains(adata, model="default", *, config: DomainsConfig | None = None, gene
             modality: str | None = None, counts_layer: str | None = None, device: str | None = None,
             key_added: str = "spgpt_domain", embedding_key: str = "X_spgpt", reuse_embedding: bool = False,
             progress: Progress | None = None, **options):
-    """Embed ``adata`` (zero-shot, or after ``finetune_epochs`` of fine-tuning) and cluster it into domains.
+    """Spatial domains of ``adata``: from its expression (default), or from the model's embedding (zero-shot,
+    or after ``finetune_epochs`` of fine-tuning) alone or fused with the expression.
 
     Options: ``config`` (:class:`~spgpt_core.params.DomainsConfig`) or its fields as keyword arguments:
     give ``n_clusters`` (Leiden / Louvain search the resolution; k-means is exact) or ``resolution``;
     ``n_top_genes=0`` gives the model every matched gene; ``drop_empty`` leaves spots that express no
     model gene out (their domain is missing) instead of refusing the slide.
 
-    Writes ``obsm[embedding_key]`` (with its record in ``uns``), the categorical ``obs[key_added]``,
+    Writes ``obsm[embedding_key]`` when the embedding is used (with its record in ``uns``), the categorical
+    ``obs[key_added]``,
     its colours and ``uns[key_added]`` (every parameter of this call). ``device=None`` uses the model's
     device (CPU for a model loaded here). ``reuse_embedding=True`` takes ``obsm[embedding_key]`` as an
     earlier call with the same model, genes and seed left it and only finds domains again (the plugin
