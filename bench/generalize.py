@@ -75,7 +75,7 @@ def cached_embedding(name: str, a, model_spec: str) -> np.ndarray:
     if path.exists():
         return np.load(path)
     b = a.copy()
-    sg.tl.domains(b, model, n_clusters=2, method="kmeans", smooth_k=0, drop_empty=True)
+    sg.tl.domains(b, model, n_clusters=2, method="kmeans", smooth_k=0, drop_empty=True, features="embedding")
     CACHE.mkdir(parents=True, exist_ok=True)
     np.save(path, np.asarray(b.obsm["X_spgpt"], dtype=np.float32))
     return np.load(path)
