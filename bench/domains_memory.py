@@ -4,8 +4,9 @@ A thread samples this process's RSS every 50 ms; the stages (reading, model, gen
 expression PCs, combined features, clustering) are marked by wrapping the functions ``tl.domains``
 calls. Prints, per stage boundary, the RSS then and the peak so far, and the stage the peak fell in.
 
-    python bench/domains_memory.py bench/.cache/scale/xenium_1000000.h5ad          # zero-shot default
-    python bench/domains_memory.py SLIDE.h5ad --finetune-epochs 1 --n-clusters 7
+    python bench/domains_memory.py bench/.cache/scale/xenium_1000000.h5ad --features fused  # the model's path
+    python bench/domains_memory.py bench/.cache/scale/xenium_1000000.h5ad                   # default: no model
+    python bench/domains_memory.py SLIDE.h5ad --features fused --finetune-epochs 1 --n-clusters 7
 """
 
 from __future__ import annotations
@@ -27,6 +28,7 @@ def main() -> None:
     p.add_argument("slide")
     p.add_argument("--n-clusters", type=int, default=5)
     p.add_argument("--finetune-epochs", type=int, default=0)
+    p.add_argument("--features", help="expression, fused or embedding (default: tl.domains')")
     p.add_argument("--model", default="default")
     args = p.parse_args()
 
@@ -66,7 +68,8 @@ def main() -> None:
     mark("reading")
     adata = ad.read_h5ad(args.slide)
     mark("read")
-    D.domains(adata, args.model, n_clusters=args.n_clusters, finetune_epochs=args.finetune_epochs)
+    D.domains(adata, args.model, n_clusters=args.n_clusters, finetune_epochs=args.finetune_epochs,
+              **({"features": args.features} if args.features else {}))
     mark("end")
     for name, rss, peak in marks:
         print(f"{name:26s} RSS {rss:5.2f} GB   peak so far {peak:5.2f} GB")

@@ -79,7 +79,7 @@ class EmbedWidget(SlideWidget):
         self.batch_size = SpinBox(label="Batch size", value=64, min=1, max=4096)
         self.seed = SpinBox(label="Seed", value=0, min=0, max=2**31 - 1)
         self.drop_empty = CheckBox(value=True, text="Leave out spots that express no model gene")
-        self.umap = CheckBox(value=True, text="Show a UMAP of the embedding")
+        self.umap = CheckBox(value=True, text="Show a UMAP of what the domains were found in")
         self.keep_button = PushButton(text="Keep these domains as their own layer", enabled=False,
                                       tooltip="The next run then adds a new domains layer instead of replacing them")
         self.legend = Legend()
@@ -231,7 +231,9 @@ class EmbedWidget(SlideWidget):
             return
         if result.get("umap") is not None and DOMAIN_KEY in slide.adata.obs:
             domains = slide.adata.obs[DOMAIN_KEY]
-            self._show_umap(result["umap"], categorical(domains), self.legend.items)
+            found_in = how_found(slide.adata).rsplit(", ", 1)[0]  # e.g. "expression + neighbours 0.8"
+            title = "UMAP of spgpt embedding" if found_in == "embedding" else f"UMAP of the features ({found_in})"
+            self._show_umap(result["umap"], categorical(domains), self.legend.items, title)
         elif self.umap_canvas is not None:
             self.umap_canvas.setVisible(False)  # an earlier run's UMAP must not sit beside this run's legend
 
@@ -284,12 +286,12 @@ class EmbedWidget(SlideWidget):
         self.render(slide)
         self.controls.status.value = f"Kept as layer '{slide.name} domains {label}' (obs['{key}'])."
 
-    def _show_umap(self, xy: np.ndarray, labels: pd.Categorical, mapping: dict[str, str]) -> None:
+    def _show_umap(self, xy: np.ndarray, labels: pd.Categorical, mapping: dict[str, str], title: str) -> None:
         if self.umap_canvas is None:
             self.umap_canvas = UmapCanvas()
             add_native(self._extras, self.umap_canvas)
         self.umap_canvas.setVisible(True)
-        self.umap_canvas.plot(xy, labels, mapping)
+        self.umap_canvas.plot(xy, labels, mapping, title)
 
 
 def clustering_label(record: dict) -> str:

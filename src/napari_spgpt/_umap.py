@@ -41,7 +41,8 @@ class UmapCanvas:
                 self.setMinimumHeight(260)
                 self.n_points = 0
 
-            def plot(self, xy: np.ndarray, labels: pd.Categorical, mapping: dict[str, str]) -> None:
+            def plot(self, xy: np.ndarray, labels: pd.Categorical, mapping: dict[str, str],
+                     title: str = "UMAP of spgpt embedding") -> None:
                 ax = self.ax
                 ax.clear()
                 ax.set_facecolor("#262930")
@@ -54,7 +55,8 @@ class UmapCanvas:
                 ax.set_yticks([])
                 for spine in ax.spines.values():
                     spine.set_color("#5a5f6b")
-                ax.set_title("UMAP of spgpt embedding", color="white", fontsize=9)
+                ax.set_title(title, color="white", fontsize=9)
+                self.title = title
                 self.n_points = int(ok.sum())
                 self.draw_idle()
 
