@@ -173,3 +173,16 @@ def test_domains_fine_tunes_on_variable_genes_and_writes_the_whole_slide(tmp_pat
     assert res.uns["spgpt_domain"]["params"]["finetune_epochs"] == 0
     assert res.uns["spgpt_domain"]["params"]["features"] == "expression" and "X_spgpt" not in res.obsm
     assert M.ari(res.obs["domain"].astype(str).to_numpy(), res.obs["spgpt_domain"].astype(str).to_numpy()) > 0.7
+
+
+def test_domains_says_when_the_model_is_not_used(tmp_path, caplog):
+    """The default finds domains in the expression: a --model given with it is named as unused, not silently
+    ignored, and no model is needed (a path that does not exist is not even opened)."""
+    from spgpt_core.datasets import make_sample_slide
+
+    src = tmp_path / "slide.h5ad"
+    make_sample_slide(n_rows=12, n_cols=14, n_domains=3, seed=4).write_h5ad(src)
+    with caplog.at_level("WARNING"):
+        assert main(["-q", "domains", str(src), "--n-clusters", "3", "--model", str(tmp_path / "no_such_model"),
+                     "--out", str(tmp_path / "d.h5ad")]) == 0
+    assert "is not used" in caplog.text and "--features fused" in caplog.text

@@ -5,6 +5,7 @@ Heavy modules are imported inside each command so ``spgpt --help`` stays fast.
 
 from __future__ import annotations
 
+import logging
 import time
 from pathlib import Path
 
@@ -65,6 +66,10 @@ def cmd_domains(args) -> None:
     from ..output import _check_free, write_results
 
     config = from_args(DomainsConfig, args)
+    if config.features == "expression" and args.model != "default":
+        logging.getLogger(__name__).warning(
+            "--model %s is not used: domains come from the slide's expression (the default); add --features fused "
+            "(or embedding) to find them with the model", args.model)
 
     _check_free(Path(args.out), args.overwrite)
     adata = read_input(args, backed=False)
