@@ -140,3 +140,15 @@ def test_expression_domains_need_no_model(monkeypatch):
     assert rec["features"] == "expression" and rec["spatial_weight"] == 0.5 and rec["method"] == "gmm"
     assert "X_spgpt" not in slide.obsm and slide.obsm["spgpt_domain_features"].shape[0] == slide.n_obs
     assert adjusted_rand_score(slide.obs["domain"], slide.obs["spgpt_domain"]) > 0.5
+
+
+def test_expression_domains_refuse_negative_values():
+    """The default path reads X itself (no model checks it): negative or NaN values are refused with the fix."""
+    from spgpt_core.errors import InputError
+
+    slide = make_sample_slide(n_rows=12, n_cols=12, n_domains=3, seed=5)
+    slide.X = slide.X.astype("float32")
+    slide.X.data[:3] = -1.0
+    with pytest.raises(InputError, match="negative value.*raw counts"):
+        tl.domains(slide, None, n_clusters=3)
+    assert "spgpt_domain" not in slide.obs

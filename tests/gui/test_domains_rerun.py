@@ -22,6 +22,7 @@ def test_recluster_reuses_the_embedding_and_keeps_clusterings(sample_viewer, qtb
     viewer = sample_viewer
     slide = slide_of(viewer)
     w = add_widget(viewer, "Embed & domains")
+    w.features.value = "fused"  # the model's path: its embedding is what a re-clustering reuses
     w.n_domains.value = 5
     w.run()
     wait_job(qtbot, w)
@@ -32,7 +33,7 @@ def test_recluster_reuses_the_embedding_and_keeps_clusterings(sample_viewer, qtb
     colors1 = dict(w.legend.items)
     assert w.umap_canvas is not None and not w.umap_canvas.isHidden()
     w.keep_clustering()
-    kept = "sample_slide domains k=5, fused, gmm-tied, smooth 6"  # the default: fused features, gmm-tied
+    kept = "sample_slide domains k=5, fused, gmm-tied, smooth 6"  # fused features, gmm-tied
     assert kept in viewer.layers and "spgpt_domain__k_5__fused__gmm_tied__smooth_6" in adata.obs
     assert "spgpt_domain_features" in adata.obsm
 

@@ -25,6 +25,7 @@ def _slide(viewer):
 
 def test_widget_equals_its_command(sample_viewer, qtbot, tmp_path):
     w = add_widget(sample_viewer, "Embed & domains")
+    w.features.value = "fused"  # the model's path (the default's command has no model: test_plugin)
     w.n_domains.value = 5
     w.n_top_genes.value = 200
     w.umap.value = False
@@ -51,6 +52,7 @@ def test_plugin_device_cpu_never_touches_cuda(sample_viewer, qtbot, monkeypatch)
     seen = install(monkeypatch)
     assert get_state(sample_viewer).device == "cpu"
     w = add_widget(sample_viewer, "Embed & domains")
+    w.features.value = "fused"  # loads and runs the model
     w.n_domains.value = 5
     w.run()
     wait_job(qtbot, w)

@@ -202,7 +202,8 @@ def test_log_normalised_slide_uses_its_counts_layer(viewer, qtbot, tmp_path):
     e.run()
     wait_job(qtbot, e)
     assert e.controls.last_error is None, e.controls.last_error
-    assert loaded.adata.uns["X_spgpt"]["params"]["counts_layer"] == "counts"
+    # the default finds domains in the expression: read from the counts, not from X's log values
+    assert loaded.adata.uns["spgpt_domain"]["params"]["counts_layer"] == "counts"
     m.counts.value = "X"
     assert loaded.counts_layer is None
 
@@ -352,6 +353,7 @@ def test_finetune_then_embed(viewer, qtbot, tmp_path):
 def test_cancel_stops_between_batches(sample_viewer, qtbot, notifications):
     viewer = sample_viewer
     w = add_widget(viewer, "Embed & domains")
+    w.features.value = "fused"  # the model's path: embedding, batch by batch
     w.batch_size.value = 1
     w.umap.value = False
     w.run()

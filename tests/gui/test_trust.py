@@ -125,6 +125,7 @@ def test_cancel_while_finding_domains_leaves_everything_as_before(sample_viewer,
     viewer = sample_viewer
     _, slide = slide_of(viewer)
     w = add_widget(viewer, "Embed & domains")
+    w.features.value = "fused"  # the model's path: the re-run embeds again before finding domains
     w.n_domains.value = 5
     w.umap.value = False
     w.run()
@@ -170,6 +171,7 @@ def test_loading_a_model_during_a_job_keeps_both_right(sample_viewer, qtbot):
     assert state.model is None and state.spec == "random:tiny"
     _, slide = slide_of(viewer)
     e = add_widget(viewer, "Embed & domains")
+    e.features.value = "fused"  # uses the model
     e.n_domains.value = 5
     e.umap.value = False
     e.batch_size.value = 1  # long enough for the model to load while it runs
@@ -202,6 +204,7 @@ def test_removing_the_spots_layer_asks_and_can_keep_the_slide(sample_viewer, qtb
     viewer = sample_viewer
     spots, slide = slide_of(viewer)
     e = add_widget(viewer, "Embed & domains")
+    e.features.value = "fused"  # embedding batch by batch: a job long enough to close the slide under
     e.n_domains.value = 5
     e.umap.value = False
     e.run()

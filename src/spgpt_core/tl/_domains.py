@@ -17,7 +17,7 @@ import numpy as np
 from ..checkpoint import load_model
 from ..device import choose_device
 from ..errors import InputError
-from ..io import get_coordinates
+from ..io import check_matrix, get_coordinates
 from ..params import DomainsConfig, resolve
 from ..pp.counts import with_counts
 from ..pp.hvg import highly_variable_mask
@@ -52,6 +52,8 @@ def domains(adata, model="default", *, config: DomainsConfig | None = None, gene
     check_domains_request(adata, n_clusters=cfg.n_clusters, resolution=cfg.resolution, method=cfg.method)
     n_top_genes = cfg.n_top_genes or None
     work = with_counts(adata, counts_layer)
+    if cfg.features == "expression":  # tl.embed checks the matrix on the model's paths
+        check_matrix(work)
     emb = None
     if cfg.features != "expression" and reuse_embedding:
         if embedding_key not in adata.obsm:
@@ -96,7 +98,7 @@ def domains(adata, model="default", *, config: DomainsConfig | None = None, gene
         **({"expression_pca_solver": pca_info["pca_solver"]} if "pca_solver" in pca_info else {}),
         **({"features_dtype": pca_info["features_dtype"]} if "features_dtype" in pca_info else {}),
         finetune_epochs=cfg.finetune_epochs, batch_size=cfg.batch_size, max_seq_len=cfg.max_seq_len,
-        drop_empty=cfg.drop_empty,
+        drop_empty=cfg.drop_empty, counts_layer=counts_layer,
         **({"finetune_lr": cfg.finetune_lr, "max_context": cfg.max_context, "finetune_steps": cfg.finetune_steps,
             "finetune_steps_taken": adata.uns[embedding_key]["params"].get("finetune_steps_taken")}
            if cfg.finetune_epochs else {}))
