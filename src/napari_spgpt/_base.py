@@ -372,6 +372,13 @@ class MappingJob:
     def model(self) -> ModelChoice:
         return self.inputs.model
 
+    def get_model(self, progress):
+        """(model, loaded here?) in the worker; the spec alone, unloaded, when the mapping uses no
+        embeddings (imputation's default): no model load, no torch import for nothing."""
+        if not self.config.use_embeddings or self.config.method == "nnls":
+            return self.model.model if self.model.model is not None else self.model.spec, False
+        return self.model.get(progress)
+
     @property
     def params(self) -> dict:
         return self.inputs.params

@@ -101,7 +101,7 @@ class DeconvolveWidget(ReferenceSlideWidget):
             progress.start(0, "reading the reference")
             reference = read_reference(job.ref_path)
             progress.check()
-            model, loaded = job.model.get(progress)
+            model, loaded = job.get_model(progress)
             from spgpt_core import tl  # torch, scanpy: only inside the worker, napari starts fast
 
             work_ad = scratch(job.slide.adata)  # the slide itself changes only in commit, after success

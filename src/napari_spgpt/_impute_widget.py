@@ -199,7 +199,7 @@ def impute_in_worker(job: MappingJob, genes, progress, key: str = KEY, accumulat
     progress.start(0, "reading the reference")
     reference = read_reference(job.ref_path)
     progress.check()
-    model, loaded = job.model.get(progress)
+    model, loaded = job.get_model(progress)
     from spgpt_core import tl  # torch, scanpy: only inside the worker, napari starts fast
     from spgpt_core.tl._impute import merge_imputed
 

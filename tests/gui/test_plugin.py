@@ -443,6 +443,9 @@ def test_impute_gene_search_and_overlays(sample_viewer, qtbot):
     w.run()
     wait_job(qtbot, w, timeout=240_000)
     assert w.controls.last_error is None, w.controls.last_error
+    from napari_spgpt._state import get_state
+
+    assert get_state(viewer).model is None  # the default maps on expression: no model was loaded for it
     imputed = slide.adata.obsm["spgpt_imputed"]
     assert list(imputed.columns) == held_out[:2]
     for i, g in enumerate(held_out[:2]):
