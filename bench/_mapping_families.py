@@ -194,12 +194,18 @@ def _twin(table: dict, name: str, default: str, config_class) -> str | None:
                  if n != name and _effective(kw, default, config_class) == want), None)
 
 
+def _defaults(family: str) -> tuple[str, type]:
+    """(the method ``auto`` picks below the size limit, the family's config class)."""
+    if family == "deconvolution":
+        return AUTO_METHOD["deconvolve"], DeconvolveConfig
+    return AUTO_METHOD["impute"], ImputeConfig
+
+
 def default_tag(family: str) -> str:
     """What "spgpt default" runs, recorded with its rows so they are re-run when it changes: the method
     ``auto`` picks, and "(expression)" when the default maps without the embeddings."""
-    verb = "deconvolve" if family == "deconvolution" else "impute"
-    uses = (DeconvolveConfig if family == "deconvolution" else ImputeConfig)().use_embeddings
-    return AUTO_METHOD[verb] + ("" if uses else " (expression)")
+    method, config_class = _defaults(family)
+    return method + ("" if config_class().use_embeddings else " (expression)")
 
 
 def _git(*a) -> str:
@@ -222,8 +228,7 @@ def run_family(family: str, set_name: str, *, quick: bool = False, model: str = 
             r = json.loads(line)
             done.add((r["case"], r["pipeline"], r["seed"], r["model"], r.get("default_method")))
             rows_by_key[(r["case"], r["pipeline"], r["seed"], r["model"])] = r
-    default = AUTO_METHOD["deconvolve" if family == "deconvolution" else "impute"]
-    config_class = DeconvolveConfig if family == "deconvolution" else ImputeConfig
+    default, config_class = _defaults(family)
     for case in entries:
         for name, (kw, kind) in todo_methods.items():
             for seed in seeds:

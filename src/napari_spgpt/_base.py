@@ -375,7 +375,7 @@ class MappingJob:
     def get_model(self, progress):
         """(model, loaded here?) in the worker; the spec alone, unloaded, when the mapping uses no
         embeddings (imputation's default): no model load, no torch import for nothing."""
-        if not self.config.use_embeddings or self.config.method == "nnls":
+        if not self.config.may_use_embeddings:
             return self.model.model if self.model.model is not None else self.model.spec, False
         return self.model.get(progress)
 

@@ -51,7 +51,7 @@ def slide_args(slide) -> list[str]:
 def domains(slide, spec: str, device: str, config: DomainsConfig) -> str:
     """``spgpt domains ...``: the Embed & domains widget's run, as one command (tl.domains behind both)."""
     flags = to_flags(config, always=("n_clusters", "resolution", "method", "smooth_k", "batch_size", "seed"))
-    model = model_args(spec, device) if config.features != "expression" else []  # the expression alone: no model
+    model = model_args(spec, device) if config.uses_embedding else []  # the expression alone: no model
     return join(["spgpt", "domains", *input_args(slide), *model, *slide_args(slide), *flags,
                  "--out", f"{stem(slide)}_domains.h5ad"])
 

@@ -187,6 +187,12 @@ class MappingConfig(Config):
     _methods = MAPPING_METHODS
 
     @property
+    def may_use_embeddings(self) -> bool:
+        """Whether the mapping may need the model: embeddings asked for and a method that stacks them
+        (``auto`` may still pick NNLS on a large slide, which does not)."""
+        return self.use_embeddings and self.method != "nnls"
+
+    @property
     def embedding_block(self) -> str:
         """How the embeddings entered the features, for the run record."""
         if not self.use_embeddings:
@@ -331,7 +337,7 @@ class DomainsConfig(Config):
         _at_least("smooth_k", self.smooth_k, 0)
         _at_least("n_top_genes", self.n_top_genes, 0, " (0 = every matched gene)")
         _at_least("finetune_epochs", self.finetune_epochs, 0, ": pass 0 (zero-shot) or a positive number of epochs")
-        if self.finetune_epochs and self.features == "expression":
+        if self.finetune_epochs and not self.uses_embedding:
             raise InputError(f"finetune_epochs={self.finetune_epochs} (--finetune-epochs) fine-tunes the model, but "
                              "domains from the expression alone (--features expression, the default) use no model; "
                              "add --features fused (or embedding) to find domains in the fine-tuned embedding")
@@ -339,6 +345,11 @@ class DomainsConfig(Config):
         _at_least("batch_size", self.batch_size, 1)
         _at_least("max_context", self.max_context, 1)
         _at_least("max_seq_len", self.max_seq_len, 2)
+
+    @property
+    def uses_embedding(self) -> bool:
+        """Whether the domains need the model (its embedding); the expression alone loads none."""
+        return self.features != "expression"
 
 
 # ---------------------------------------------------------------------------- integration

@@ -66,7 +66,7 @@ def cmd_domains(args) -> None:
     from ..output import _check_free, write_results
 
     config = from_args(DomainsConfig, args)
-    if config.features == "expression" and args.model != "default":
+    if not config.uses_embedding and args.model != "default":
         logging.getLogger(__name__).warning(
             "--model %s is not used: domains come from the slide's expression (the default); add --features fused "
             "(or embedding) to find them with the model", args.model)

@@ -52,15 +52,15 @@ def domains(adata, model="default", *, config: DomainsConfig | None = None, gene
     check_domains_request(adata, n_clusters=cfg.n_clusters, resolution=cfg.resolution, method=cfg.method)
     n_top_genes = cfg.n_top_genes or None
     work = with_counts(adata, counts_layer)
-    if cfg.features == "expression":  # tl.embed checks the matrix on the model's paths
+    if not cfg.uses_embedding:  # tl.embed checks the matrix on the model's paths
         check_matrix(work)
     emb = None
-    if cfg.features != "expression" and reuse_embedding:
+    if cfg.uses_embedding and reuse_embedding:
         if embedding_key not in adata.obsm:
             raise InputError(f"reuse_embedding=True but the slide has no obsm['{embedding_key}']; run without it "
                              "to embed the slide")
         emb = np.asarray(adata.obsm[embedding_key])
-    elif cfg.features != "expression":
+    elif cfg.uses_embedding:
         emb = _embed_for_domains(adata, work, model, cfg, gene_col=gene_col, modality=modality,
                                  counts_layer=counts_layer, device=device, embedding_key=embedding_key,
                                  progress=progress)
