@@ -46,7 +46,9 @@ def test_default_domains_at_10k_spots(big_slide, tmp_path):
     out = tmp_path / "default_10k.h5ad"
     assert main(["-q", "domains", str(big_slide), "--n-clusters", str(N_DOMAINS), "--out", str(out)]) == 0
     a = ad.read_h5ad(out)
-    assert a.n_obs >= 10_000 and a.uns["spgpt_domain"]["params"]["features"] == "expression"
+    params = a.uns["spgpt_domain"]["params"]
+    assert a.n_obs >= 10_000 and params["features"] == "expression"
+    assert params["consensus"] == 5 and params["consensus_members"] == 10  # the default's 2 views x 5 seeds
     assert adjusted_rand_score(a.obs["domain"], a.obs["spgpt_domain"]) > 0.6
 
 

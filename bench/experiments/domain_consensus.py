@@ -49,6 +49,11 @@ RUNS = [  # name, members, repeats per member, seeds
     ("expr default x5 seeds consensus, seeds 3-4", [EXPR], 5, (3, 4)),
     ("expr default (single), seeds 3-4", [EXPR], 1, (3, 4)),
 ]
+#: The pre-registered decision (bench/protocols/unseen_tissue.yaml, domains_consensus): seeds 0-4.
+DECISION = [
+    ("decision: expr default (single), seeds 0-4", [EXPR], 1, (0, 1, 2, 3, 4)),
+    ("decision: expr default + baseline, x5 seeds consensus, seeds 0-4", [EXPR, BASE], 5, (0, 1, 2, 3, 4)),
+]
 
 
 def dev_slides(model: str) -> dict:
@@ -89,7 +94,9 @@ def consensus(parts: list[np.ndarray], K: int, seed: int) -> np.ndarray:
     return KMeans(K, n_init=10, random_state=seed).fit_predict(Z)
 
 
-def labels_for(sl: dict, members: list[dict], n_rep: int, seed: int) -> np.ndarray:
+def labels_for(sl: dict, members: list[dict], n_rep: int, seed: int, same_features: bool = False) -> np.ndarray:
+    """``same_features``: each member's features computed once (at ``seed``) and only the clustering's seed
+    varied, as ``tl.domains`` does (the explore runs recomputed the features at each member seed)."""
     xy = sl["xy"][sl["ok"]]
     if len(members) == 1 and n_rep == 1:
         lab, _ = cluster_embedding(member_features(sl, members[0], seed), n_clusters=sl["k"], method="gmm-tied",
@@ -97,10 +104,11 @@ def labels_for(sl: dict, members: list[dict], n_rep: int, seed: int) -> np.ndarr
         return lab
     parts = []
     for j, m in enumerate(members):
+        F = member_features(sl, m, seed) if same_features else None
         for r in range(n_rep):
             s = 1000 * seed + 10 * j + r
-            lab, _ = cluster_embedding(member_features(sl, m, s), n_clusters=sl["k"], method="gmm-tied", coords=xy,
-                                       smooth_k=0, seed=s)
+            lab, _ = cluster_embedding(F if same_features else member_features(sl, m, s), n_clusters=sl["k"],
+                                       method="gmm-tied", coords=xy, smooth_k=0, seed=s)
             parts.append(lab)
     return smooth_labels(consensus(parts, sl["k"], seed), xy, 6)
 
@@ -108,18 +116,20 @@ def labels_for(sl: dict, members: list[dict], n_rep: int, seed: int) -> np.ndarr
 def main(argv=None) -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--model", default="default")
+    ap.add_argument("--runs", choices=["explore", "decision"], default="explore",
+                    help="explore: the runs of the first diary; decision: the pre-registered seeds 0-4 comparison")
     ap.add_argument("--out", default=str(ROOT / "bench/experiments/results/domain_consensus.jsonl"))
     args = ap.parse_args(argv)
     data = dev_slides(args.model)
-    for name, members, n_rep, seeds in RUNS:
+    for name, members, n_rep, seeds in (RUNS if args.runs == "explore" else DECISION):
         per = {}
         for sname, sl in data.items():
             sc = sl["scored"][sl["ok"]]
             truth = sl["labels"][sl["ok"]][sc]
-            per[sname] = [ari(truth, labels_for(sl, members, n_rep, s)[sc]) for s in seeds]
+            per[sname] = [ari(truth, labels_for(sl, members, n_rep, s, args.runs == "decision")[sc]) for s in seeds]
         by_seed = np.mean(list(per.values()), axis=0)
         row = {"name": name, "model": args.model, "seeds": list(seeds), "mean": round(float(by_seed.mean()), 4),
-               "seed_sd": round(float(np.std(by_seed, ddof=1)), 4),
+               "seed_sd": round(float(np.std(by_seed, ddof=1)), 4), "per_seed": [round(float(x), 4) for x in by_seed],
                **{k: round(float(np.mean(v)), 3) for k, v in per.items()}}
         print(json.dumps(row), flush=True)
         with open(args.out, "a") as f:

@@ -301,8 +301,14 @@ def clustering_label(record: dict) -> str:
     what = f"k={k}" if k is not None and str(k) != "None" else f"resolution {p.get('resolution')}"
     smooth = int(p.get("smooth_k", 0) or 0)
     features = p.get("features", "embedding")  # named when not the paper's embedding alone
-    return (f"{what}, " + ("" if features == "embedding" else f"{features}, ") + f"{p.get('method', '?')}"
+    return (f"{what}, " + ("" if features == "embedding" else f"{features}, ") + _method(p)
             + (f", smooth {smooth}" if smooth else ""))
+
+
+def _method(params: dict) -> str:
+    """'gmm-tied', or 'gmm-tied consensus x10' when 10 clusterings were combined into one."""
+    members = int(params.get("consensus_members", 1) or 1)
+    return f"{params.get('method', '?')}" + (f" consensus x{members}" if members > 1 else "")
 
 
 def how_found(adata) -> str:
@@ -311,4 +317,4 @@ def how_found(adata) -> str:
     features = params.get("features", "embedding")
     if float(params.get("spatial_weight", 0) or 0) > 0:
         features += f" + neighbours {params['spatial_weight']}"
-    return f"{features}, {params.get('method', '?')}"
+    return f"{features}, {_method(params)}"

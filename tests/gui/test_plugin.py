@@ -274,7 +274,7 @@ def test_embed_domains_layers_colours_legend_umap_screenshot(sample_viewer, qtbo
     np.testing.assert_allclose(layer.face_color, expected, atol=1e-6)
     assert w.legend.items == {k: v for k, v in colors.items()}
     # what the domains were found from, and how (fused features beside neighbours, gmm-tied)
-    assert w.legend.title.endswith("; fused + neighbours 0.8, gmm-tied)"), w.legend.title
+    assert w.legend.title.endswith("; fused + neighbours 0.8, gmm-tied consensus x10)"), w.legend.title
     assert "spgpt_domain" in spots.features.columns  # hovering the spots shows the domain too
     assert w.umap_canvas is not None and w.umap_canvas.n_points == 1481
     assert w.umap_canvas.title == "UMAP of the features (fused + neighbours 0.8)"
@@ -315,7 +315,7 @@ def test_default_domains_need_no_model(viewer, qtbot, tmp_path):
     assert w.controls.last_error is None, w.controls.last_error
     _, slide = slide_of(viewer)
     assert "X_spgpt" not in slide.adata.obsm and slide.adata.uns["spgpt_domain"]["params"]["features"] == "expression"
-    assert w.legend.title.endswith("; expression + neighbours 0.8, gmm-tied)"), w.legend.title
+    assert w.legend.title.endswith("; expression + neighbours 0.8, gmm-tied consensus x10)"), w.legend.title
     assert w.umap_canvas.title == "UMAP of the features (expression + neighbours 0.8)"
     assert viewer.layers["small domains"].features["spgpt_domain"].nunique() == 3
 

@@ -24,6 +24,7 @@ import logging
 import numpy as np
 import pandas as pd
 import scanpy as sc
+import scipy.sparse as sp
 from sklearn.cluster import KMeans
 from sklearn.mixture import GaussianMixture
 
@@ -236,6 +237,70 @@ def assign(emb: np.ndarray, labels: np.ndarray, fit_on: np.ndarray, model=None,
     return out
 
 
+# ------------------------------------------------------------------------ consensus
+
+
+def consensus_labels(partitions: list[np.ndarray], n_clusters: int, seed: int = 0,
+                     subsample_above: int | None = SUBSAMPLE_ABOVE, n_subsample: int = N_SUBSAMPLE) -> np.ndarray:
+    """``n_clusters`` groups of the spots that the ``partitions`` (label arrays over the same spots) put
+    together most often: spectral clustering of their co-association matrix without forming it (n x n).
+
+    The partitions' one-hot columns, each scaled by its cluster's size^-1/2, form H (n x total clusters);
+    the co-association's leading eigenvectors are H's leading left singular vectors, found from the small
+    H'H, and k-means groups the spots' rows of them. Linear in spots."""
+    n = len(partitions[0])
+    blocks = []
+    for p in partitions:
+        _, inv = np.unique(p, return_inverse=True)
+        blocks.append(sp.csr_matrix((np.ones(n), (np.arange(n), inv)), shape=(n, inv.max() + 1)))
+    H = sp.hstack(blocks).tocsr()
+    H = H @ sp.diags(1 / np.sqrt(np.asarray(H.sum(axis=0)).ravel()))
+    vals, vecs = np.linalg.eigh((H.T @ H).toarray())
+    Z = np.asarray(H @ vecs[:, np.argsort(vals)[::-1][:n_clusters]], dtype=np.float32)
+    labels, _ = cluster_embedding(Z, n_clusters=n_clusters, method="kmeans", seed=seed,
+                                  subsample_above=subsample_above, n_subsample=n_subsample)
+    return labels
+
+
+def consensus_cluster(feature_sets: list[np.ndarray], *, n_clusters: int, method: str, repeats: int,
+                      coords: np.ndarray | None, smooth_k: int = 0, seed: int = 0,
+                      subsample_above: int | None = SUBSAMPLE_ABOVE, n_subsample: int = N_SUBSAMPLE,
+                      progress: Progress | None = None) -> tuple[np.ndarray, dict]:
+    """One partition from ``repeats`` clusterings (seeds) of each feature set, by :func:`consensus_labels`,
+    then smoothed as :func:`cluster_embedding` smooths one clustering. Needs a method that gives exactly K.
+
+    A single clustering of one feature set moves with its seed (GMMs: about 0.03 ARI in a 7-slide mean);
+    the consensus of several seeds and of two views of the slide does not (0.004) and holds the
+    baseline's view as a member (docs/experiments/2026-12-06-domain-consensus.md)."""
+    if method not in K_METHODS or n_clusters is None:
+        raise InputError(f"a consensus of clusterings needs a method that gives exactly K ({', '.join(K_METHODS)}) "
+                         "and --n-clusters; use --consensus 1 with Leiden / Louvain")
+    if smooth_k and coords is None:
+        raise InputError("spatial smoothing needs coordinates (obsm['spatial']); set smooth_k=0 or add them")
+    progress = ensure_progress(progress)
+    progress.start(len(feature_sets) * repeats, f"consensus of {len(feature_sets) * repeats} clusterings",
+                   unit="clustering")
+    partitions, member_info = [], None
+    for j, F in enumerate(feature_sets):
+        for r in range(repeats):
+            progress.check()
+            labels, info = cluster_embedding(F, n_clusters=n_clusters, method=method, seed=1000 * seed + 10 * j + r,
+                                             subsample_above=subsample_above, n_subsample=n_subsample)
+            partitions.append(labels)
+            member_info = member_info or info
+            progress.update(1)
+    labels = consensus_labels(partitions, n_clusters, seed, subsample_above, n_subsample)
+    if smooth_k:
+        progress.start(0, f"smoothing labels over {smooth_k} spatial neighbours")
+        labels = smooth_labels(labels, coords, smooth_k)
+    info = {"method": method, "seed": seed, "smooth_k": smooth_k, "consensus": repeats,
+            "consensus_members": len(partitions), "consensus_of": len(feature_sets),
+            **{k: v for k, v in member_info.items() if k in ("clustered_on", "n_subsample", "subsample_above",
+                                                              "assign")},
+            "n_clusters_found": int(len(np.unique(labels)))}
+    return labels, info
+
+
 # ------------------------------------------------------------------------ the verb
 
 
@@ -269,10 +334,17 @@ def cluster(adata, *, use_rep: str = "X_spgpt", n_clusters: int | None = None, r
     labels, info = cluster_embedding(emb[ok], n_clusters=n_clusters, resolution=resolution, method=method,
                                      coords=None if coords is None else coords[ok], smooth_k=smooth_k, seed=seed,
                                      subsample_above=subsample_above, n_subsample=n_subsample, progress=progress)
+    write_labels(adata, labels, ok, key_added,
+                 {"use_rep": use_rep, "n_clusters": n_clusters, "resolution": resolution, **info})
+    return adata
+
+
+def write_labels(adata, labels: np.ndarray, ok: np.ndarray, key_added: str, params: dict) -> None:
+    """``labels`` of the rows ``ok`` as the categorical ``obs[key_added]`` (other rows missing), its
+    colours and ``uns[key_added]`` (the run record of ``params``)."""
     full = np.full(adata.n_obs, None, dtype=object)
     full[ok] = labels.astype(str)
     cats = sorted({str(x) for x in labels}, key=lambda s: (len(s), s))
     adata.obs[key_added] = pd.Categorical(full, categories=cats)
     adata.uns[f"{key_added}_colors"] = category_colors(len(cats))
-    adata.uns[key_added] = run_record({"use_rep": use_rep, "n_clusters": n_clusters, "resolution": resolution, **info})
-    return adata
+    adata.uns[key_added] = run_record(params)

@@ -24,9 +24,9 @@ from ..pp.hvg import highly_variable_mask
 from ..pp.vocab import resolve_genes
 from ..progress import Progress
 from ..train import finetune
-from ._cluster import check_domains_request, cluster
+from ._cluster import K_METHODS, check_domains_request, cluster, consensus_cluster, write_labels
 from ._embed import embed
-from ._features import EXPRESSION_PCS, domain_features, expression_pcs
+from ._features import EXPRESSION_PCS, SMOOTHED_K, domain_features, expression_pcs, smoothed_features
 
 
 def domains(adata, model="default", *, config: DomainsConfig | None = None, gene_col: str | None = None,
@@ -67,27 +67,41 @@ def domains(adata, model="default", *, config: DomainsConfig | None = None, gene
     if progress is not None:
         progress.check()
         progress.start(0, "finding domains")
-    use_rep = embedding_key
     pca_info: dict = {}
+    ok = np.isfinite(emb).all(axis=1) if emb is not None else np.ones(adata.n_obs, dtype=bool)
+    rows = slice(None) if ok.all() else ok  # a view, not a copy, when no spot was dropped (1M: 0.4 GB)
+    coords = get_coordinates(adata, required=True)[rows]
+    expr = None
+    if cfg.features != "embedding":
+        expr = expression_pcs(work, n_top_genes=n_top_genes, n_pcs=EXPRESSION_PCS, seed=cfg.seed,
+                              info=pca_info)[rows]
+    E = None if emb is None else emb[rows]
     if cfg.features != "embedding" or cfg.spatial_weight > 0:
         use_rep = f"{key_added}_features"
-        ok = np.isfinite(emb).all(axis=1) if emb is not None else np.ones(adata.n_obs, dtype=bool)
-        rows = slice(None) if ok.all() else ok  # a view, not a copy, when no spot was dropped (1M: 0.4 GB)
-        expr = None
-        if cfg.features != "embedding":
-            expr = expression_pcs(work, n_top_genes=n_top_genes, n_pcs=EXPRESSION_PCS, seed=cfg.seed,
-                                  info=pca_info)[rows]
-        F = domain_features(expression=expr, embedding=None if emb is None else emb[rows],
-                            coords=get_coordinates(adata, required=True)[rows], features=cfg.features,
+        F = domain_features(expression=expr, embedding=E, coords=coords, features=cfg.features,
                             embedding_weight=cfg.embedding_share, spatial_weight=cfg.spatial_weight,
                             spatial_k=cfg.spatial_k, n_pcs=cfg.n_pcs, seed=cfg.seed, info=pca_info)
         full = np.full((adata.n_obs, F.shape[1]), np.nan, dtype=np.float32)
         full[ok] = F
         adata.obsm[use_rep] = full
     else:
+        use_rep, F = embedding_key, E
         adata.obsm.pop(f"{key_added}_features", None)  # an earlier run's, not what these domains came from
-    cluster(adata, use_rep=use_rep, n_clusters=cfg.n_clusters, resolution=cfg.resolution, method=cfg.method,
-            smooth_k=cfg.smooth_k, key_added=key_added, seed=cfg.seed, progress=progress)
+    n_consensus = cfg.consensus if cfg.method in K_METHODS else 1  # graph methods' K is searched, not given
+    if n_consensus > 1:
+        views = [F, smoothed_features(expression=expr, embedding=E, coords=coords, features=cfg.features,
+                                      embedding_weight=cfg.embedding_share, seed=cfg.seed)]
+        del expr, E
+        labels, info = consensus_cluster(views, n_clusters=cfg.n_clusters, method=cfg.method, repeats=n_consensus,
+                                         coords=coords, smooth_k=cfg.smooth_k, seed=cfg.seed, progress=progress)
+        write_labels(adata, labels, ok, key_added, {"use_rep": use_rep, "n_clusters": cfg.n_clusters,
+                                                    "resolution": cfg.resolution, **info,
+                                                    "consensus_smoothed_k": SMOOTHED_K})
+    else:
+        del expr, E
+        cluster(adata, use_rep=use_rep, n_clusters=cfg.n_clusters, resolution=cfg.resolution, method=cfg.method,
+                smooth_k=cfg.smooth_k, key_added=key_added, seed=cfg.seed, progress=progress)
+        adata.uns[key_added]["params"]["consensus"] = 1
     if progress is not None:
         progress.close()  # the CLI's bar of this stage ends here, not at the end of the program
     adata.uns[key_added]["params"].update(
@@ -95,6 +109,7 @@ def domains(adata, model="default", *, config: DomainsConfig | None = None, gene
         **({"embedding_share": cfg.embedding_share} if cfg.features == "fused" else {}),
         **({"spatial_k": cfg.spatial_k} if cfg.spatial_weight > 0 else {}),
         **({"n_pcs": cfg.n_pcs} if use_rep != embedding_key else {}),
+        **({"consensus_requested": cfg.consensus} if n_consensus != cfg.consensus else {}),
         **({"expression_pca_solver": pca_info["pca_solver"]} if "pca_solver" in pca_info else {}),
         **({"features_dtype": pca_info["features_dtype"]} if "features_dtype" in pca_info else {}),
         finetune_epochs=cfg.finetune_epochs, batch_size=cfg.batch_size, max_seq_len=cfg.max_seq_len,

@@ -243,3 +243,22 @@ def domain_features(*, expression: np.ndarray | None, embedding: np.ndarray | No
     if spatial_weight > 0:
         with_neighbourhood(F, width, coords, spatial_weight=spatial_weight, k=spatial_k, seed=seed)
     return reduce(F, n_pcs, seed)
+
+
+#: Spots each spot is averaged with in the consensus's second view of the slide: the "PCA smoothed"
+#: baseline's k (bench/protocols/unseen_tissue.yaml, ``baselines: smooth_k``).
+SMOOTHED_K = 6
+
+
+def smoothed_features(*, expression: np.ndarray | None, embedding: np.ndarray | None, coords: np.ndarray,
+                      features: str, embedding_weight: float, k: int = SMOOTHED_K, seed: int = 0) -> np.ndarray:
+    """The base block (expression PCs, the embedding or both fused, at unit variance) averaged over each
+    spot and its ``k`` nearest spots: the strongest same-run baseline's view of the slide, which
+    :func:`spgpt_core.tl._cluster.consensus_cluster` clusters beside :func:`domain_features`."""
+    B = stacked_blocks(feature_blocks(features, expression, embedding, embedding_weight), features_dtype(len(coords)))
+    out = neighbour_mean(B, coords, k, seed)
+    k = min(k, len(B) - 1)
+    out *= out.dtype.type(k)
+    out += B
+    out /= out.dtype.type(k + 1)
+    return out.astype(np.float32, copy=False)
