@@ -43,10 +43,14 @@ STREAMED_PCA_FROM = 200_000
 
 
 def _log_chunks(adata, cols: np.ndarray, chunk_size: int):
-    """log1p(counts per 1e4) of the chosen genes, ``chunk_size`` rows at a time (float32 CSR)."""
+    """log1p(counts per 1e4) of the chosen genes, ``chunk_size`` rows at a time (float32 CSR).
+
+    The library size is the spot's total over all its genes, as scanpy's ``normalize_total`` before
+    the gene selection: divided by its total over the selected genes only, a transcriptome-wide slide's
+    spots were scaled by a few abundant variable genes (HER2ST dev sections: 0.36 against 0.45 ARI)."""
     for start, stop, X in iter_row_chunks(adata, chunk_size):
+        totals = np.asarray(X.sum(axis=1), dtype=np.float32).ravel()
         X = sp.csr_matrix(X[:, cols], dtype=np.float32)
-        totals = np.asarray(X.sum(axis=1)).ravel()
         scale = np.divide(TARGET_SUM, totals, out=np.zeros_like(totals), where=totals > 0)
         X = sp.diags(scale) @ X
         X.data = np.log1p(X.data)
