@@ -33,8 +33,9 @@ import spgpt_core as sg
 from spgpt_core.io import get_coordinates
 from spgpt_core.metrics import ari, nmi
 from spgpt_core.params import DomainsConfig
-from spgpt_core.tl._cluster import cluster_embedding
-from spgpt_core.tl._features import domain_features, expression_pcs, neighbour_mean, reduce, unit_variance
+from spgpt_core.tl._cluster import cluster_embedding, consensus_cluster
+from spgpt_core.tl._features import (SMOOTHED_K, domain_features, expression_pcs, neighbour_mean, reduce,
+                                     smoothed_features, unit_variance)
 
 from _report import log_test_run, model_suffix
 
@@ -97,7 +98,7 @@ def baselines(b: dict) -> list[dict]:
 def spgpt_config(**kw) -> dict:
     cfg = {f.name: getattr(DomainsConfig(n_clusters=2), f.name) for f in fields(DomainsConfig)}
     cfg.update(kw)
-    keys = ("features", "embedding_share", "spatial_weight", "spatial_k", "method", "smooth_k", "n_pcs")
+    keys = ("features", "embedding_share", "spatial_weight", "spatial_k", "method", "smooth_k", "n_pcs", "consensus")
     return {k: cfg[k] for k in keys}
 
 
@@ -109,7 +110,7 @@ def candidates(c: dict) -> list[dict]:
             continue  # k only matters with neighbours
         for share in (c["embedding_weight"] if features == "fused" else [0.5]):
             cfg = spgpt_config(features=features, embedding_share=share, spatial_weight=lam, spatial_k=k,
-                               method=method, n_pcs=n_pcs)
+                               method=method, n_pcs=n_pcs, consensus=1)  # the grid was searched on one clustering
             out.append({"pipeline": describe(cfg), "kind": "spgpt", **cfg})
     return sorted(out, key=lambda p: p["method"] == "leiden")  # the slow searches last
 
@@ -118,7 +119,9 @@ def describe(cfg: dict) -> str:
     f = cfg["features"] + (f" (share {cfg['embedding_share']})" if cfg["features"] == "fused" else "")
     nb = f", neighbours lambda={cfg['spatial_weight']} k={cfg['spatial_k']}" if cfg["spatial_weight"] > 0 else ""
     pcs = f", {cfg['n_pcs']} PCs" if cfg["n_pcs"] != 30 else ""  # 30: the name rows measured before had
-    return f"spgpt {f}{nb}{pcs}, {cfg['method']}, smooth {cfg['smooth_k']}"
+    n = cfg.get("consensus", 1)
+    con = f", consensus of {n} seeds x 2 views (+ smoothed k={SMOOTHED_K})" if n > 1 else ""
+    return f"spgpt {f}{nb}{pcs}, {cfg['method']}{con}, smooth {cfg['smooth_k']}"
 
 
 def default_pipeline() -> dict:
@@ -128,10 +131,14 @@ def default_pipeline() -> dict:
 
 
 def ablations() -> list[dict]:
-    """The default pipeline on one block only: what the embedding and the expression each bring."""
+    """The default pipeline on one block only (what the embedding and the expression each bring), and with
+    one clustering instead of the consensus."""
     d = spgpt_config()
-    return [{"pipeline": describe({**d, "features": f}) + " [ablation]", "kind": "spgpt", **d, "features": f}
-            for f in ("embedding", "expression", "fused") if f != d["features"]]
+    out = [{"pipeline": describe({**d, "features": f}) + " [ablation]", "kind": "spgpt", **d, "features": f}
+           for f in ("embedding", "expression", "fused") if f != d["features"]]
+    if d["consensus"] > 1:
+        out.append({"pipeline": describe({**d, "consensus": 1}) + " [ablation]", "kind": "spgpt", **d, "consensus": 1})
+    return out
 
 
 def share_sweep(shares) -> list[dict]:
@@ -164,8 +171,15 @@ def run_one(p: dict, slide: dict, entry: dict, b: dict, seed: int) -> dict:
     t = time.time()
     F = features_for(p, slide, b, seed)
     smooth = p.get("smooth_k", 0)
-    labels, _ = cluster_embedding(F, n_clusters=entry["k"], method=p["method"], coords=slide["xy"][slide["ok"]],
-                                  smooth_k=smooth, seed=seed)
+    ok = slide["ok"]
+    if p.get("consensus", 1) > 1:  # as tl.domains: the features beside the same blocks smoothed
+        S = smoothed_features(expression=slide["expr"][ok], embedding=slide["emb"][ok], coords=slide["xy"][ok],
+                              features=p["features"], embedding_weight=p["embedding_share"], seed=seed)
+        labels, _ = consensus_cluster([F, S], n_clusters=entry["k"], method=p["method"], repeats=p["consensus"],
+                                      coords=slide["xy"][ok], smooth_k=smooth, seed=seed)
+    else:
+        labels, _ = cluster_embedding(F, n_clusters=entry["k"], method=p["method"], coords=slide["xy"][ok],
+                                      smooth_k=smooth, seed=seed)
     scored = slide["scored"][slide["ok"]]
     truth = slide["labels"][slide["ok"]][scored]
     return {"ari": ari(truth, labels[scored]), "nmi": nmi(truth, labels[scored]), "seconds": round(time.time() - t, 2)}
@@ -230,7 +244,8 @@ def main(argv=None) -> None:
     if out.exists():
         for line in out.read_text().splitlines():
             r = json.loads(line)
-            done.add((r["slide"], r["pipeline"], r["seed"], r["model"]))
+            if _current(r):
+                done.add((r["slide"], r["pipeline"], r["seed"], r["model"]))
     for entry in entries:
         todo = [(p, s) for p in pipelines for s in seeds if (entry["name"], p["pipeline"], s, args.model) not in done]
         if not todo:
@@ -244,10 +259,22 @@ def main(argv=None) -> None:
         for p, seed in todo:
             res = run_one(p, slide, entry, b, seed)
             row = {"set": args.set, "slide": entry["name"], "seed": seed, "model": args.model, "K": entry["k"],
-                   **{k: v for k, v in p.items()}, **res}
+                   **{k: v for k, v in p.items()}, **res,
+                   **({"features_version": FEATURES_VERSION} if p["kind"] != "baseline" else {})}
             with out.open("a") as f:
                 f.write(json.dumps(row, default=float) + "\n")
     report(out, args, pipelines)
+
+
+#: Version of spgpt's expression PCs the spgpt rows were computed with; 2 from 2026-12-06: library sizes
+#: over all genes (protocol: expression_library_size). Rows of earlier versions stay in the jsonl, unused.
+FEATURES_VERSION = 2
+
+
+def _current(row: dict) -> bool:
+    """Whether a jsonl row holds what this code computes (baselines use scanpy's PCs: every version)."""
+    v = row.get("features_version")
+    return row["kind"] == "baseline" or (1 if v is None or v != v else v) == FEATURES_VERSION
 
 
 def best_on_first_seed(path: Path, seed: int, n: int, methods: list[str] | None = None,
@@ -290,6 +317,7 @@ def report(path: Path, args, pipelines: list[dict]) -> None:
     """The table of this run's pipelines (rows of earlier defaults stay in the jsonl, not in the table)."""
     df = pd.DataFrame([json.loads(line) for line in path.read_text().splitlines()])
     df = df[(df.model == args.model) & df.pipeline.isin([p["pipeline"] for p in pipelines])]
+    df = df[[_current(r) for r in df.to_dict("records")]]
     per = df.groupby(["pipeline", "slide"])["ari"].mean().unstack("slide")
     per["mean"] = per.mean(axis=1)
     per["n_seeds"] = df.groupby("pipeline")["seed"].nunique()
