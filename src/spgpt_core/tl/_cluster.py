@@ -284,7 +284,8 @@ def consensus_cluster(feature_sets: list[np.ndarray], *, n_clusters: int, method
     for j, F in enumerate(feature_sets):
         for r in range(repeats):
             progress.check()
-            labels, info = cluster_embedding(F, n_clusters=n_clusters, method=method, seed=1000 * seed + 10 * j + r,
+            member_seed = (1000 * seed + 10 * j + r) % 2**32  # scikit-learn's seeds stop at 2**32 - 1
+            labels, info = cluster_embedding(F, n_clusters=n_clusters, method=method, seed=member_seed,
                                              subsample_above=subsample_above, n_subsample=n_subsample)
             partitions.append(labels)
             member_info = member_info or info
