@@ -269,9 +269,9 @@ def consensus_cluster(feature_sets: list[np.ndarray], *, n_clusters: int, method
     """One partition from ``repeats`` clusterings (seeds) of each feature set, by :func:`consensus_labels`,
     then smoothed as :func:`cluster_embedding` smooths one clustering. Needs a method that gives exactly K.
 
-    A single clustering of one feature set moves with its seed (GMMs: about 0.03 ARI in a 7-slide mean);
-    the consensus of several seeds and of two views of the slide does not (0.004) and holds the
-    baseline's view as a member (docs/experiments/2026-12-06-domain-consensus.md)."""
+    A single clustering of one feature set moves with its seed (GMMs: 0.02-0.04 ARI in a 7-slide mean);
+    the consensus of several seeds and of two views of the slide moves less, and holds the strongest
+    simple baseline's view as a member (docs/experiments/2026-12-06-domain-consensus.md)."""
     if method not in K_METHODS or n_clusters is None:
         raise InputError(f"a consensus of clusterings needs a method that gives exactly K ({', '.join(K_METHODS)}) "
                          "and --n-clusters; use --consensus 1 with Leiden / Louvain")
