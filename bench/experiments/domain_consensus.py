@@ -18,9 +18,7 @@ import sys
 from pathlib import Path
 
 import numpy as np
-import scipy.sparse as sp
 import yaml
-from sklearn.cluster import KMeans
 
 ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT / "bench"))
@@ -28,7 +26,7 @@ import generalize as G  # noqa: E402
 
 from spgpt_core.io import get_coordinates  # noqa: E402
 from spgpt_core.metrics import ari  # noqa: E402
-from spgpt_core.tl._cluster import cluster_embedding, smooth_labels  # noqa: E402
+from spgpt_core.tl._cluster import cluster_embedding, consensus_labels, smooth_labels  # noqa: E402
 from spgpt_core.tl._features import domain_features, expression_pcs, neighbour_mean  # noqa: E402
 
 EXPR = {"f": "expression", "lam": 0.8, "k": 12, "npc": 10}   # the default's settings, expression only
@@ -81,17 +79,10 @@ def member_features(sl: dict, m: dict, seed: int) -> np.ndarray:
 
 
 def consensus(parts: list[np.ndarray], K: int, seed: int) -> np.ndarray:
-    """K clusters of the partitions' co-association matrix, without forming it (n x n)."""
-    n = len(parts[0])
-    blocks = []
-    for p in parts:
-        _, inv = np.unique(p, return_inverse=True)
-        blocks.append(sp.csr_matrix((np.ones(n), (np.arange(n), inv)), shape=(n, inv.max() + 1)))
-    H = sp.hstack(blocks).tocsr()
-    H = H @ sp.diags(1 / np.sqrt(np.asarray(H.sum(axis=0)).ravel()))
-    vals, vecs = np.linalg.eigh((H.T @ H).toarray())
-    Z = np.asarray(H @ vecs[:, np.argsort(vals)[::-1][:K]])
-    return KMeans(K, n_init=10, random_state=seed).fit_predict(Z)
+    """K clusters of the partitions' co-association matrix, without forming it (n x n): the function
+    ``tl.domains`` now uses (the runs of the first diary used this script's own copy of it, the same
+    algorithm with float64 eigenvectors)."""
+    return consensus_labels(parts, K, seed)
 
 
 def labels_for(sl: dict, members: list[dict], n_rep: int, seed: int, same_features: bool = False) -> np.ndarray:
