@@ -35,7 +35,7 @@ from spgpt_core.metrics import ari, nmi
 from spgpt_core.params import DomainsConfig
 from spgpt_core.tl._cluster import cluster_embedding, consensus_cluster
 from spgpt_core.tl._features import (SMOOTHED_K, domain_features, expression_pcs, neighbour_mean, reduce,
-                                     smoothed_features, unit_variance)
+                                     smoothed, smoothed_features, unit_variance)
 
 from _report import log_test_run, model_suffix
 
@@ -156,8 +156,7 @@ def features_for(p: dict, slide: dict, b: dict, seed: int) -> np.ndarray:
         if p["features"] == "pca":
             return P
         if p["features"] == "pca_smoothed":  # mean of the spot and its k nearest spots
-            k = b["smooth_k"]
-            return (P + k * neighbour_mean(P, xy[ok], k, seed)) / (k + 1)
+            return smoothed(P, xy[ok], b["smooth_k"], seed)
         lam, k = b["banksy_lambda"], b["banksy_k"]
         U = unit_variance(P)
         return reduce(np.hstack([np.sqrt(1 - lam) * U, np.sqrt(lam) * neighbour_mean(U, xy[ok], k, seed)]),

@@ -27,7 +27,7 @@ import generalize as G  # noqa: E402
 from spgpt_core.io import get_coordinates  # noqa: E402
 from spgpt_core.metrics import ari  # noqa: E402
 from spgpt_core.tl._cluster import cluster_embedding, consensus_labels, smooth_labels  # noqa: E402
-from spgpt_core.tl._features import domain_features, expression_pcs, neighbour_mean  # noqa: E402
+from spgpt_core.tl._features import domain_features, expression_pcs, smoothed  # noqa: E402
 
 EXPR = {"f": "expression", "lam": 0.8, "k": 12, "npc": 10}   # the default's settings, expression only
 FUSED = {"f": "fused", "w": 0.25, "lam": 0.8, "k": 12, "npc": 10}  # the default
@@ -71,8 +71,7 @@ def dev_slides(model: str) -> dict:
 def member_features(sl: dict, m: dict, seed: int) -> np.ndarray:
     ok, xy = sl["ok"], sl["xy"]
     if m["f"] == "smoothed":
-        P = sl["pcs"][ok]
-        return (P + m["k"] * neighbour_mean(P, xy[ok], m["k"], seed)) / (m["k"] + 1)
+        return smoothed(sl["pcs"][ok], xy[ok], m["k"], seed)
     return domain_features(expression=sl["expr"][ok], embedding=sl["emb"][ok], coords=xy[ok], features=m["f"],
                            embedding_weight=m.get("w", 0.25), spatial_weight=m["lam"], spatial_k=m["k"],
                            n_pcs=m["npc"], seed=seed)

@@ -9,7 +9,6 @@ Heavy modules are imported inside each command so ``spgpt --help`` stays fast.
 from __future__ import annotations
 
 import argparse
-
 import json
 import time
 from pathlib import Path

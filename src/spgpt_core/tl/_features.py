@@ -260,9 +260,15 @@ def smoothed_features(*, expression: np.ndarray | None, embedding: np.ndarray | 
     spot and its ``k`` nearest spots: the strongest same-run baseline's view of the slide, which
     :func:`spgpt_core.tl._cluster.consensus_cluster` clusters beside :func:`domain_features`."""
     B = stacked_blocks(feature_blocks(features, expression, embedding, embedding_weight), features_dtype(len(coords)))
-    out = neighbour_mean(B, coords, k, seed)
-    k = min(k, len(B) - 1)
+    return smoothed(B, coords, k, seed).astype(np.float32, copy=False)
+
+
+def smoothed(F: np.ndarray, coords: np.ndarray, k: int = SMOOTHED_K, seed: int = 0) -> np.ndarray:
+    """Each row averaged with its ``k`` nearest spots' rows (itself counted once): the "PCA smoothed"
+    baseline's features when ``F`` is the PCs."""
+    out = neighbour_mean(F, coords, k, seed)
+    k = min(k, len(F) - 1)
     out *= out.dtype.type(k)
-    out += B
+    out += F
     out /= out.dtype.type(k + 1)
-    return out.astype(np.float32, copy=False)
+    return out
