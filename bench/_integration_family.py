@@ -13,7 +13,8 @@ Baselines, in the same run and on the same cells: PCA of the joint log-normalise
 counts per 1e4, the protocol's 3,000 seurat HVGs, scaled, 30 PCs), the same PCs centred on each slide's
 own mean, and those with BANKSY-style neighbour features (each slide's own coordinates, the protocol's
 lambda and k). Every (group, pipeline, seed) row is appended to
-bench/results/generalize_integration_<set>.jsonl as it finishes and skipped when the run is repeated.
+generalize_integration_<set>.jsonl in the protocol's results folder (bench/results/ for the
+shipped protocol) as it finishes and skipped when the run is repeated.
 """
 
 from __future__ import annotations
@@ -27,33 +28,27 @@ from pathlib import Path
 import anndata as ad
 import numpy as np
 import pandas as pd
-import yaml
 
-from _report import log_test_run, model_suffix
-
-ROOT = Path(__file__).resolve().parents[1]
-DATA = ROOT.parent / "shared" / "data"
-PROTOCOL = ROOT / "bench" / "protocols" / "unseen_tissue.yaml"
-RESULTS = ROOT / "bench" / "results"
-CACHE = ROOT / "bench" / ".cache"
+from _protocol import Protocol, load_protocol, read
+from _report import log_test_run, model_suffix, verdict
 
 
 def _entries(proto: dict) -> dict:
     return {e["name"]: e for s in ("dev", "test") for e in proto["domains"][s]}
 
 
-def load_group(names: list[str], proto: dict) -> tuple[list, list[str]]:
+def load_group(names: list[str], protocol: Protocol) -> tuple[list, list[str]]:
     """The group's slides, each with its label column copied to obs['_label'] (label keys differ by dataset)."""
-    entries = _entries(proto)
+    entries = _entries(protocol.spec)
     slides = []
     for n in names:
-        a = ad.read_h5ad(DATA / entries[n]["path"])
+        a = read(protocol.path(entries[n]["path"]))
         a.obs["_label"] = a.obs[entries[n]["label"]].astype(str).to_numpy()
         slides.append(a)
     return slides, names
 
 
-def cached_group_embedding(names: list[str], slides: list, model_spec: str) -> np.ndarray:
+def cached_group_embedding(names: list[str], slides: list, model_spec: str, cache: Path) -> np.ndarray:
     """The zero-shot joint embedding ``tl.integrate`` computes (obsm['X_spgpt'], rows in slide order), cached
     per model."""
     import spgpt_core as sg
@@ -61,11 +56,11 @@ def cached_group_embedding(names: list[str], slides: list, model_spec: str) -> n
 
     model = sg.load_model(model_spec)
     tag = hashlib.sha1(json.dumps(model.describe(), sort_keys=True, default=str).encode()).hexdigest()[:10]
-    path = CACHE / f"integ_{'+'.join(names)}_{tag}.npy"
+    path = cache / f"integ_{'+'.join(names)}_{tag}.npy"
     if path.exists():
         return np.load(path)
     out = integrate(slides, model, batch_names=names, seed=0)
-    CACHE.mkdir(parents=True, exist_ok=True)
+    cache.mkdir(parents=True, exist_ok=True)
     np.save(path, np.asarray(out.obsm["X_spgpt"], dtype=np.float32))
     return np.load(path)
 
@@ -136,7 +131,7 @@ def run_one(p: dict, g: dict, b: dict, seed: int) -> dict:
     return {**scores, "seconds": round(time.time() - t, 2)}
 
 
-def prepare_group(names: list[str], proto: dict, model_spec: str, seeds: list[int]) -> dict:
+def prepare_group(names: list[str], protocol: Protocol, model_spec: str, seeds: list[int]) -> dict:
     """Everything the pipelines of one group need: embedding, spgpt's expression PCs (the genes and rows
     ``tl.integrate`` uses), the baseline's PCs, labels, slides and coordinates (rows: non-empty cells)."""
     import spgpt_core as sg
@@ -146,9 +141,10 @@ def prepare_group(names: list[str], proto: dict, model_spec: str, seeds: list[in
 
     from generalize import baseline_pcs
 
+    proto = protocol.spec
     b = proto["baselines"]
-    slides, names = load_group(names, proto)
-    emb = cached_group_embedding(names, slides, model_spec)
+    slides, names = load_group(names, protocol)
+    emb = cached_group_embedding(names, slides, model_spec, protocol.cache)
     vocab = sg.load_model(model_spec).vocab
     ok = np.isfinite(emb).all(axis=1)
     batch = np.concatenate([[n] * a.n_obs for n, a in zip(names, slides)])
@@ -179,8 +175,8 @@ def choose_default(path: Path, min_batch: float, model: str) -> dict | None:
     return None if m.empty else {"pipeline": m.index[0], **m.iloc[0].round(4).to_dict()}
 
 
-def main(set_name: str, quick: bool, model: str = "default") -> None:
-    proto = yaml.safe_load(PROTOCOL.read_text())
+def main(protocol: Protocol, set_name: str, quick: bool, model: str = "default", command: str = "") -> None:
+    proto = protocol.spec
     c = proto["integration_candidates"]
     seeds = proto["seeds"][:1] if quick else proto["seeds"]
     b = proto["baselines"]
@@ -194,7 +190,7 @@ def main(set_name: str, quick: bool, model: str = "default") -> None:
     if set_name == "dev":
         pipelines += candidates(c)
     else:  # the dev's three best (first seed) beside the default: chosen on dev, never on test numbers
-        dev = RESULTS / "generalize_integration_dev.jsonl"
+        dev = protocol.results / "generalize_integration_dev.jsonl"
         if dev.exists():
             df = pd.DataFrame([json.loads(line) for line in dev.read_text().splitlines()])
             df = df[(df.kind == "spgpt") & (df.seed == proto["seeds"][0]) & (df.model == model)]
@@ -203,7 +199,7 @@ def main(set_name: str, quick: bool, model: str = "default") -> None:
             known = {p["pipeline"]: p for p in candidates(c)}
             pipelines += [known[n] for n in best if n in known]
     pipelines = list({p["pipeline"]: p for p in pipelines}.values())
-    out = RESULTS / f"generalize_integration_{set_name}.jsonl"
+    out = protocol.results / f"generalize_integration_{set_name}.jsonl"
     done = set()
     if out.exists():
         for line in out.read_text().splitlines():
@@ -214,20 +210,21 @@ def main(set_name: str, quick: bool, model: str = "default") -> None:
         todo = [(p, s) for p in pipelines for s in seeds if (gname, p["pipeline"], s, model) not in done]
         if not todo:
             continue
-        g = prepare_group(group, proto, model, seeds)
+        g = prepare_group(group, protocol, model, seeds)
         print(f"{gname}: {int(g['ok'].sum())} cells, {g['n_shared']} shared genes, {len(todo)} runs", flush=True)
         for p, seed in todo:
             res = run_one(p, g, b, seed)
             row = {"set": set_name, "group": gname, "seed": seed, "model": model, **p, **res}
             with out.open("a") as f:
                 f.write(json.dumps(row, default=float) + "\n")
-    report(out, set_name, quick, model, c["min_avg_batch"], [p["pipeline"] for p in pipelines])
+    report(protocol, out, set_name, quick, model, c["min_avg_batch"], [p["pipeline"] for p in pipelines], command)
 
 
 COLS = ["avg_bio", "avg_batch", "ari", "nmi", "asw_label", "asw_batch", "graph_connectivity"]
 
 
-def report(path: Path, set_name: str, quick: bool, model: str, min_batch: float, names: list[str]) -> None:
+def report(protocol: Protocol, path: Path, set_name: str, quick: bool, model: str, min_batch: float,
+           names: list[str], cmd: str) -> None:
     """The table of this run's pipelines (rows of an earlier default or its ablations stay in the jsonl only)."""
     from generalize import _markdown
 
@@ -250,10 +247,12 @@ def report(path: Path, set_name: str, quick: bool, model: str, min_batch: float,
                       table[(kinds[table.index] == "spgpt") & ok].head(15),
                       table[table.index.str.contains("ablation|as returned")]])
     show = show[~show.index.duplicated()]
-    text = _markdown(show.round(3))
-    chosen = choose_default(RESULTS / "generalize_integration_dev.jsonl", min_batch, model)
-    cmd = (f"python bench/generalize.py --family integration --set {set_name}{' --quick' if quick else ''}"
-           + (f" --model {model}" if model != "default" else ""))
+    default = next((i for i in table.index if i.startswith("spgpt default")), None)
+    text = _markdown(show.round(3)) + "\n\n" + verdict(table["avg_bio"].to_dict(), kinds.to_dict(), default,
+                                                        "mean AvgBIO")
+    if default is not None:
+        text += f" Its AvgBATCH: {table.loc[default, 'avg_batch']:.3f} (the bar: >= {min_batch})."
+    chosen = choose_default(protocol.results / "generalize_integration_dev.jsonl", min_batch, model)
     body = (f"# Integration, {set_name} set (mean over slide groups of the mean over seeds)\n\n"
             f"Command: `{cmd}` (model `{model}`)\n\nDefault now: `{describe(spgpt_config())}`; "
             f"dev rule: highest mean AvgBIO with mean AvgBATCH >= {min_batch}; dev's choice: "
@@ -261,20 +260,21 @@ def report(path: Path, set_name: str, quick: bool, model: str, min_batch: float,
             f"{len(table)} pipelines; shown: baselines, the default, the best {min(15, int(ok.sum()))} with "
             f"AvgBATCH >= {min_batch} (on this set), the ablations and the embedding as the model returns it.\n\n{text}\n")
     print(body)
-    (RESULTS / f"generalize_integration_{set_name}{model_suffix(model)}.md").write_text(body)
+    (protocol.results / f"generalize_integration_{set_name}{model_suffix(model)}.md").write_text(body)
     if set_name == "test":
         log_test_run({"family": "integration", "model": model, "quick": quick, "default": describe(spgpt_config()),
                       "mean_avg_bio": table["avg_bio"].round(4).to_dict(),
-                      "mean_avg_batch": table["avg_batch"].round(4).to_dict()})
+                      "mean_avg_batch": table["avg_batch"].round(4).to_dict()}, protocol)
 
 
 if __name__ == "__main__":  # warm the embedding cache: python bench/_integration_family.py [MODEL]
     import sys
 
-    proto = yaml.safe_load(PROTOCOL.read_text())
+    shipped = load_protocol()
     for s in ("dev", "test"):
-        for group in proto["integration"][s]:
+        for group in shipped.spec["integration"][s]:
             t = time.time()
-            slides, names = load_group(group, proto)
-            emb = cached_group_embedding(names, slides, sys.argv[1] if len(sys.argv) > 1 else "default")
+            slides, names = load_group(group, shipped)
+            emb = cached_group_embedding(names, slides, sys.argv[1] if len(sys.argv) > 1 else "default",
+                                         shipped.cache)
             print(group, emb.shape, f"{time.time() - t:.0f}s", flush=True)

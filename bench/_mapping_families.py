@@ -19,7 +19,8 @@ Imputation is leave-genes-out: the shared genes split into ``folds`` random fold
 removed from the slide and imputed from the reference; the score is the median over all genes of all
 folds of Pearson r between measured and imputed values (log1p counts per 1e4 training-gene counts).
 
-Every (case, method, seed) row is appended to ``bench/results/generalize_{family}_{set}.jsonl`` as it
+Every (case, method, seed) row is appended to ``generalize_{family}_{set}.jsonl`` in the protocol's results
+folder (``bench/results/`` for the shipped protocol) as it
 finishes and skipped when the run is repeated. The markdown table goes to ``generalize_{family}_{set}.md``;
 a test-set run also appends its means, with the commit, to ``bench/results/test_runs.jsonl``.
 """
@@ -36,22 +37,18 @@ import anndata as ad
 import numpy as np
 import pandas as pd
 import scipy.sparse as sp
-import yaml
 
 ROOT = Path(__file__).resolve().parents[1]
-DATA = ROOT.parent / "shared" / "data"
-RESULTS = ROOT / "bench" / "results"
-PROTOCOL = ROOT / "bench" / "protocols" / "unseen_tissue.yaml"
 sys.path.insert(0, str(ROOT / "bench"))
 sys.path.insert(0, str(ROOT / "tests"))
 
-from _protocol import gene_folds, measure, split_cells  # noqa: E402
+from _protocol import Protocol, gene_folds, measure, read, split_cells  # noqa: E402
 from helpers.pseudo_spots import make_pseudo_spots  # noqa: E402
 
 from spgpt_core import metrics as M  # noqa: E402
 from spgpt_core.params import AUTO_METHOD, DeconvolveConfig, ImputeConfig  # noqa: E402
 
-from _report import log_test_run, model_suffix
+from _report import log_test_run, model_suffix, verdict
 
 #: name -> (tl keyword arguments, kind). Baselines are the simple methods on expression alone.
 DECONVOLUTION_METHODS = {
@@ -80,8 +77,8 @@ IMPUTATION_METHODS = {
 }
 
 
-def read(rel: str) -> ad.AnnData:
-    a = ad.read_h5ad(DATA / rel)
+def load(protocol: Protocol, rel: str) -> ad.AnnData:
+    a = read(protocol.path(rel))
     a.X = sp.csr_matrix(a.X, dtype=np.float32)
     return a
 
@@ -111,37 +108,37 @@ def reference_mixtures(cells: ad.AnnData, key: str, seed: int, n_spots: int = 30
     return out
 
 
-def pseudo_spot_halves(case: dict, seed: int) -> tuple[ad.AnnData, ad.AnnData]:
+def pseudo_spot_halves(protocol: Protocol, case: dict, seed: int) -> tuple[ad.AnnData, ad.AnnData]:
     """The slide's labelled cells split 50/50 per type: pseudo-spots of one half, the other half as reference."""
-    cells = read(case["path"])
+    cells = load(protocol, case["path"])
     a, b = split_cells(cells.obs[case["label"]], 0.5, seed=seed)
     return make_pseudo_spots(cells[a].copy(), case["label"]), cells[b].copy()
 
 
-def deconvolution_case(case: dict, seed: int) -> tuple[ad.AnnData, ad.AnnData, str]:
+def deconvolution_case(protocol: Protocol, case: dict, seed: int) -> tuple[ad.AnnData, ad.AnnData, str]:
     """(spots with obsm['true_proportions'], reference, label key)."""
     key = case["label"]
     if case["kind"] == "pseudo_spots":
-        return (*pseudo_spot_halves(case, seed), key)
-    ref = read(case["reference"])
+        return (*pseudo_spot_halves(protocol, case, seed), key)
+    ref = load(protocol, case["reference"])
     a, b = split_cells(ref.obs[key], 0.5, seed=seed)
     return reference_mixtures(ref[a].copy(), key, seed), ref[b].copy(), key
 
 
-def imputation_case(case: dict, seed: int) -> tuple[ad.AnnData, ad.AnnData]:
+def imputation_case(protocol: Protocol, case: dict, seed: int) -> tuple[ad.AnnData, ad.AnnData]:
     """(measured target, reference)."""
     if case["kind"] == "pseudo_spots":
-        return pseudo_spot_halves(case, seed)
-    return read(case["path"]), read(case["reference"])
+        return pseudo_spot_halves(protocol, case, seed)
+    return load(protocol, case["path"]), load(protocol, case["reference"])
 
 
 # ------------------------------------------------------------------------------------------- runs
 
 
-def run_deconvolution(case: dict, kw: dict, seed: int, model: str) -> dict:
+def run_deconvolution(protocol: Protocol, case: dict, kw: dict, seed: int, model: str) -> dict:
     from spgpt_core.tl._deconvolve import compute_proportions
 
-    spots, ref, key = deconvolution_case(case, seed)
+    spots, ref, key = deconvolution_case(protocol, case, seed)
     with measure(rec := {}):
         r = compute_proportions(spots, ref, celltype_key=key, model=model, seed=seed, **kw)
     s = M.deconvolution_scores(spots.obsm["true_proportions"], r.proportions)
@@ -149,11 +146,11 @@ def run_deconvolution(case: dict, kw: dict, seed: int, model: str) -> dict:
             "n_reference_cells": int(ref.n_obs)}
 
 
-def run_imputation(case: dict, kw: dict, seed: int, model: str, folds: int) -> dict:
+def run_imputation(protocol: Protocol, case: dict, kw: dict, seed: int, model: str, folds: int) -> dict:
     from spgpt_core.tl._impute import compute_imputation, measured_expression
     from spgpt_core.tl._genes import match_genes
 
-    target, ref = imputation_case(case, seed)
+    target, ref = imputation_case(protocol, case, seed)
     sh = match_genes(target, ref)
     genes_t = list(target.var_names[sh.a_idx])
     to_ref = dict(zip(genes_t, ref.var_names[sh.b_idx]))
@@ -212,16 +209,16 @@ def _git(*a) -> str:
     return subprocess.run(["git", *a], capture_output=True, text=True, cwd=ROOT).stdout.strip()
 
 
-def run_family(family: str, set_name: str, *, quick: bool = False, model: str = "default",
-               cases: str | None = None, methods: str | None = None) -> None:
-    proto = yaml.safe_load(PROTOCOL.read_text())
+def run_family(protocol: Protocol, family: str, set_name: str, *, quick: bool = False, model: str = "default",
+               cases: str | None = None, methods: str | None = None, command: str = "") -> None:
+    proto = protocol.spec
     spec = proto[family]
     seeds = proto["seeds"][:1] if quick else proto["seeds"]
     entries = [c for c in spec["cases"][set_name] if not cases or c["name"] in cases.split(",")]
     table = DECONVOLUTION_METHODS if family == "deconvolution" else IMPUTATION_METHODS
     todo_methods = {k: v for k, v in table.items() if not methods or k in methods.split("|")}
     folds = spec.get("folds", 5)
-    out = RESULTS / f"generalize_{family}_{set_name}.jsonl"
+    out = protocol.results / f"generalize_{family}_{set_name}.jsonl"
     done, rows_by_key = set(), {}
     if out.exists():
         for line in out.read_text().splitlines():
@@ -247,9 +244,9 @@ def run_family(family: str, set_name: str, *, quick: bool = False, model: str = 
                         f.write(json.dumps(row, default=float) + "\n")
                     continue
                 if family == "deconvolution":
-                    res = run_deconvolution(case, kw, seed, model)
+                    res = run_deconvolution(protocol, case, kw, seed, model)
                 else:
-                    res = run_imputation(case, kw, seed, model, folds)
+                    res = run_imputation(protocol, case, kw, seed, model, folds)
                 row = {"family": family, "set": set_name, "case": case["name"], "pipeline": name, "kind": kind,
                        "seed": seed, "model": model, "default_method": tag, "options": kw, **res}
                 rows_by_key[(case["name"], name, seed, model)] = row
@@ -259,10 +256,11 @@ def run_family(family: str, set_name: str, *, quick: bool = False, model: str = 
                 print(f"{case['name']} | {name} | seed {seed}: "
                       + ", ".join(f"{k}={v:.3f}" for k, v in res.items() if isinstance(v, float) and k != "seconds")
                       + f" ({time.time() - t:.0f}s)", flush=True)
-    report(family, set_name, out, model=model, quick=quick)
+    report(protocol, family, set_name, out, model=model, quick=quick, command=command)
 
 
-def report(family: str, set_name: str, path: Path, *, model: str, quick: bool) -> pd.DataFrame:
+def report(protocol: Protocol, family: str, set_name: str, path: Path, *, model: str, quick: bool,
+           command: str) -> pd.DataFrame:
     df = pd.DataFrame([json.loads(line) for line in path.read_text().splitlines()])
     df = df[df.model == model]
     default = default_tag(family)
@@ -278,20 +276,21 @@ def report(family: str, set_name: str, path: Path, *, model: str, quick: bool) -
     per = per.sort_values("mean", ascending=False)
     per.index = [f"{i} (= {default})" if i == "spgpt default" else i for i in per.index]
     kinds = df.drop_duplicates("pipeline").set_index("pipeline")["kind"]
-    body = _markdown(per.round(3))
+    line = verdict(per["mean"].to_dict(), {**kinds.to_dict(), f"spgpt default (= {default})": "spgpt"},
+                   f"spgpt default (= {default})", f"mean {metric}")
+    body = _markdown(per.round(3)) + "\n\n" + line
     title = {"deconvolution": "Deconvolution (macro-F1 of the dominant type; JSD and per-type Pearson r of "
                               "proportions)",
              "imputation": "Imputation, leave-genes-out (median Pearson r per gene over all folds)"}[family]
-    text = (f"# {title}, {set_name} set\n\nCommand: `python bench/generalize.py --family {family} --set {set_name}"
-            f"{' --quick' if quick else ''}{f' --model {model}' if model != 'default' else ''}` (model `{model}`; seeds: {sorted(df.seed.unique().tolist())}; "
+    text = (f"# {title}, {set_name} set\n\nCommand: `{command}` (model `{model}`; seeds: {sorted(df.seed.unique().tolist())}; "
             f"commit {_git('rev-parse', '--short', 'HEAD')})\n\nBaselines: "
             + ", ".join(sorted(k for k, v in kinds.items() if v == 'baseline'))
             + f". `mean` is over cases of `{metric}`.\n\n{body}\n")
-    (RESULTS / f"generalize_{family}_{set_name}{model_suffix(model)}.md").write_text(text)
+    (protocol.results / f"generalize_{family}_{set_name}{model_suffix(model)}.md").write_text(text)
     print(text)
     if set_name == "test":
         log_test_run({"family": family, "model": model, "quick": quick, "default_method": default,
-                      f"mean_{metric}": per["mean"].round(4).to_dict()})
+                      f"mean_{metric}": per["mean"].round(4).to_dict()}, protocol)
     return per
 
 

@@ -16,23 +16,37 @@ RESULTS = Path(__file__).resolve().parent / "results"
 ROOT = RESULTS.parents[1]
 
 
-def log_test_run(record: dict) -> None:
-    """Append a test-set run to results/test_runs.jsonl with its commit and whether the code differed
-    from it (this run's own result files do not count as a difference)."""
+def log_test_run(record: dict, protocol=None) -> None:
+    """Append a test-set run to test_runs.jsonl in the protocol's results folder (results/ for the shipped
+    protocol) with its commit and whether the code differed from it (result files do not count)."""
     def git(*a):
         return subprocess.run(["git", *a], capture_output=True, text=True, cwd=ROOT).stdout.strip()
 
     head = {"commit": git("rev-parse", "HEAD"),
             "dirty": bool(git("status", "--porcelain", "--untracked-files=no", "--", ".", ":!bench/results")),
             "time": time.strftime("%Y-%m-%d %H:%M")}
-    with (RESULTS / "test_runs.jsonl").open("a") as f:
-        f.write(json.dumps({**head, **record}) + "\n")
+    where = RESULTS if protocol is None else protocol.results
+    extra = {} if protocol is None or protocol.shipped else {"protocol": str(protocol.file), "data": str(protocol.data)}
+    with (where / "test_runs.jsonl").open("a") as f:
+        f.write(json.dumps({**head, **extra, **record}) + "\n")
 
 
 def model_suffix(model: str) -> str:
     """The part of a report's file name that says which model ran: none for the shipped default, else
     ``_`` + the run folder's name (``runs/held-out-continual/model`` -> ``_held-out-continual``)."""
     return "" if model == "default" else "_" + Path(model).parent.name
+
+
+def verdict(means, kinds, default: str, what: str = "mean") -> str:
+    """One line: the default's mean against the best same-run baseline's (the issue's bar: at or above it).
+    ``means``: pipeline -> mean; ``kinds``: pipeline -> "baseline" / "spgpt"."""
+    base = {p: v for p, v in means.items() if kinds.get(p) == "baseline" and v == v}
+    if default not in means or not base:
+        return ""
+    best = max(base, key=base.get)
+    d = means[default] - base[best]
+    return (f"**Default against the best same-run baseline** ({what}): {means[default]:.3f} against {base[best]:.3f} "
+            f"({best}), {d:+.3f}: {'at or above' if d >= 0 else 'below'} it.")
 
 
 WIDTH = 100

@@ -4,6 +4,9 @@ strongest simple baselines computed in the same run.
     python bench/generalize.py --set dev  [--quick]   # every candidate pipeline: defaults are chosen here
     python bench/generalize.py --set dev --top 10     # all seeds for the 10 best candidates of the first seed
     python bench/generalize.py --set test [--quick]   # the default, its ablations and the baselines, report only
+    python bench/generalize.py --set test --protocol my_slides.yaml [--data DIR]   # the same on other slides
+
+Every slide of the run is checked (exists, readable, label column, coordinates) before any work starts.
 
 Every (slide, pipeline, seed) result is appended to bench/results/generalize_<set>.jsonl as it
 finishes and skipped when the run is repeated, so a stopped run resumes; embeddings are cached in
@@ -23,12 +26,9 @@ import time
 from dataclasses import fields
 from pathlib import Path
 
-import anndata as ad
 import numpy as np
 import pandas as pd
 import scanpy as sc
-import yaml
-
 import spgpt_core as sg
 from spgpt_core.io import get_coordinates
 from spgpt_core.metrics import ari, nmi
@@ -37,20 +37,15 @@ from spgpt_core.tl._cluster import cluster_embedding, consensus_cluster
 from spgpt_core.tl._features import (SMOOTHED_K, domain_features, expression_pcs, neighbour_mean, reduce,
                                      smoothed, smoothed_features, unit_variance)
 
-from _report import log_test_run, model_suffix
-
-ROOT = Path(__file__).resolve().parents[1]
-DATA = ROOT.parent / "shared" / "data"
-PROTOCOL = ROOT / "bench" / "protocols" / "unseen_tissue.yaml"
-RESULTS = ROOT / "bench" / "results"
-CACHE = ROOT / "bench" / ".cache"
+from _protocol import SHARED_DATA, Protocol, load_protocol, read
+from _report import log_test_run, model_suffix, verdict
 
 
 # ------------------------------------------------------------------------------ slides and features
 
 
-def load_slide(entry: dict, ignore: list[str]):
-    a = ad.read_h5ad(DATA / entry["path"])
+def load_slide(entry: dict, ignore: list[str], protocol: Protocol):
+    a = read(protocol.path(entry["path"]))
     labels = a.obs[entry["label"]].astype(str).to_numpy()
     scored = ~pd.Series(labels).str.lower().isin([x.lower() for x in ignore] + ["nan", "none", ""]).to_numpy()
     return a, labels, scored
@@ -68,16 +63,16 @@ def baseline_pcs(a, n_top_genes: int, n_pcs: int) -> np.ndarray:
     return sc.pp.pca(b, n_comps=min(n_pcs, b.n_vars - 1, b.n_obs - 1), random_state=0, copy=True).obsm["X_pca"]
 
 
-def cached_embedding(name: str, a, model_spec: str) -> np.ndarray:
+def cached_embedding(name: str, a, model_spec: str, cache: Path) -> np.ndarray:
     """The zero-shot embedding tl.domains computes (3,000 most variable matched genes), cached per model."""
     model = sg.load_model(model_spec)
     tag = hashlib.sha1(json.dumps(model.describe(), sort_keys=True, default=str).encode()).hexdigest()[:10]
-    path = CACHE / f"emb_{name}_{tag}.npy"
+    path = cache / f"emb_{name}_{tag}.npy"
     if path.exists():
         return np.load(path)
     b = a.copy()
     sg.tl.domains(b, model, n_clusters=2, method="kmeans", smooth_k=0, drop_empty=True, features="embedding")
-    CACHE.mkdir(parents=True, exist_ok=True)
+    cache.mkdir(parents=True, exist_ok=True)
     np.save(path, np.asarray(b.obsm["X_spgpt"], dtype=np.float32))
     return np.load(path)
 
@@ -195,6 +190,12 @@ def main(argv=None) -> None:
                          "bench/_mapping_families.py)")
     ap.add_argument("--quick", action="store_true", help="first seed only")
     ap.add_argument("--model", default="default")
+    ap.add_argument("--protocol", help="a protocol YAML laid out as bench/protocols/unseen_tissue.yaml (settings it "
+                                       "leaves out are that file's); default: that file")
+    ap.add_argument("--data", help="folder the protocol's relative slide paths start from (default: the file's "
+                                   "data_root, else ../shared/data)")
+    ap.add_argument("--out", help="results folder (default: bench/results, or bench/results/protocols/NAME for "
+                                  "another protocol file)")
     ap.add_argument("--slides", help="comma-separated subset of the set's slide names")
     ap.add_argument("--dev-best", type=int, default=3, help="test: also run the N best dev candidates (first seed) "
                                                              "and the best fused one (default: %(default)s)")
@@ -206,15 +207,18 @@ def main(argv=None) -> None:
     ap.add_argument("--top", type=int, help="dev: run every seed only for the N candidates with the best mean ARI "
                                              "on the first seed (run --quick first)")
     args = ap.parse_args(argv)
+    P = load_protocol(args.protocol, args.data, args.out)
+    P.check(args.family, args.set)
+    P.results.mkdir(parents=True, exist_ok=True)
     if args.family == "integration":  # its own module: slide groups, not slides
         from _integration_family import main as integration
-        return integration(args.set, args.quick, args.model)
+        return integration(P, args.set, args.quick, args.model, command(args, P))
     if args.family in ("deconvolution", "imputation"):
         from _mapping_families import run_family
 
-        return run_family(args.family, args.set, quick=args.quick, model=args.model, cases=args.slides,
-                          methods=args.methods)
-    proto = yaml.safe_load(PROTOCOL.read_text())
+        return run_family(P, args.family, args.set, quick=args.quick, model=args.model, cases=args.slides,
+                          methods=args.methods, command=command(args, P))
+    proto = P.spec
     seeds = proto["seeds"][:1] if args.quick else proto["seeds"]
     entries = [e for e in proto["domains"][args.set] if not args.slides or e["name"] in args.slides.split(",")]
     b = proto["baselines"]
@@ -228,17 +232,17 @@ def main(argv=None) -> None:
             keep = [default_pipeline(), *ablations(), *(share_sweep(proto["candidates"]["embedding_weight"])
                                                        if args.share_sweep else [])]
             pipelines = [p for p in pipelines if p["kind"] == "baseline" or p in keep
-                         or p["pipeline"] in best_on_first_seed(RESULTS / "generalize_dev.jsonl", seeds[0], args.top,
+                         or p["pipeline"] in best_on_first_seed(P.results / "generalize_dev.jsonl", seeds[0], args.top,
                                                                 args.methods.split(",") if args.methods else None)]
     else:  # the default, its ablations and the dev's best candidates
-        dev = RESULTS / "generalize_dev.jsonl"
+        dev = P.results / "generalize_dev.jsonl"
         if dev.exists():  # chosen on dev (first seed), never on test numbers
             best = best_on_first_seed(dev, proto["seeds"][0], args.dev_best)
             fused = best_on_first_seed(dev, proto["seeds"][0], 1, features="fused")
             known = {p["pipeline"]: p for p in candidates(proto["candidates"])}
             pipelines += [{**known[name], "kind": "spgpt"} for name in dict.fromkeys(best + fused) if name in known]
     pipelines = list({p["pipeline"]: p for p in pipelines}.values())  # a sweep row may also be a candidate
-    out = RESULTS / f"generalize_{args.set}.jsonl"
+    out = P.results / f"generalize_{args.set}.jsonl"
     done = set()
     if out.exists():
         for line in out.read_text().splitlines():
@@ -249,8 +253,8 @@ def main(argv=None) -> None:
         todo = [(p, s) for p in pipelines for s in seeds if (entry["name"], p["pipeline"], s, args.model) not in done]
         if not todo:
             continue
-        a, labels, scored = load_slide(entry, proto["ignore_labels"])
-        emb = cached_embedding(entry["name"], a, args.model)
+        a, labels, scored = load_slide(entry, proto["ignore_labels"], P)
+        emb = cached_embedding(entry["name"], a, args.model, P.cache)
         slide = {"labels": labels, "scored": scored, "xy": get_coordinates(a, required=True),
                  "ok": np.isfinite(emb).all(axis=1), "emb": emb, "pcs": baseline_pcs(a, b["n_top_genes"], b["n_pcs"]),
                  "expr": expression_pcs(a, n_top_genes=b["n_top_genes"], n_pcs=b["n_pcs"])}
@@ -262,7 +266,7 @@ def main(argv=None) -> None:
                    **({"features_version": FEATURES_VERSION} if p["kind"] != "baseline" else {})}
             with out.open("a") as f:
                 f.write(json.dumps(row, default=float) + "\n")
-    report(out, args, pipelines)
+    report(out, args, pipelines, P)
 
 
 #: Version of spgpt's expression PCs the spgpt rows were computed with; 2 from 2026-12-06: library sizes
@@ -300,7 +304,7 @@ PUBLISHED_NAMES = {"DLPFC_151673": "DLPFC151673", "DLPFC_151674": "DLPFC151674",
 
 def published(slides) -> pd.DataFrame:
     """Published mean ARIs (BenchmarkST, 20 seeds) of the slides they cover, one row per method."""
-    path = DATA / "published" / "benchmarkst_mean_ari.tsv"
+    path = SHARED_DATA / "published" / "benchmarkst_mean_ari.tsv"
     if not path.exists():
         return pd.DataFrame()
     t = pd.read_csv(path, sep="\t").set_index("dataset")
@@ -312,7 +316,17 @@ def published(slides) -> pd.DataFrame:
     return pd.DataFrame.from_dict(rows, orient="index")
 
 
-def report(path: Path, args, pipelines: list[dict]) -> None:
+def command(args, protocol: Protocol) -> str:
+    """The command line that reproduces this run's table."""
+    own = "" if protocol.shipped else f" --protocol {args.protocol}" + (f" --data {args.data}" if args.data else "")
+    family = f" --family {args.family}" if args.family != "domains" else ""
+    return (f"python bench/generalize.py{family} --set {args.set}{' --quick' if args.quick else ''}{own}"
+            + (f" --model {args.model}" if args.model != "default" else "")
+            + (f" --top {args.top}" if getattr(args, "top", None) is not None else "")
+            + (" --share-sweep" if getattr(args, "share_sweep", False) else ""))
+
+
+def report(path: Path, args, pipelines: list[dict], protocol: Protocol) -> None:
     """The table of this run's pipelines (rows of earlier defaults stay in the jsonl, not in the table)."""
     df = pd.DataFrame([json.loads(line) for line in path.read_text().splitlines()])
     df = df[(df.model == args.model) & df.pipeline.isin([p["pipeline"] for p in pipelines])]
@@ -328,16 +342,15 @@ def report(path: Path, args, pipelines: list[dict]) -> None:
     show = pd.concat([per.loc[[i for i in per.index if i in fixed]],
                       per[(kinds[per.index] == "spgpt").to_numpy()].head(12)])
     show = pd.concat([show[~show.index.duplicated()], published([c for c in per.columns if c in PUBLISHED_NAMES])])
-    text = _markdown(show.round(3))
+    default = next((p["pipeline"] for p in pipelines if p.get("default")), None)
+    text = _markdown(show.round(3)) + "\n\n" + verdict(per["mean"].to_dict(), kinds.to_dict(), default, "mean ARI")
     print(text)
-    command = f"python bench/generalize.py --set {args.set}{' --quick' if args.quick else ''}" + (
-        f" --model {args.model}" if args.model != "default" else "") + (
-        f" --top {args.top}" if args.top is not None else "") + (" --share-sweep" if args.share_sweep else "")
     suffix = model_suffix(args.model)
-    (RESULTS / f"generalize_{args.set}{suffix}.md").write_text(
-        f"# Domains, {args.set} set (mean ARI over seeds)\n\nCommand: `{command}`\n\n{text}\n")
+    (protocol.results / f"generalize_{args.set}{suffix}.md").write_text(
+        f"# Domains, {args.set} set (mean ARI over seeds)\n\nCommand: `{command(args, protocol)}`\n\n{text}\n")
     if args.set == "test":
-        log_test_run({"model": args.model, "quick": args.quick, "mean_ari": per["mean"].round(4).to_dict()})
+        log_test_run({"model": args.model, "quick": args.quick, "mean_ari": per["mean"].round(4).to_dict()},
+                     protocol)
 
 
 if __name__ == "__main__":
