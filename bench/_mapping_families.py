@@ -65,15 +65,20 @@ DECONVOLUTION_METHODS = {
         dict(method="consensus", use_embeddings=False), "spgpt"),
     "spgpt default": (dict(), "spgpt"),
 }
+# Every row maps on every shared training gene (n_top_genes=0), as Tangram does, but the last two: the
+# speed option's cost (protocol: imputation_training_genes).
 IMPUTATION_METHODS = {
-    "kNN (expression, k=10)": (dict(method="knn", use_embeddings=False), "baseline"),
-    "NNLS on centroids": (dict(method="nnls"), "baseline"),
-    "Tangram cells (expression)": (dict(method="tangram_cells", use_embeddings=False), "baseline"),
-    "Tangram clusters, size-weighted (expression)": (dict(method="tangram_clusters", use_embeddings=False),
-                                                      "baseline"),
-    "spgpt Tangram clusters + embeddings (paper)": (dict(method="tangram_clusters", use_embeddings=True), "spgpt"),
-    "spgpt kNN + embeddings": (dict(method="knn", use_embeddings=True), "spgpt"),
+    "kNN (expression, k=10)": (dict(method="knn", use_embeddings=False, n_top_genes=0), "baseline"),
+    "NNLS on centroids": (dict(method="nnls", n_top_genes=0), "baseline"),
+    "Tangram cells (expression)": (dict(method="tangram_cells", use_embeddings=False, n_top_genes=0), "baseline"),
+    "Tangram clusters, size-weighted (expression)": (
+        dict(method="tangram_clusters", use_embeddings=False, n_top_genes=0), "baseline"),
+    "spgpt Tangram clusters + embeddings (paper)": (
+        dict(method="tangram_clusters", use_embeddings=True, n_top_genes=0), "spgpt"),
+    "spgpt kNN + embeddings": (dict(method="knn", use_embeddings=True, n_top_genes=0), "spgpt"),
     "spgpt default": (dict(), "spgpt"),
+    "spgpt default, --n-top-genes 2000 (speed option)": (dict(n_top_genes=2000), "spgpt"),
+    "spgpt default, --n-top-genes 1000 (speed option)": (dict(n_top_genes=1000), "spgpt"),
 }
 
 
@@ -179,16 +184,15 @@ def run_imputation(protocol: Protocol, case: dict, kw: dict, seed: int, model: s
 def _effective(kw: dict, default: str, config_class) -> tuple:
     method = kw.get("method", "auto")
     method = default if method == "auto" else method
-    return method, method != "nnls" and kw.get("use_embeddings", config_class().use_embeddings)
+    genes = kw.get("n_top_genes", getattr(config_class(), "n_top_genes", None)) or 0
+    return method, method != "nnls" and kw.get("use_embeddings", config_class().use_embeddings), genes
 
 
-def _twin(table: dict, name: str, default: str, config_class) -> str | None:
-    """The measured row whose options the default resolves to (same method, same use of embeddings)."""
-    if name != "spgpt default":
-        return None
+def _twins(table: dict, name: str, default: str, config_class) -> list[str]:
+    """The other rows whose options resolve to the same run (method, use of embeddings and genes): e.g.
+    the default and the baseline it equals, or an ablation that spells out a baseline's options."""
     want = _effective(table[name][0], default, config_class)
-    return next((n for n, (kw, _) in table.items()
-                 if n != name and _effective(kw, default, config_class) == want), None)
+    return [n for n, (kw, _) in table.items() if n != name and _effective(kw, default, config_class) == want]
 
 
 def _defaults(family: str) -> tuple[str, type]:
@@ -200,9 +204,14 @@ def _defaults(family: str) -> tuple[str, type]:
 
 def default_tag(family: str) -> str:
     """What "spgpt default" runs, recorded with its rows so they are re-run when it changes: the method
-    ``auto`` picks, and "(expression)" when the default maps without the embeddings."""
+    ``auto`` picks, "(expression)" when the default maps without the embeddings, and for imputation how many
+    genes it maps on."""
     method, config_class = _defaults(family)
-    return method + ("" if config_class().use_embeddings else " (expression)")
+    tag = method + ("" if config_class().use_embeddings else " (expression)")
+    if family == "imputation":
+        n = config_class().n_top_genes
+        tag += f", {n} highest-variance mapping genes" if n else ", every shared gene"
+    return tag
 
 
 def _git(*a) -> str:
@@ -220,11 +229,13 @@ def run_family(protocol: Protocol, family: str, set_name: str, *, quick: bool = 
     folds = spec.get("folds", 5)
     out = protocol.results / f"generalize_{family}_{set_name}.jsonl"
     done, rows_by_key = set(), {}
+    current = default_tag(family)
     if out.exists():
         for line in out.read_text().splitlines():
             r = json.loads(line)
             done.add((r["case"], r["pipeline"], r["seed"], r["model"], r.get("default_method")))
-            rows_by_key[(r["case"], r["pipeline"], r["seed"], r["model"])] = r
+            if r["pipeline"] != "spgpt default" or r.get("default_method") == current:  # an earlier default's
+                rows_by_key[(r["case"], r["pipeline"], r["seed"], r["model"])] = r    # rows are no twin
     default, config_class = _defaults(family)
     for case in entries:
         for name, (kw, kind) in todo_methods.items():
@@ -234,12 +245,14 @@ def run_family(protocol: Protocol, family: str, set_name: str, *, quick: bool = 
                 if (case["name"], name, seed, model, tag) in done:
                     continue
                 t = time.time()
-                twin = _twin(table, name, default, config_class)
-                if twin is not None and (case["name"], twin, seed, model, None) in done:
-                    # the default runs the same options as a row already measured: the same numbers (every
-                    # step is seeded), so they are copied rather than computed twice
+                twin = next((n for n in _twins(table, name, default, config_class)
+                             if (case["name"], n, seed, model) in rows_by_key), None)
+                if twin is not None:
+                    # the same options as a row already measured: the same numbers (every step is seeded),
+                    # so they are copied rather than computed twice
                     row = {**rows_by_key[(case["name"], twin, seed, model)], "pipeline": name, "kind": kind,
                            "default_method": tag, "options": kw, "same_as": twin}
+                    rows_by_key[(case["name"], name, seed, model)] = row
                     with out.open("a") as f:
                         f.write(json.dumps(row, default=float) + "\n")
                     continue
@@ -262,7 +275,8 @@ def run_family(protocol: Protocol, family: str, set_name: str, *, quick: bool = 
 def report(protocol: Protocol, family: str, set_name: str, path: Path, *, model: str, quick: bool,
            command: str) -> pd.DataFrame:
     df = pd.DataFrame([json.loads(line) for line in path.read_text().splitlines()])
-    df = df[df.model == model]
+    table = DECONVOLUTION_METHODS if family == "deconvolution" else IMPUTATION_METHODS
+    df = df[(df.model == model) & df.pipeline.isin(list(table))]  # rows of retired variants stay in the jsonl
     default = default_tag(family)
     df = df[(df.pipeline != "spgpt default") | (df.default_method == default)]
     metric = "macro_f1" if family == "deconvolution" else "median_pearson"

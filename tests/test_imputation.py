@@ -42,6 +42,26 @@ def test_planted_marker_genes_are_imputed(planted):
     assert M.imputation_scores(meas, full.imputed)["median_pearson"] > 0.6
 
 
+def test_mapping_on_the_most_variable_genes_keeps_the_scale_and_the_quality(planted):
+    target, ref, cells, held = planted
+    every = compute_imputation(target, ref, genes=held, use_embeddings=False, num_epochs=200, n_top_genes=0)
+    n_train = every.info["n_training_genes"]
+    assert every.info["n_mapping_genes"] == n_train and every.info["n_top_genes"] is None
+    meas = measured_expression(cells, held, every.info["training_genes"])
+    for method in ("knn", "tangram_clusters"):
+        few = compute_imputation(target, ref, genes=held, use_embeddings=False, num_epochs=200, n_top_genes=60,
+                                 method=method)
+        assert few.info["n_mapping_genes"] == 60 < n_train
+        # library sizes (and so the scale of the imputed values) still come from every training gene
+        assert few.info["training_genes"] == every.info["training_genes"]
+        assert M.imputation_scores(meas, few.imputed)["median_pearson"] > 0.6
+    assert abs(float(few.imputed.to_numpy().mean()) - float(every.imputed.to_numpy().mean())) < 0.05
+    nnls = compute_imputation(target, ref, genes=held, method="nnls", n_top_genes=60)
+    assert nnls.info["n_mapping_genes"] == n_train  # NNLS fits linear counts of every training gene
+    with pytest.raises(InputError, match="n_top_genes=3"):
+        compute_imputation(target, ref, genes=held, use_embeddings=False, n_top_genes=3)
+
+
 def test_requested_genes_never_train_the_mapping(planted):
     _, ref, cells, held = planted
     res = compute_imputation(cells, ref, genes=held[:3], use_embeddings=False, num_epochs=5)

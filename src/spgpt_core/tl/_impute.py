@@ -63,8 +63,8 @@ from ..records import run_record
 from ._expression import (counts_block, detect_scale, expressed_blocks, linear_block, log_expression, log_normalise,
                           scale_totals)
 from ._genes import gene_positions, lookup_sources, match_genes, no_shared_genes_error
-from ._mapping import (choose_method, column_cosine, density, enriched_features, knn_average, nnls_weights,
-                       run_tangram, tangram_chunked)
+from ._mapping import (choose_method, column_cosine, density, enriched_features, highest_variance, knn_average,
+                       nnls_weights, run_tangram, tangram_chunked)
 
 log = logging.getLogger(__name__)
 
@@ -240,16 +240,24 @@ def compute_imputation(spatial, reference, *, genes=None, all_missing: bool = Fa
     E_ref = log_normalise(C_ref, ref_tot)
     T_ref = log_normalise(linear_block(reference, np.asarray(targets), scales[1]), ref_tot)
     target_names = pd.Index(target_cols)
+    # Tangram and kNN map on the training genes of highest variance in the reference: their cost per epoch
+    # grows faster than the gene count (bench/protocols/unseen_tissue.yaml, imputation_training_genes[_b]);
+    # library sizes, and so the scale of the imputed values, stay over every training gene
+    mapping = None
+    if method != "nnls" and cfg.n_top_genes and len(train) > cfg.n_top_genes:
+        mapping = highest_variance(E_ref, cfg.n_top_genes)
+    F_sp = E_sp if mapping is None else E_sp[:, mapping]
+    F_ref = E_ref if mapping is None else E_ref[:, mapping]
 
     model_info = None
     if use_emb:
         G, S, H_ref, model_info, timings["embedding_seconds"] = enriched_features(
-            spatial, reference, train, E_sp, E_ref, model, spatial_rep=cfg.spatial_rep,
+            spatial, reference, train, F_sp, F_ref, model, spatial_rep=cfg.spatial_rep,
             reference_rep=cfg.reference_rep, embedding_weight=cfg.embedding_weight, seed=cfg.seed,
             batch_size=cfg.batch_size, max_seq_len=cfg.max_seq_len, device=device, progress=progress)
     else:
         H_ref = None
-        G, S = E_sp, E_ref
+        G, S = F_sp, F_ref
 
     clusters, M, map_info = None, None, {}
     if method in ("tangram_clusters", "nnls"):
@@ -258,7 +266,7 @@ def compute_imputation(spatial, reference, *, genes=None, all_missing: bool = Fa
             ok = np.isfinite(H_ref).all(axis=1)
             basis = np.where(ok[:, None], H_ref, np.nanmean(H_ref[ok], axis=0) if ok.any() else 0.0)
         else:
-            basis = E_ref
+            basis = F_ref
         clusters = KMeans(n_clusters=k, n_init=3, random_state=cfg.seed).fit_predict(np.asarray(basis, np.float64))
         sizes = np.bincount(clusters, minlength=k).astype(np.float64)
         used = sizes > 0
@@ -288,14 +296,14 @@ def compute_imputation(spatial, reference, *, genes=None, all_missing: bool = Fa
             M, map_info = tangram_chunked(S_units, G, d=d, d_source=sizes / sizes.sum() if d is not None else None,
                                           chunk_size=cfg.chunk_size, seed=cfg.seed, progress=progress,
                                           desc="imputation mapping (clusters)", **kw)
-            weights_unit, E_units = sizes, onehot @ E_ref
+            weights_unit, E_units = sizes, onehot @ F_ref
         else:
             M, map_info = run_tangram(S, G, d=d, seed=cfg.seed, progress=progress, desc="imputation mapping", **kw)
-            profiles, weights_unit, E_units = T_ref, np.ones(reference.n_obs), E_ref
+            profiles, weights_unit, E_units = T_ref, np.ones(reference.n_obs), F_ref
         W = (M.astype(np.float64) * weights_unit[:, None]).T  # slide cells x units
         W /= W.sum(axis=1, keepdims=True)
         imputed_values = W @ profiles
-        map_info["train_score_mean"] = float(np.nanmean(column_cosine(M.T @ E_units, E_sp)))
+        map_info["train_score_mean"] = float(np.nanmean(column_cosine(M.T @ E_units, F_sp)))
     imputed = pd.DataFrame(np.asarray(imputed_values, dtype=np.float32), index=pd.Index(spatial.obs_names.astype(str)),
                            columns=target_names)
     timings["total_seconds"] = round(time.time() - t_all, 3)
@@ -308,6 +316,7 @@ def compute_imputation(spatial, reference, *, genes=None, all_missing: bool = Fa
         "input_scale": scales[0]["scale"], "input_scale_reason": scales[0]["reason"],
         "reference_input_scale": scales[1]["scale"], "reference_input_scale_reason": scales[1]["reason"],
         "n_cells": int(spatial.n_obs), "n_reference_cells": int(reference.n_obs), "n_training_genes": int(len(train)),
+        "n_mapping_genes": int(len(train) if mapping is None or method == "nnls" else len(mapping)),
         "training_genes": [str(g) for g in train.names], "gene_sources": [train.a_source, train.b_source],
         "units": "log1p(counts per 1e4 training-gene counts)", **map_info, **timings,
     }

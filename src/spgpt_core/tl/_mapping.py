@@ -53,6 +53,16 @@ def select_hvg(ref_log: np.ndarray, n_top: int) -> np.ndarray:
     return hv[:n_top]
 
 
+def highest_variance(X: np.ndarray, n_top: int) -> np.ndarray:
+    """Positions (sorted) of the ``n_top`` columns of ``X`` with the highest variance. On log-normalised data
+    this keeps well-expressed variable genes; scanpy's dispersion-normalised ranking (:func:`select_hvg`)
+    puts the sparsest genes first on a few hundred cells (a gene seen in 1 of 346 spots has a huge
+    normalised dispersion), which cost imputation its signal on dev."""
+    if X.shape[1] <= n_top:
+        return np.arange(X.shape[1])
+    return np.sort(np.argsort(-np.asarray(X, np.float64).var(axis=0), kind="stable")[:n_top])
+
+
 def scale_embedding_block(emb: np.ndarray, expr: np.ndarray, weight: float | None) -> np.ndarray:
     """The embedding block stacked beside ``expr``. ``weight=None``: the embeddings as given (the
     paper). A number: each dimension centred within the dataset, then the block scaled to ``weight``
