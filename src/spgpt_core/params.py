@@ -246,7 +246,7 @@ class ImputeConfig(MappingConfig):
     cluster_ratio: int = option(10, "--cluster-ratio", "reference cells per centroid when K is not given", type=int)
     # every shared gene by default: on the dev set's one transcriptome-wide pair (HER2ST B1 from A1) mapping
     # on the 2,000 / 1,000 highest-variance genes cost 0.020 / 0.028 median r (0.063 / 0.055 vs 0.083) for a
-    # 2x / 4x faster mapping, which would put the default below plain Tangram on every gene (protocol:
+    # ~6x / ~11x faster mapping there, which would put the default below plain Tangram on every gene (protocol:
     # imputation_training_genes, _b). A speed option for big transcriptome-wide pairs.
     n_top_genes: int | None = option(None, "--n-top-genes", "Tangram and kNN map on the N training genes of highest "
                                      "variance in the reference (faster on transcriptome-wide pairs, a little less "

@@ -60,7 +60,7 @@ def highest_variance(X: np.ndarray, n_top: int) -> np.ndarray:
     normalised dispersion), which cost imputation its signal on dev."""
     if X.shape[1] <= n_top:
         return np.arange(X.shape[1])
-    return np.sort(np.argsort(-np.asarray(X, np.float64).var(axis=0), kind="stable")[:n_top])
+    return np.sort(np.argsort(-np.asarray(X).var(axis=0, dtype=np.float64), kind="stable")[:n_top])
 
 
 def scale_embedding_block(emb: np.ndarray, expr: np.ndarray, weight: float | None) -> np.ndarray:
