@@ -30,7 +30,7 @@ import numpy as np
 import pandas as pd
 
 from _protocol import Protocol, load_protocol, read
-from _report import log_test_run, model_suffix, verdict
+from _report import log_test_run, markdown_table, model_suffix, verdict
 
 
 def _entries(proto: dict) -> dict:
@@ -226,8 +226,6 @@ COLS = ["avg_bio", "avg_batch", "ari", "nmi", "asw_label", "asw_batch", "graph_c
 def report(protocol: Protocol, path: Path, set_name: str, quick: bool, model: str, min_batch: float,
            names: list[str], cmd: str) -> None:
     """The table of this run's pipelines (rows of an earlier default or its ablations stay in the jsonl only)."""
-    from generalize import _markdown
-
     df = pd.DataFrame([json.loads(line) for line in path.read_text().splitlines()])
     df = df[(df.model == model) & df.pipeline.isin(names)]
     per_group = df.groupby(["pipeline", "group"])[COLS].mean()  # seeds first, then groups weigh the same
@@ -248,7 +246,7 @@ def report(protocol: Protocol, path: Path, set_name: str, quick: bool, model: st
                       table[table.index.str.contains("ablation|as returned")]])
     show = show[~show.index.duplicated()]
     default = next((i for i in table.index if i.startswith("spgpt default")), None)
-    text = _markdown(show.round(3)) + "\n\n" + verdict(table["avg_bio"].to_dict(), kinds.to_dict(), default,
+    text = markdown_table(show.round(3)) + "\n\n" + verdict(table["avg_bio"].to_dict(), kinds.to_dict(), default,
                                                         "mean AvgBIO")
     if default is not None:
         text += f" Its AvgBATCH: {table.loc[default, 'avg_batch']:.3f} (the bar: >= {min_batch})."

@@ -48,7 +48,7 @@ from helpers.pseudo_spots import make_pseudo_spots  # noqa: E402
 from spgpt_core import metrics as M  # noqa: E402
 from spgpt_core.params import AUTO_METHOD, DeconvolveConfig, ImputeConfig  # noqa: E402
 
-from _report import log_test_run, model_suffix, verdict
+from _report import log_test_run, markdown_table, model_suffix, verdict
 
 #: name -> (tl keyword arguments, kind). Baselines are the simple methods on expression alone.
 DECONVOLUTION_METHODS = {
@@ -290,9 +290,8 @@ def report(protocol: Protocol, family: str, set_name: str, path: Path, *, model:
     per = per.sort_values("mean", ascending=False)
     per.index = [f"{i} (= {default})" if i == "spgpt default" else i for i in per.index]
     kinds = df.drop_duplicates("pipeline").set_index("pipeline")["kind"]
-    line = verdict(per["mean"].to_dict(), {**kinds.to_dict(), f"spgpt default (= {default})": "spgpt"},
-                   f"spgpt default (= {default})", f"mean {metric}")
-    body = _markdown(per.round(3)) + "\n\n" + line
+    line = verdict(per["mean"].to_dict(), kinds.to_dict(), f"spgpt default (= {default})", f"mean {metric}")
+    body = markdown_table(per.round(3)) + "\n\n" + line
     title = {"deconvolution": "Deconvolution (macro-F1 of the dominant type; JSD and per-type Pearson r of "
                               "proportions)",
              "imputation": "Imputation, leave-genes-out (median Pearson r per gene over all folds)"}[family]
@@ -307,9 +306,3 @@ def report(protocol: Protocol, family: str, set_name: str, path: Path, *, model:
                       f"mean_{metric}": per["mean"].round(4).to_dict()}, protocol)
     return per
 
-
-def _markdown(df: pd.DataFrame) -> str:
-    cols = ["pipeline", *map(str, df.columns)]
-    rows = [[str(i), *("" if pd.isna(v) else f"{v:.3f}" if isinstance(v, float) else str(v) for v in r)]
-            for i, r in zip(df.index, df.itertuples(index=False))]
-    return "\n".join(["| " + " | ".join(cols) + " |", "|" + "---|" * len(cols)] + ["| " + " | ".join(r) + " |" for r in rows])

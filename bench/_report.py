@@ -16,7 +16,7 @@ RESULTS = Path(__file__).resolve().parent / "results"
 ROOT = RESULTS.parents[1]
 
 
-def log_test_run(record: dict, protocol=None) -> None:
+def log_test_run(record: dict, protocol) -> None:
     """Append a test-set run to test_runs.jsonl in the protocol's results folder (results/ for the shipped
     protocol) with its commit and whether the code differed from it (result files do not count)."""
     def git(*a):
@@ -25,9 +25,8 @@ def log_test_run(record: dict, protocol=None) -> None:
     head = {"commit": git("rev-parse", "HEAD"),
             "dirty": bool(git("status", "--porcelain", "--untracked-files=no", "--", ".", ":!bench/results")),
             "time": time.strftime("%Y-%m-%d %H:%M")}
-    where = RESULTS if protocol is None else protocol.results
-    extra = {} if protocol is None or protocol.shipped else {"protocol": str(protocol.file), "data": str(protocol.data)}
-    with (where / "test_runs.jsonl").open("a") as f:
+    extra = {} if protocol.shipped else {"protocol": str(protocol.file), "data": str(protocol.data)}
+    with (protocol.results / "test_runs.jsonl").open("a") as f:
         f.write(json.dumps({**head, **extra, **record}) + "\n")
 
 
@@ -35,6 +34,18 @@ def model_suffix(model: str) -> str:
     """The part of a report's file name that says which model ran: none for the shipped default, else
     ``_`` + the run folder's name (``runs/held-out-continual/model`` -> ``_held-out-continual``)."""
     return "" if model == "default" else "_" + Path(model).parent.name
+
+
+def markdown_table(df) -> str:
+    """A DataFrame as a Markdown table: the index first (named by its name, else "pipeline"), floats to 3
+    decimals, missing values blank."""
+    import pandas as pd
+
+    cols = [df.index.name or "pipeline", *map(str, df.columns)]
+    rows = [[str(i), *("" if pd.isna(v) else f"{v:.3f}" if isinstance(v, float) else str(v) for v in r)]
+            for i, r in zip(df.index, df.itertuples(index=False))]
+    return "\n".join(["| " + " | ".join(cols) + " |", "|" + "---|" * len(cols)]
+                     + ["| " + " | ".join(r) + " |" for r in rows])
 
 
 def verdict(means, kinds, default: str, what: str = "mean") -> str:

@@ -38,7 +38,7 @@ from spgpt_core.tl._features import (SMOOTHED_K, domain_features, expression_pcs
                                      smoothed, smoothed_features, unit_variance)
 
 from _protocol import SHARED_DATA, Protocol, load_protocol, read
-from _report import log_test_run, model_suffix, verdict
+from _report import log_test_run, markdown_table, model_suffix, verdict
 
 
 # ------------------------------------------------------------------------------ slides and features
@@ -291,13 +291,6 @@ def best_on_first_seed(path: Path, seed: int, n: int, methods: list[str] | None 
     return df.groupby("pipeline")["ari"].mean().sort_values(ascending=False).head(n).index.tolist()
 
 
-def _markdown(df: pd.DataFrame) -> str:
-    cols = [df.index.name or "pipeline", *map(str, df.columns)]
-    rows = [[str(i), *("" if pd.isna(v) else f"{v:.3f}" if isinstance(v, float) else str(v) for v in r)]
-            for i, r in zip(df.index, df.itertuples(index=False))]
-    return "\n".join(["| " + " | ".join(cols) + " |", "|" + "---|" * len(cols)] + ["| " + " | ".join(r) + " |" for r in rows])
-
-
 PUBLISHED_NAMES = {"DLPFC_151673": "DLPFC151673", "DLPFC_151674": "DLPFC151674",
                    "STARmap_mPFC_BZ5": "mPFC20180417_BZ5_control", "STARmap_mPFC_BZ9": "mPFC20180419_BZ9_control"}
 
@@ -343,7 +336,7 @@ def report(path: Path, args, pipelines: list[dict], protocol: Protocol) -> None:
                       per[(kinds[per.index] == "spgpt").to_numpy()].head(12)])
     show = pd.concat([show[~show.index.duplicated()], published([c for c in per.columns if c in PUBLISHED_NAMES])])
     default = next((p["pipeline"] for p in pipelines if p.get("default")), None)
-    text = _markdown(show.round(3)) + "\n\n" + verdict(per["mean"].to_dict(), kinds.to_dict(), default, "mean ARI")
+    text = markdown_table(show.round(3)) + "\n\n" + verdict(per["mean"].to_dict(), kinds.to_dict(), default, "mean ARI")
     print(text)
     suffix = model_suffix(args.model)
     (protocol.results / f"generalize_{args.set}{suffix}.md").write_text(
