@@ -93,7 +93,8 @@ def baselines(b: dict) -> list[dict]:
 def spgpt_config(**kw) -> dict:
     cfg = {f.name: getattr(DomainsConfig(n_clusters=2), f.name) for f in fields(DomainsConfig)}
     cfg.update(kw)
-    keys = ("features", "embedding_share", "spatial_weight", "spatial_k", "method", "smooth_k", "n_pcs", "consensus")
+    keys = ("features", "embedding_share", "spatial_weight", "spatial_k", "method", "smooth_k", "spatial_prior", "n_pcs",
+            "consensus")
     return {k: cfg[k] for k in keys}
 
 
@@ -104,8 +105,9 @@ def candidates(c: dict) -> list[dict]:
         if lam == 0 and k != c["spatial_k"][0]:
             continue  # k only matters with neighbours
         for share in (c["embedding_weight"] if features == "fused" else [0.5]):
+            # the grid was searched on one clustering smoothed by the majority vote
             cfg = spgpt_config(features=features, embedding_share=share, spatial_weight=lam, spatial_k=k,
-                               method=method, n_pcs=n_pcs, consensus=1)  # the grid was searched on one clustering
+                               method=method, n_pcs=n_pcs, consensus=1, spatial_prior=0.0)
             out.append({"pipeline": describe(cfg), "kind": "spgpt", **cfg})
     return sorted(out, key=lambda p: p["method"] == "leiden")  # the slow searches last
 
@@ -116,7 +118,9 @@ def describe(cfg: dict) -> str:
     pcs = f", {cfg['n_pcs']} PCs" if cfg["n_pcs"] != 30 else ""  # 30: the name rows measured before had
     n = cfg.get("consensus", 1)
     con = f", consensus of {n} seeds x 2 views (+ smoothed k={SMOOTHED_K})" if n > 1 else ""
-    return f"spgpt {f}{nb}{pcs}, {cfg['method']}{con}, smooth {cfg['smooth_k']}"
+    beta = cfg.get("spatial_prior", 0.0)  # rows measured before the Potts prior existed used the vote
+    smooth = f"Potts prior {beta} over {cfg['smooth_k']}" if beta and cfg["smooth_k"] else f"smooth {cfg['smooth_k']}"
+    return f"spgpt {f}{nb}{pcs}, {cfg['method']}{con}, {smooth}"
 
 
 def default_pipeline() -> dict:
@@ -126,13 +130,16 @@ def default_pipeline() -> dict:
 
 
 def ablations() -> list[dict]:
-    """The default pipeline on one block only (what the embedding and the expression each bring), and with
-    one clustering instead of the consensus."""
+    """The default pipeline on one block only (what the embedding and the expression each bring), with one
+    clustering instead of the consensus, and with the majority vote instead of the Potts prior."""
     d = spgpt_config()
     out = [{"pipeline": describe({**d, "features": f}) + " [ablation]", "kind": "spgpt", **d, "features": f}
            for f in ("embedding", "expression", "fused") if f != d["features"]]
     if d["consensus"] > 1:
         out.append({"pipeline": describe({**d, "consensus": 1}) + " [ablation]", "kind": "spgpt", **d, "consensus": 1})
+    if d["spatial_prior"] > 0:
+        out.append({"pipeline": describe({**d, "spatial_prior": 0.0}) + " [ablation]", "kind": "spgpt", **d,
+                    "spatial_prior": 0.0})
     return out
 
 
@@ -165,15 +172,16 @@ def run_one(p: dict, slide: dict, entry: dict, b: dict, seed: int) -> dict:
     t = time.time()
     F = features_for(p, slide, b, seed)
     smooth = p.get("smooth_k", 0)
+    beta = p.get("spatial_prior", 0.0) if p["kind"] == "spgpt" else 0.0  # the baselines keep no smoothing
     ok = slide["ok"]
     if p.get("consensus", 1) > 1:  # as tl.domains: the features beside the same blocks smoothed
         S = smoothed_features(expression=slide["expr"][ok], embedding=slide["emb"][ok], coords=slide["xy"][ok],
                               features=p["features"], embedding_weight=p["embedding_share"], seed=seed)
         labels, _ = consensus_cluster([F, S], n_clusters=entry["k"], method=p["method"], repeats=p["consensus"],
-                                      coords=slide["xy"][ok], smooth_k=smooth, seed=seed)
+                                      coords=slide["xy"][ok], smooth_k=smooth, spatial_prior=beta, seed=seed)
     else:
         labels, _ = cluster_embedding(F, n_clusters=entry["k"], method=p["method"], coords=slide["xy"][ok],
-                                      smooth_k=smooth, seed=seed)
+                                      smooth_k=smooth, spatial_prior=beta, seed=seed)
     scored = slide["scored"][slide["ok"]]
     truth = slide["labels"][slide["ok"]][scored]
     return {"ari": ari(truth, labels[scored]), "nmi": nmi(truth, labels[scored]), "seconds": round(time.time() - t, 2)}

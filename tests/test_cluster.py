@@ -3,7 +3,7 @@
 import numpy as np
 import pytest
 
-from spgpt_core.tl._cluster import cluster_embedding, smooth_labels
+from spgpt_core.tl._cluster import cluster_embedding, gmm_labels, potts_labels, smooth_labels, spatial_smoothing
 from spgpt_core.errors import InputError
 from spgpt_core.metrics import ari
 
@@ -40,6 +40,40 @@ def test_smoothing_repairs_isolated_label_noise():
     noisy[flip] = 1 - noisy[flip]
     fixed = smooth_labels(noisy, xy, k=6)
     assert (fixed != truth).sum() < (noisy != truth).sum() / 2
+
+
+def _bands(side=40, noise=1.0, seed=0):
+    """4 vertical bands on a grid; each spot's 8 features its band's centre plus noise as large as the
+    centres' spread, so a clustering of the features alone mislabels about a fifth of the spots."""
+    xy = np.stack(np.meshgrid(np.arange(side), np.arange(side)), -1).reshape(-1, 2).astype(float)
+    truth = np.minimum((xy[:, 0] // (side // 4)).astype(int), 3)
+    rng = np.random.default_rng(seed)
+    X = rng.normal(0, 1.0, (4, 8))[truth] + rng.normal(0, noise, (len(truth), 8))
+    return X, xy, truth
+
+
+def test_potts_prior_recovers_planted_domains_from_a_noisy_clustering():
+    X, xy, truth = _bands()
+    start = gmm_labels(X, 4, seed=0, covariance="tied")
+    labels, info = potts_labels(X, start, xy, beta=1.0, k=6)
+    assert ari(truth, start) < 0.75
+    assert ari(truth, labels) > 0.95
+    assert info["smoothing"] == "potts" and info["spatial_prior"] == 1.0 and 1 < info["potts_iterations"] <= 20
+    again, _ = potts_labels(X, start, xy, beta=1.0, k=6)
+    assert np.array_equal(labels, again)  # no randomness
+    weaker, _ = potts_labels(X, start, xy, beta=0.1, k=6)  # the prior's strength matters
+    assert ari(truth, weaker) < ari(truth, labels)
+
+
+def test_potts_keeps_label_names_and_the_vote_stays_available():
+    X, xy, truth = _bands()
+    start = np.array(["a", "b", "c", "d"])[gmm_labels(X, 4, seed=0, covariance="tied")]
+    labels, _ = potts_labels(X, start, xy, beta=1.0)
+    assert set(labels) <= set("abcd")
+    voted, info = spatial_smoothing(start, xy, X, smooth_k=6, spatial_prior=0.0)
+    assert np.array_equal(voted, smooth_labels(start, xy, 6)) and info["smoothing"] == "majority vote"
+    with pytest.raises(InputError, match="spatial-prior"):
+        cluster_embedding(X, n_clusters=4, method="kmeans", coords=xy, smooth_k=6, spatial_prior=-1)
 
 
 def test_unknown_method_is_an_input_error():

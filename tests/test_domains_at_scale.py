@@ -49,6 +49,7 @@ def test_default_domains_at_10k_spots(big_slide, tmp_path):
     params = a.uns["spgpt_domain"]["params"]
     assert a.n_obs >= 10_000 and params["features"] == "expression"
     assert params["consensus"] == 5 and params["consensus_members"] == 10  # the default's 2 views x 5 seeds
+    assert params["smoothing"] == "potts" and params["spatial_prior"] == 0.5 and params["potts_k"] == 6
     assert adjusted_rand_score(a.obs["domain"], a.obs["spgpt_domain"]) > 0.6
 
 

@@ -61,7 +61,8 @@ def cluster(slide, config: DomainsConfig, key_added: str) -> str:
     previous run made (the ``spgpt domains`` output) again."""
     how = ["--n-clusters", config.n_clusters] if config.n_clusters is not None else ["--resolution", config.resolution]
     return join(["spgpt", "cluster", f"{stem(slide)}_domains.h5ad", *how, "--method", config.method, "--smooth-k",
-                 config.smooth_k, "--seed", config.seed, "--key-added", key_added,
+                 config.smooth_k, "--spatial-prior", config.spatial_prior, "--seed", config.seed,
+                 "--key-added", key_added,
                  "--out", f"{stem(slide)}_domains_reclustered.h5ad"])
 
 

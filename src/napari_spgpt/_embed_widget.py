@@ -72,7 +72,12 @@ class EmbedWidget(SlideWidget):
                                tooltip="Leiden / Louvain search the resolution giving that number; k-means and the "
                                        "Gaussian mixtures give it exactly")
         self.smooth_k = SpinBox(label="Spatial smoothing (k)", value=DEFAULTS.smooth_k, min=0, max=50,
-                                tooltip="Majority vote over each spot's k nearest spots (0 = off)")
+                                tooltip="Refine the domains over each spot's k nearest spots (0 = off)")
+        self.spatial_prior = FloatSpinBox(label="Spatial prior (beta)", value=DEFAULTS.spatial_prior, min=0.0,
+                                          max=10.0, step=0.1,
+                                          tooltip="Strength of the Potts prior that makes neighbouring spots "
+                                                  "share a domain (a hidden Markov random field, as BayesSpace); "
+                                                  "0 = a majority vote of the neighbours instead")
         self.n_top_genes = SpinBox(label="Most variable genes", value=DEFAULT_N_TOP_GENES, min=0, max=100_000, step=500,
                                    tooltip="The model sees this many highly variable genes (0 = every matched "
                                            "gene); smaller panels are used whole")
@@ -88,7 +93,7 @@ class EmbedWidget(SlideWidget):
         extras.margins = (0, 0, 0, 0)
         super().__init__(viewer, [self.mode, self.epochs, self.by, self.n_domains, self.resolution, self.features,
                                   self.spatial_weight, self.method,
-                                  self.smooth_k, self.n_top_genes, self.batch_size, self.seed, self.drop_empty,
+                                  self.smooth_k, self.spatial_prior, self.n_top_genes, self.batch_size, self.seed, self.drop_empty,
                                   self.umap],
                          after=[self.keep_button, extras])
         self.keep_button.clicked.connect(self.keep_clustering)
@@ -128,6 +133,7 @@ class EmbedWidget(SlideWidget):
         return DomainsConfig(**self.cluster_args(), features=self.features.value,
                              spatial_weight=round(float(self.spatial_weight.value), 3), method=self.method.value,
                              smooth_k=int(self.smooth_k.value),
+                             spatial_prior=round(float(self.spatial_prior.value), 3),
                              n_top_genes=int(self.n_top_genes.value),
                              finetune_epochs=int(self.epochs.value) if self.mode.value == FINETUNE else 0,
                              batch_size=int(self.batch_size.value), drop_empty=bool(self.drop_empty.value),
@@ -231,8 +237,8 @@ class EmbedWidget(SlideWidget):
             return
         if result.get("umap") is not None and DOMAIN_KEY in slide.adata.obs:
             domains = slide.adata.obs[DOMAIN_KEY]
-            found_in = how_found(slide.adata).rsplit(", ", 1)[0]  # e.g. "expression + neighbours 0.8"
-            title = "UMAP of spgpt embedding" if found_in == "embedding" else f"UMAP of the features ({found_in})"
+            rep = found_in((slide.adata.uns.get(DOMAIN_KEY) or {}).get("params", {}))
+            title = "UMAP of spgpt embedding" if rep == "embedding" else f"UMAP of the features ({rep})"
             self._show_umap(result["umap"], categorical(domains), self.legend.items, title)
         elif self.umap_canvas is not None:
             self.umap_canvas.setVisible(False)  # an earlier run's UMAP must not sit beside this run's legend
@@ -299,10 +305,18 @@ def clustering_label(record: dict) -> str:
     p = record.get("params", {}) if isinstance(record, dict) else {}
     k = p.get("n_clusters")
     what = f"k={k}" if k is not None and str(k) != "None" else f"resolution {p.get('resolution')}"
-    smooth = int(p.get("smooth_k", 0) or 0)
     features = p.get("features", "embedding")  # named when not the paper's embedding alone
-    return (f"{what}, " + ("" if features == "embedding" else f"{features}, ") + _method(p)
-            + (f", smooth {smooth}" if smooth else ""))
+    return f"{what}, " + ("" if features == "embedding" else f"{features}, ") + _method(p) + _smoothing(p)
+
+
+def _smoothing(params: dict) -> str:
+    """', Potts 0.5 over 6' or ', smooth 6' (a majority vote), '' when the labels were not smoothed."""
+    smooth = int(params.get("smooth_k", 0) or 0)
+    if not smooth:
+        return ""
+    if params.get("smoothing") == "potts":
+        return f", Potts {params.get('spatial_prior')} over {smooth}"
+    return f", smooth {smooth}"
 
 
 def _method(params: dict) -> str:
@@ -314,7 +328,12 @@ def _method(params: dict) -> str:
 def how_found(adata) -> str:
     """What the domains were found from and how, from their run record (e.g. "embedding, leiden")."""
     params = (adata.uns.get(DOMAIN_KEY) or {}).get("params", {})
+    return f"{found_in(params)}, {_method(params)}{_smoothing(params)}"
+
+
+def found_in(params: dict) -> str:
+    """The features the domains were clustered in, e.g. "expression + neighbours 0.8"."""
     features = params.get("features", "embedding")
     if float(params.get("spatial_weight", 0) or 0) > 0:
         features += f" + neighbours {params['spatial_weight']}"
-    return f"{features}, {_method(params)}"
+    return features

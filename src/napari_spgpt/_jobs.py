@@ -71,7 +71,8 @@ def domains_job(adata: dict, model, config, *, gene_col: str | None, counts_laye
     if reuse and config.features == "embedding" and config.spatial_weight <= 0:  # `spgpt cluster` of it
         progress.start(0, "finding domains")
         tl.cluster(adata, use_rep=embedding_key, n_clusters=config.n_clusters, resolution=config.resolution,
-                   method=config.method, smooth_k=config.smooth_k, key_added=key_added, seed=config.seed)
+                   method=config.method, smooth_k=config.smooth_k, spatial_prior=config.spatial_prior,
+                   key_added=key_added, seed=config.seed)
     else:  # with reuse, features from the same embedding and the slide's expression: no model
         tl.domains(adata, None if reuse else model, config=config, gene_col=gene_col, counts_layer=counts_layer,
                    device=device, key_added=key_added, embedding_key=embedding_key, reuse_embedding=reuse,

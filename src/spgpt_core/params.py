@@ -311,8 +311,14 @@ class DomainsConfig(Config):
     n_pcs: int = option(10, "--n-pcs", "principal components of the combined features the domains are "
                         "clustered on (the expression block itself is 30 PCs)",
                         type=int)
-    smooth_k: int = option(6, "--smooth-k", "spatial majority smoothing over this many neighbours (0 = off)",
-                           type=int, metavar="K")
+    smooth_k: int = option(6, "--smooth-k", "spatial neighbours of the last smoothing step, the Potts prior's or "
+                           "the majority vote's (0 = off)", type=int, metavar="K")
+    # Chosen on dev by the rule pre-registered in the protocol (domains_spatial_prior): 0.512 mean ARI over 7
+    # slides x 5 seeds against 0.479 for the majority vote, the best of beta 0.5 / 1 / 2 / 4
+    # (docs/experiments/2026-12-06-domain-potts.md).
+    spatial_prior: float = option(0.5, "--spatial-prior", "strength (beta) of the Potts spatial prior that refines "
+                                  "the domains over --smooth-k neighbours (a hidden Markov random field, as "
+                                  "BayesSpace); 0 = a majority vote instead", type=float, metavar="BETA")
     # Chosen on dev by the rule pre-registered in the protocol (domains_consensus): 0.463 mean ARI against
     # 0.457 for one clustering, and a seed spread of the 7-slide mean of 0.004 against 0.031 (with the
     # PCs' later library-size fix 0.479 vs 0.476, 0.033 vs 0.036; test 0.289 vs 0.297, 0.007 vs 0.018).
@@ -354,6 +360,9 @@ class DomainsConfig(Config):
             raise InputError(f"resolution={self.resolution} (--resolution) must be a positive number (1.0 is a "
                              "usual start)")
         _at_least("smooth_k", self.smooth_k, 0)
+        if not self.spatial_prior >= 0:
+            raise InputError(f"spatial_prior={self.spatial_prior} (--spatial-prior) must be 0 (majority vote) or "
+                             "positive (0.5 is the default)")
         _at_least("n_top_genes", self.n_top_genes, 0, " (0 = every matched gene)")
         _at_least("finetune_epochs", self.finetune_epochs, 0, ": pass 0 (zero-shot) or a positive number of epochs")
         if self.finetune_epochs and not self.uses_embedding:

@@ -33,8 +33,8 @@ def test_recluster_reuses_the_embedding_and_keeps_clusterings(sample_viewer, qtb
     colors1 = dict(w.legend.items)
     assert w.umap_canvas is not None and not w.umap_canvas.isHidden()
     w.keep_clustering()
-    kept = "sample_slide domains k=5, fused, gmm-tied consensus x10, smooth 6"  # fused features, gmm-tied
-    assert kept in viewer.layers and "spgpt_domain__k_5__fused__gmm_tied_consensus_x10__smooth_6" in adata.obs
+    kept = "sample_slide domains k=5, fused, gmm-tied consensus x10, Potts 0.5 over 6"  # fused features, gmm-tied
+    assert kept in viewer.layers and "spgpt_domain__k_5__fused__gmm_tied_consensus_x10__Potts_0_5_over_6" in adata.obs
     assert "spgpt_domain_features" in adata.obsm
 
     # only a clustering setting changed: the embedding stays; the features are built again from it
@@ -57,7 +57,7 @@ def test_recluster_reuses_the_embedding_and_keeps_clusterings(sample_viewer, qtb
     assert (first == second).mean() > 0.5
     # both clusterings are on screen and in the AnnData; the UMAP of the first run is gone
     assert kept in viewer.layers and "sample_slide domains" in viewer.layers
-    assert viewer.layers[kept].features["spgpt_domain__k_5__fused__gmm_tied_consensus_x10__smooth_6"].astype(str).tolist() == \
+    assert viewer.layers[kept].features["spgpt_domain__k_5__fused__gmm_tied_consensus_x10__Potts_0_5_over_6"].astype(str).tolist() == \
         first.tolist()
     assert w.umap_canvas.isHidden()
     # the paper's path (the embedding alone, no neighbourhood) re-clusters it: `spgpt cluster`

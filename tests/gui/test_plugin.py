@@ -254,6 +254,7 @@ def test_embed_domains_layers_colours_legend_umap_screenshot(sample_viewer, qtbo
     assert w.controls.run_button.text == "Embed && find domains"
     w.n_domains.value = 5
     w.smooth_k.value = 6
+    w.spatial_prior.value = 1.0  # the Potts prior's strength reaches the core and the command
     w.n_top_genes.value = 200  # the sample slide has 400 genes: the model gets the 200 most variable
     w.run()
     assert not w.controls.run_button.enabled and w.controls.busy  # Run disabled while busy
@@ -274,7 +275,8 @@ def test_embed_domains_layers_colours_legend_umap_screenshot(sample_viewer, qtbo
     np.testing.assert_allclose(layer.face_color, expected, atol=1e-6)
     assert w.legend.items == {k: v for k, v in colors.items()}
     # what the domains were found from, and how (fused features beside neighbours, gmm-tied)
-    assert w.legend.title.endswith("; fused + neighbours 0.8, gmm-tied consensus x10)"), w.legend.title
+    assert w.legend.title.endswith("; fused + neighbours 0.8, gmm-tied consensus x10, Potts 1.0 over 6)"), \
+        w.legend.title
     assert "spgpt_domain" in spots.features.columns  # hovering the spots shows the domain too
     assert w.umap_canvas is not None and w.umap_canvas.n_points == 1481
     assert w.umap_canvas.title == "UMAP of the features (fused + neighbours 0.8)"
@@ -282,12 +284,14 @@ def test_embed_domains_layers_colours_legend_umap_screenshot(sample_viewer, qtbo
     # run record and equivalent command
     assert adata.uns["X_spgpt"]["model"]["d_model"] == 32
     assert adata.uns["spgpt_domain"]["params"]["smooth_k"] == 6
+    assert adata.uns["spgpt_domain"]["params"]["spatial_prior"] == 1.0
+    assert adata.uns["spgpt_domain"]["params"]["smoothing"] == "potts"
     assert adata.uns["X_spgpt"]["summary"]["n_genes_used"] == 200
     assert "--n-top-genes 200" in w.command.value
     run = adata.uns["spgpt_napari"]["run_000"]
     assert run["params"]["n_clusters"] == 5
     assert run["command"].startswith("spgpt domains ") and "--n-clusters 5" in run["command"]
-    assert "--smooth-k 6" in w.command.value
+    assert "--smooth-k 6" in w.command.value and "--spatial-prior 1.0" in w.command.value
 
     # screenshot: domains over the image, not blank, showing the domain colours
     arr = grab_canvas(viewer, qtbot)

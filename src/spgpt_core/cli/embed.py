@@ -8,6 +8,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+from ..params import CLUSTER_METHODS, DomainsConfig
 from ..progress import TqdmProgress
 from ._common import add_hvg_arg, add_input_args, add_memory_args, add_model_args, add_output_args, n_top_genes, positive_int
 
@@ -33,7 +34,8 @@ def cmd_cluster(args) -> None:
     _check_free(Path(args.out), args.overwrite)
     adata = read_slide(args.input)
     tl.cluster(adata, use_rep=args.use_rep, n_clusters=args.n_clusters, resolution=args.resolution,
-               method=args.method, smooth_k=args.smooth_k, key_added=args.key_added, seed=args.seed,
+               method=args.method, smooth_k=args.smooth_k, spatial_prior=args.spatial_prior,
+               key_added=args.key_added, seed=args.seed,
                progress=TqdmProgress(disable=args.quiet, unit="cell"))
     write_results(adata, args.out, input_path=args.input, obs={args.key_added: adata.obs[args.key_added]},
                   uns={args.key_added: adata.uns[args.key_added],
@@ -83,16 +85,20 @@ def register(sub) -> None:
                    "(NaN rows, flagged in obs) instead of stopping with an error")
     p.set_defaults(func=cmd_embed)
 
-    p = sub.add_parser("cluster", help="cluster an embedding into domains", description="Leiden (resolution "
-                       "searched to give K clusters, or fixed) or k-means on obsm[USE_REP]; optional spatial smoothing.")
+    p = sub.add_parser("cluster", help="cluster an embedding into domains", description="Leiden / Louvain "
+                       "(resolution searched to give K clusters, or fixed), k-means or a Gaussian mixture on "
+                       "obsm[USE_REP]; optional spatial smoothing (a Potts prior or a majority vote).")
     p.add_argument("input", help=".h5ad with an embedding (e.g. from `spgpt embed`)")
     add_output_args(p)
     p.add_argument("--use-rep", default="X_spgpt", help="obsm key of the embedding (default: %(default)s)")
     g = p.add_mutually_exclusive_group(required=True)
     g.add_argument("--n-clusters", type=positive_int, help="number of clusters K")
     g.add_argument("--resolution", type=float, help="Leiden resolution")
-    p.add_argument("--method", default="leiden", choices=["leiden", "louvain", "kmeans"])
-    p.add_argument("--smooth-k", type=int, default=0, help="majority vote over K spatial neighbours (0 = off)")
+    p.add_argument("--method", default="leiden", choices=CLUSTER_METHODS)
+    p.add_argument("--smooth-k", type=int, default=0, help="smooth the labels over K spatial neighbours (0 = off)")
+    p.add_argument("--spatial-prior", type=float, default=DomainsConfig.spatial_prior, metavar="BETA",
+                   help="with --smooth-k: strength of the Potts prior on the embedding, as `spgpt domains` "
+                        "(0 = a majority vote; default: %(default)s)")
     p.add_argument("--key-added", default="spgpt_domain", help="obs column for the labels (default: %(default)s)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--plot", action="store_true", help="also write OUT.png with the clusters in space")

@@ -5,9 +5,10 @@
   bisection search for the resolution that yields exactly ``n_clusters`` (the usual protocol
   when the number of domains is known, e.g. K=7 on DLPFC);
 * ``kmeans`` (scikit-learn, k-means++, 10 restarts);
-* optional spatial smoothing: each spot takes the majority label of itself and its ``smooth_k``
-  nearest spatial neighbours (the SpaGCN / scGPT-spatial ``refine`` idea, on a kNN graph so it
-  works for hexagonal, square and irregular layouts alike).
+* optional spatial smoothing over each spot's ``smooth_k`` nearest spatial neighbours (a kNN graph, so
+  it works for hexagonal, square and irregular layouts alike): a Potts prior (``spatial_prior`` > 0, a
+  hidden Markov random field as in BayesSpace / BASS) or the majority vote of the spot and its
+  neighbours (the SpaGCN / scGPT-spatial ``refine`` idea).
 
 Above ``SUBSAMPLE_ABOVE`` cells every method clusters a seeded random subsample of ``N_SUBSAMPLE``
 cells and assigns each other cell to the nearest centroid of those clusters (k-means' own
@@ -164,18 +165,91 @@ def smooth_labels(labels: np.ndarray, coords: np.ndarray, k: int = 6) -> np.ndar
     return codes[np.where(own_ok, inv, best)]
 
 
+def potts_labels(emb: np.ndarray, labels: np.ndarray, coords: np.ndarray, *, beta: float, k: int = 6,
+                 max_iter: int = 20, tol: float = 1e-3, chunk: int = ASSIGN_CHUNK,
+                 progress: Progress | None = None) -> tuple[np.ndarray, dict]:
+    """Domains under a Potts spatial prior (a hidden Markov random field, as BayesSpace, BASS and Giotto's
+    HMRF), refined from ``labels`` by mean-field EM: each domain a Gaussian over ``emb`` with one shared
+    (tied) covariance, and the log-probability of domain c at a spot raised by ``beta`` times the summed
+    probability of c over its ``k`` nearest spots. ``labels`` only start the first M-step; later updates
+    are damped by half (synchronous mean-field updates can oscillate). The loop stops when the spots'
+    probabilities move by less than ``tol`` on average, or after ``max_iter`` rounds.
+
+    Deterministic (no seed) and linear in spots: each round costs (spots x K x dims) plus k lookups per
+    spot; memory is a few (spots x K) arrays."""
+    progress = ensure_progress(progress)
+    X = np.asarray(emb, dtype=np.float64)
+    n, d = X.shape
+    codes, inv = np.unique(labels, return_inverse=True)
+    K = len(codes)
+    nb = knn_indices(coords, min(k, n - 1))
+    q = np.zeros((n, K))
+    q[np.arange(n), inv] = 1.0
+    current = inv
+    it, changed = 0, 0.0
+    for it in range(1, max_iter + 1):
+        progress.check()
+        Nk = q.sum(axis=0) + 1e-10
+        mu = (q.T @ X) / Nk[:, None]
+        # tied covariance: sum_k sum_i q_ik (x_i - mu_k)(x_i - mu_k)' = X'X - sum_k N_k mu_k mu_k'
+        cov = (X.T @ X - (mu.T * Nk) @ mu) / n + 1e-4 * np.eye(d)  # the mixtures' reg_covar
+        L = np.linalg.cholesky(cov)
+        M = np.linalg.solve(L, mu.T).T  # whitened means
+        log_pi = np.log(Nk / n)
+        new = np.empty_like(q)
+        for s in range(0, n, chunk):  # (chunk x K) at a time
+            Y = np.linalg.solve(L, X[s:s + chunk].T).T
+            logp = -0.5 * (((Y ** 2).sum(1)[:, None]) - 2 * Y @ M.T + (M ** 2).sum(1)[None, :]) + log_pi
+            logp += beta * q[nb[s:s + chunk]].sum(axis=1)
+            logp -= logp.max(axis=1, keepdims=True)
+            e = np.exp(logp)
+            new[s:s + chunk] = e / e.sum(axis=1, keepdims=True)
+        moved = float(np.abs(new - q).sum(axis=1).mean()) / 2
+        q = new if it == 1 else 0.5 * q + 0.5 * new
+        nxt = q.argmax(axis=1)
+        changed = float(np.mean(nxt != current))
+        current = nxt
+        if it > 1 and moved < tol:
+            break
+    return codes[current], {"smoothing": "potts", "spatial_prior": float(beta), "potts_k": int(min(k, n - 1)),
+                            "potts_iterations": it, "potts_last_change": round(changed, 5),
+                            "potts_vs_start": round(float(np.mean(current != inv)), 4)}
+
+
+def spatial_smoothing(labels: np.ndarray, coords: np.ndarray | None, emb: np.ndarray, *, smooth_k: int,
+                      spatial_prior: float = 0.0, progress: Progress | None = None) -> tuple[np.ndarray, dict]:
+    """The last step of a clustering: with ``smooth_k`` neighbours, the Potts prior of strength
+    ``spatial_prior`` on ``emb`` (:func:`potts_labels`) or, at 0, the majority vote (:func:`smooth_labels`)."""
+    if not smooth_k:
+        return labels, {}
+    progress = ensure_progress(progress)
+    if spatial_prior > 0:
+        progress.start(0, f"Potts spatial prior over {smooth_k} neighbours")
+        return potts_labels(emb, labels, coords, beta=spatial_prior, k=smooth_k, progress=progress)
+    progress.start(0, f"smoothing labels over {smooth_k} spatial neighbours")
+    return smooth_labels(labels, coords, smooth_k), {"smoothing": "majority vote", "spatial_prior": 0.0}
+
+
+def _check_smoothing(smooth_k: int, spatial_prior: float, coords) -> None:
+    if smooth_k and coords is None:
+        raise InputError("spatial smoothing needs coordinates (obsm['spatial']); set smooth_k=0 or add them")
+    if not spatial_prior >= 0:
+        raise InputError(f"spatial_prior={spatial_prior} (--spatial-prior) must be 0 (majority vote) or positive")
+
+
 def cluster_embedding(emb: np.ndarray, *, n_clusters: int | None = None, resolution: float | None = None,
                       method: str = "leiden", coords: np.ndarray | None = None, smooth_k: int = 0,
-                      n_neighbors: int = 15, seed: int = 0, subsample_above: int | None = SUBSAMPLE_ABOVE,
-                      n_subsample: int = N_SUBSAMPLE, progress: Progress | None = None) -> tuple[np.ndarray, dict]:
+                      spatial_prior: float = 0.0, n_neighbors: int = 15, seed: int = 0,
+                      subsample_above: int | None = SUBSAMPLE_ABOVE, n_subsample: int = N_SUBSAMPLE,
+                      progress: Progress | None = None) -> tuple[np.ndarray, dict]:
     """Cluster an embedding; returns (integer labels, parameters actually used).
 
     Above ``subsample_above`` cells (None: never) the clusters are found on ``n_subsample`` random cells
-    and every cell is assigned to the nearest of their centroids (see the module's notes)."""
+    and every cell is assigned to the nearest of their centroids (see the module's notes). With
+    ``smooth_k`` the labels are then smoothed over that many spatial neighbours (:func:`spatial_smoothing`)."""
     emb = _check_embedding(emb)
     check_request(emb.shape[0], n_clusters=n_clusters, resolution=resolution, method=method)
-    if smooth_k and coords is None:
-        raise InputError("spatial smoothing needs coordinates (obsm['spatial']); set smooth_k=0 or add them")
+    _check_smoothing(smooth_k, spatial_prior, coords)
     progress = ensure_progress(progress)
     info: dict = {"method": method, "seed": seed, "smooth_k": smooth_k}
     n = emb.shape[0]
@@ -203,9 +277,9 @@ def cluster_embedding(emb: np.ndarray, *, n_clusters: int | None = None, resolut
                     assign="most probable component" if method.startswith("gmm") else "nearest centroid")
     else:
         info.update(clustered_on="all cells")
-    if smooth_k:
-        progress.start(0, f"smoothing labels over {smooth_k} spatial neighbours")
-        labels = smooth_labels(labels, coords, smooth_k)
+    labels, smoothing = spatial_smoothing(labels, coords, emb, smooth_k=smooth_k, spatial_prior=spatial_prior,
+                                          progress=progress)
+    info.update(smoothing)
     info["n_clusters_found"] = int(len(np.unique(labels)))
     return labels, info
 
@@ -263,11 +337,12 @@ def consensus_labels(partitions: list[np.ndarray], n_clusters: int, seed: int = 
 
 
 def consensus_cluster(feature_sets: list[np.ndarray], *, n_clusters: int, method: str, repeats: int,
-                      coords: np.ndarray | None, smooth_k: int = 0, seed: int = 0,
+                      coords: np.ndarray | None, smooth_k: int = 0, spatial_prior: float = 0.0, seed: int = 0,
                       subsample_above: int | None = SUBSAMPLE_ABOVE, n_subsample: int = N_SUBSAMPLE,
                       progress: Progress | None = None) -> tuple[np.ndarray, dict]:
     """One partition from ``repeats`` clusterings (seeds) of each feature set, by :func:`consensus_labels`,
-    then smoothed as :func:`cluster_embedding` smooths one clustering. Needs a method that gives exactly K.
+    then smoothed as :func:`cluster_embedding` smooths one clustering (a Potts prior acts on the first
+    feature set). Needs a method that gives exactly K.
 
     A single clustering of one feature set moves with its seed (GMMs: 0.02-0.04 ARI in a 7-slide mean);
     the consensus of several seeds and of two views of the slide moves less, and holds the strongest
@@ -275,8 +350,7 @@ def consensus_cluster(feature_sets: list[np.ndarray], *, n_clusters: int, method
     if method not in K_METHODS or n_clusters is None:
         raise InputError(f"a consensus of clusterings needs a method that gives exactly K ({', '.join(K_METHODS)}) "
                          "and --n-clusters; use --consensus 1 with Leiden / Louvain")
-    if smooth_k and coords is None:
-        raise InputError("spatial smoothing needs coordinates (obsm['spatial']); set smooth_k=0 or add them")
+    _check_smoothing(smooth_k, spatial_prior, coords)
     progress = ensure_progress(progress)
     progress.start(len(feature_sets) * repeats, f"consensus of {len(feature_sets) * repeats} clusterings",
                    unit="clustering")
@@ -291,10 +365,9 @@ def consensus_cluster(feature_sets: list[np.ndarray], *, n_clusters: int, method
             member_info = member_info or info
             progress.update(1)
     labels = consensus_labels(partitions, n_clusters, seed, subsample_above, n_subsample)
-    if smooth_k:
-        progress.start(0, f"smoothing labels over {smooth_k} spatial neighbours")
-        labels = smooth_labels(labels, coords, smooth_k)
-    info = {"method": method, "seed": seed, "smooth_k": smooth_k, "consensus": repeats,
+    labels, smoothing = spatial_smoothing(labels, coords, feature_sets[0], smooth_k=smooth_k,
+                                          spatial_prior=spatial_prior, progress=progress)
+    info = {"method": method, "seed": seed, "smooth_k": smooth_k, **smoothing, "consensus": repeats,
             "consensus_members": len(partitions), "consensus_of": len(feature_sets),
             **{k: v for k, v in member_info.items() if k in ("clustered_on", "n_subsample", "subsample_above",
                                                               "assign")},
@@ -319,8 +392,8 @@ def check_domains_request(adata, *, n_clusters: int | None, method: str, resolut
 
 
 def cluster(adata, *, use_rep: str = "X_spgpt", n_clusters: int | None = None, resolution: float | None = None,
-            method: str = "leiden", smooth_k: int = 0, key_added: str = "spgpt_domain", seed: int = 0,
-            subsample_above: int | None = SUBSAMPLE_ABOVE, n_subsample: int = N_SUBSAMPLE,
+            method: str = "leiden", smooth_k: int = 0, spatial_prior: float = 0.0, key_added: str = "spgpt_domain",
+            seed: int = 0, subsample_above: int | None = SUBSAMPLE_ABOVE, n_subsample: int = N_SUBSAMPLE,
             progress: Progress | None = None):
     """Cluster ``obsm[use_rep]`` into a categorical ``obs[key_added]`` (+ colours, parameters).
 
@@ -333,7 +406,8 @@ def cluster(adata, *, use_rep: str = "X_spgpt", n_clusters: int | None = None, r
     ok = np.isfinite(emb).all(axis=1)
     coords = get_coordinates(adata, required=smooth_k > 0)
     labels, info = cluster_embedding(emb[ok], n_clusters=n_clusters, resolution=resolution, method=method,
-                                     coords=None if coords is None else coords[ok], smooth_k=smooth_k, seed=seed,
+                                     coords=None if coords is None else coords[ok], smooth_k=smooth_k,
+                                     spatial_prior=spatial_prior, seed=seed,
                                      subsample_above=subsample_above, n_subsample=n_subsample, progress=progress)
     write_labels(adata, labels, ok, key_added,
                  {"use_rep": use_rep, "n_clusters": n_clusters, "resolution": resolution, **info})

@@ -4,7 +4,7 @@ plugin's Embed & domains widget and the demo.
 Domains are clustered from the slide's own expression (the default: on tissue the model was not
 pretrained on, its embedding added nothing measurable, see ``DomainsConfig``), from the model's
 embedding or from both fused, each optionally beside its spatial neighbourhood (:mod:`._features`), and
-the labels are smoothed over each spot's spatial neighbours. When the embedding is used, the slide's
+the labels are refined over each spot's spatial neighbours (a Potts prior, or a majority vote). When the embedding is used, the slide's
 most variable matched genes are chosen once; the model is (optionally) fine-tuned on them and embeds
 every spot with them. Every input is checked before the model is loaded; with ``features="expression"``
 no model is loaded at all. Options: :class:`spgpt_core.params.DomainsConfig`.
@@ -93,14 +93,16 @@ def domains(adata, model="default", *, config: DomainsConfig | None = None, gene
                                       embedding_weight=cfg.embedding_share, seed=cfg.seed)]
         del expr, E
         labels, info = consensus_cluster(views, n_clusters=cfg.n_clusters, method=cfg.method, repeats=n_consensus,
-                                         coords=coords, smooth_k=cfg.smooth_k, seed=cfg.seed, progress=progress)
+                                         coords=coords, smooth_k=cfg.smooth_k, spatial_prior=cfg.spatial_prior,
+                                         seed=cfg.seed, progress=progress)
         write_labels(adata, labels, ok, key_added, {"use_rep": use_rep, "n_clusters": cfg.n_clusters,
                                                     "resolution": cfg.resolution, **info,
                                                     "consensus_smoothed_k": SMOOTHED_K})
     else:
         del expr, E
         cluster(adata, use_rep=use_rep, n_clusters=cfg.n_clusters, resolution=cfg.resolution, method=cfg.method,
-                smooth_k=cfg.smooth_k, key_added=key_added, seed=cfg.seed, progress=progress)
+                smooth_k=cfg.smooth_k, spatial_prior=cfg.spatial_prior, key_added=key_added, seed=cfg.seed,
+                progress=progress)
         adata.uns[key_added]["params"]["consensus"] = 1
     if progress is not None:
         progress.close()  # the CLI's bar of this stage ends here, not at the end of the program
