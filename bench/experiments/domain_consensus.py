@@ -18,11 +18,11 @@ import sys
 from pathlib import Path
 
 import numpy as np
-import yaml
 
 ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT / "bench"))
 import generalize as G  # noqa: E402
+from _protocol import load_protocol  # noqa: E402
 
 from spgpt_core.io import get_coordinates  # noqa: E402
 from spgpt_core.metrics import ari  # noqa: E402
@@ -55,12 +55,13 @@ DECISION = [
 
 
 def dev_slides(model: str) -> dict:
-    proto = yaml.safe_load(G.PROTOCOL.read_text())
+    P = load_protocol()
+    proto = P.spec
     b = proto["baselines"]
     out = {}
     for e in proto["domains"]["dev"]:
-        a, labels, scored = G.load_slide(e, proto["ignore_labels"])
-        emb = G.cached_embedding(e["name"], a, model)
+        a, labels, scored = G.load_slide(e, proto["ignore_labels"], P)
+        emb = G.cached_embedding(e["name"], a, model, P.cache)
         out[e["name"]] = {"labels": labels, "scored": scored, "xy": get_coordinates(a, required=True),
                           "ok": np.isfinite(emb).all(axis=1), "emb": emb, "k": e["k"],
                           "pcs": G.baseline_pcs(a, b["n_top_genes"], b["n_pcs"]),
