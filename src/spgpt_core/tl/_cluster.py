@@ -175,14 +175,21 @@ def potts_labels(emb: np.ndarray, labels: np.ndarray, coords: np.ndarray, *, bet
     are damped by half (synchronous mean-field updates can oscillate). The loop stops when the spots'
     probabilities move by less than ``tol`` on average, or after ``max_iter`` rounds.
 
-    Deterministic (no seed) and linear in spots: each round costs (spots x K x dims) plus k lookups per
-    spot; memory is a few (spots x K) arrays."""
+    Deterministic (no seed) and linear in spots and in dimensions: with one shared covariance the
+    quadratic term of the Gaussian is the same for every domain, so a spot's log-odds need only
+    ``x' S^-1 mu_c``. ``emb`` is read in chunks of ``chunk`` rows and never copied; memory is a few
+    (spots x K) arrays."""
     progress = ensure_progress(progress)
-    X = np.asarray(emb, dtype=np.float64)
-    n, d = X.shape
+    n, d = emb.shape
     codes, inv = np.unique(labels, return_inverse=True)
     K = len(codes)
     nb = knn_indices(coords, min(k, n - 1))
+    rows = [(s, min(s + chunk, n)) for s in range(0, n, chunk)]
+
+    def block(s, e):
+        return np.asarray(emb[s:e], dtype=np.float64)
+
+    XtX = sum((b := block(s, e)).T @ b for s, e in rows)
     q = np.zeros((n, K))
     q[np.arange(n), inv] = 1.0
     current = inv
@@ -190,20 +197,17 @@ def potts_labels(emb: np.ndarray, labels: np.ndarray, coords: np.ndarray, *, bet
     for it in range(1, max_iter + 1):
         progress.check()
         Nk = q.sum(axis=0) + 1e-10
-        mu = (q.T @ X) / Nk[:, None]
+        mu = sum(q[s:e].T @ block(s, e) for s, e in rows) / Nk[:, None]
         # tied covariance: sum_k sum_i q_ik (x_i - mu_k)(x_i - mu_k)' = X'X - sum_k N_k mu_k mu_k'
-        cov = (X.T @ X - (mu.T * Nk) @ mu) / n + 1e-4 * np.eye(d)  # the mixtures' reg_covar
-        L = np.linalg.cholesky(cov)
-        M = np.linalg.solve(L, mu.T).T  # whitened means
-        log_pi = np.log(Nk / n)
+        cov = (XtX - (mu.T * Nk) @ mu) / n + 1e-4 * np.eye(d)  # the mixtures' reg_covar
+        W = np.linalg.solve(cov, mu.T)  # d x K
+        bias = -0.5 * np.einsum("dk,kd->k", W, mu) + np.log(Nk / n)
         new = np.empty_like(q)
-        for s in range(0, n, chunk):  # (chunk x K) at a time
-            Y = np.linalg.solve(L, X[s:s + chunk].T).T
-            logp = -0.5 * (((Y ** 2).sum(1)[:, None]) - 2 * Y @ M.T + (M ** 2).sum(1)[None, :]) + log_pi
-            logp += beta * q[nb[s:s + chunk]].sum(axis=1)
+        for s, e in rows:
+            logp = block(s, e) @ W + bias + beta * q[nb[s:e]].sum(axis=1)
             logp -= logp.max(axis=1, keepdims=True)
-            e = np.exp(logp)
-            new[s:s + chunk] = e / e.sum(axis=1, keepdims=True)
+            p = np.exp(logp)
+            new[s:e] = p / p.sum(axis=1, keepdims=True)
         moved = float(np.abs(new - q).sum(axis=1).mean()) / 2
         q = new if it == 1 else 0.5 * q + 0.5 * new
         nxt = q.argmax(axis=1)
