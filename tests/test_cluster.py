@@ -3,7 +3,8 @@
 import numpy as np
 import pytest
 
-from spgpt_core.tl._cluster import cluster_embedding, gmm_labels, potts_labels, smooth_labels, spatial_smoothing
+from spgpt_core.tl._cluster import cluster_embedding, gmm_labels
+from spgpt_core.tl._smoothing import potts_labels, smooth_labels, spatial_smoothing
 from spgpt_core.errors import InputError
 from spgpt_core.metrics import ari
 
@@ -74,6 +75,17 @@ def test_potts_keeps_label_names_and_the_vote_stays_available():
     assert np.array_equal(voted, smooth_labels(start, xy, 6)) and info["smoothing"] == "majority vote"
     with pytest.raises(InputError, match="spatial-prior"):
         cluster_embedding(X, n_clusters=4, method="kmeans", coords=xy, smooth_k=6, spatial_prior=-1)
+
+
+def test_potts_prior_that_would_merge_a_domain_falls_back_to_the_vote():
+    X, xy, truth = _bands()
+    start = truth.copy()
+    start[[5, 300, 900]] = 7  # a "domain" of 3 scattered spots, not Gaussian in the features: the refit absorbs it
+    potts, _ = potts_labels(X, start, xy, beta=0.5)
+    assert 7 not in potts
+    labels, info = spatial_smoothing(start, xy, X, smooth_k=6, spatial_prior=0.5)
+    assert np.array_equal(labels, smooth_labels(start, xy, 6))
+    assert info["smoothing"] == "majority vote" and "merged 5 domains into 4" in info["potts_fallback"]
 
 
 def test_unknown_method_is_an_input_error():

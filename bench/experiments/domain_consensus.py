@@ -26,7 +26,8 @@ from _protocol import load_protocol  # noqa: E402
 
 from spgpt_core.io import get_coordinates  # noqa: E402
 from spgpt_core.metrics import ari  # noqa: E402
-from spgpt_core.tl._cluster import cluster_embedding, consensus_labels, smooth_labels  # noqa: E402
+from spgpt_core.tl._cluster import cluster_embedding, consensus_labels  # noqa: E402
+from spgpt_core.tl._smoothing import smooth_labels  # noqa: E402
 from spgpt_core.tl._features import domain_features, expression_pcs, smoothed  # noqa: E402
 
 EXPR = {"f": "expression", "lam": 0.8, "k": 12, "npc": 10}   # the default's settings, expression only

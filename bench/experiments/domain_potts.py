@@ -3,7 +3,7 @@ domains``, on the dev slides of the unseen-tissue protocol (pre-registered: ``do
 bench/protocols/unseen_tissue.yaml, grid and rule written before this script first ran).
 
 For each dev slide and seed the default's consensus labels are computed once, unsmoothed; the default
-then smooths them by the vote over 6 spots, each candidate refines them by ``tl._cluster.potts_labels``
+then smooths them by the vote over 6 spots, each candidate refines them by ``tl._smoothing.potts_labels``
 at one beta on the default's domain features. Rows go to results/domain_potts.jsonl as they finish (a
 rerun skips them); the table and the rule's decision are printed at the end.
 
@@ -30,7 +30,8 @@ from _report import markdown_table  # noqa: E402
 from spgpt_core.io import get_coordinates  # noqa: E402
 from spgpt_core.metrics import ari  # noqa: E402
 from spgpt_core.params import DomainsConfig  # noqa: E402
-from spgpt_core.tl._cluster import consensus_cluster, potts_labels, smooth_labels  # noqa: E402
+from spgpt_core.tl._cluster import consensus_cluster  # noqa: E402
+from spgpt_core.tl._smoothing import potts_labels, smooth_labels  # noqa: E402
 from spgpt_core.tl._features import domain_features, expression_pcs, smoothed_features  # noqa: E402
 
 OUT = ROOT / "bench" / "experiments" / "results" / "domain_potts.jsonl"

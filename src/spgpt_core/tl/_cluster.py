@@ -5,10 +5,8 @@
   bisection search for the resolution that yields exactly ``n_clusters`` (the usual protocol
   when the number of domains is known, e.g. K=7 on DLPFC);
 * ``kmeans`` (scikit-learn, k-means++, 10 restarts);
-* optional spatial smoothing over each spot's ``smooth_k`` nearest spatial neighbours (a kNN graph, so
-  it works for hexagonal, square and irregular layouts alike): a Potts prior (``spatial_prior`` > 0, a
-  hidden Markov random field as in BayesSpace / BASS) or the majority vote of the spot and its
-  neighbours (the SpaGCN / scGPT-spatial ``refine`` idea).
+* optional spatial smoothing over each spot's ``smooth_k`` nearest spatial neighbours: a Potts prior
+  (``spatial_prior`` > 0) or a majority vote (:mod:`._smoothing`).
 
 Above ``SUBSAMPLE_ABOVE`` cells every method clusters a seeded random subsample of ``N_SUBSAMPLE``
 cells and assigns each other cell to the nearest centroid of those clusters (k-means' own
@@ -31,10 +29,11 @@ from sklearn.mixture import GaussianMixture
 
 from ..errors import InputError
 from ..io import get_coordinates
-from ..neighbors import knn_indices, louvain_on_graph, neighbors
+from ..neighbors import louvain_on_graph, neighbors
 from ..pl import category_colors
 from ..progress import Progress, ensure_progress
 from ..records import run_record
+from ._smoothing import check_smoothing, spatial_smoothing
 
 log = logging.getLogger(__name__)
 
@@ -152,95 +151,6 @@ def _gmm(n_clusters: int, seed: int, covariance: str = "full") -> GaussianMixtur
                            random_state=seed)
 
 
-def smooth_labels(labels: np.ndarray, coords: np.ndarray, k: int = 6) -> np.ndarray:
-    """Majority vote over each spot and its k nearest spatial neighbours (ties keep the own label)."""
-    labels = np.asarray(labels)
-    codes, inv = np.unique(labels, return_inverse=True)
-    k = min(k, len(labels) - 1)
-    idx = np.column_stack([np.arange(len(labels)), knn_indices(coords, k)])
-    votes = np.zeros((len(labels), len(codes)), dtype=np.int32)
-    np.add.at(votes, (np.repeat(np.arange(len(labels)), k + 1), inv[idx].ravel()), 1)
-    best = votes.argmax(1)
-    own_ok = votes[np.arange(len(labels)), inv] == votes.max(1)
-    return codes[np.where(own_ok, inv, best)]
-
-
-def potts_labels(emb: np.ndarray, labels: np.ndarray, coords: np.ndarray, *, beta: float, k: int = 6,
-                 max_iter: int = 20, tol: float = 1e-3, chunk: int = ASSIGN_CHUNK,
-                 progress: Progress | None = None) -> tuple[np.ndarray, dict]:
-    """Domains under a Potts spatial prior (a hidden Markov random field, as BayesSpace, BASS and Giotto's
-    HMRF), refined from ``labels`` by mean-field EM: each domain a Gaussian over ``emb`` with one shared
-    (tied) covariance, and the log-probability of domain c at a spot raised by ``beta`` times the summed
-    probability of c over its ``k`` nearest spots. ``labels`` only start the first M-step; later updates
-    are damped by half (synchronous mean-field updates can oscillate). The loop stops when the spots'
-    probabilities move by less than ``tol`` on average, or after ``max_iter`` rounds.
-
-    Deterministic (no seed) and linear in spots and in dimensions: with one shared covariance the
-    quadratic term of the Gaussian is the same for every domain, so a spot's log-odds need only
-    ``x' S^-1 mu_c``. ``emb`` is read in chunks of ``chunk`` rows and never copied; memory is a few
-    (spots x K) arrays."""
-    progress = ensure_progress(progress)
-    n, d = emb.shape
-    codes, inv = np.unique(labels, return_inverse=True)
-    K = len(codes)
-    nb = knn_indices(coords, min(k, n - 1))
-    rows = [(s, min(s + chunk, n)) for s in range(0, n, chunk)]
-
-    def block(s, e):
-        return np.asarray(emb[s:e], dtype=np.float64)
-
-    XtX = sum((b := block(s, e)).T @ b for s, e in rows)
-    q = np.zeros((n, K))
-    q[np.arange(n), inv] = 1.0
-    current = inv
-    it, changed = 0, 0.0
-    for it in range(1, max_iter + 1):
-        progress.check()
-        Nk = q.sum(axis=0) + 1e-10
-        mu = sum(q[s:e].T @ block(s, e) for s, e in rows) / Nk[:, None]
-        # tied covariance: sum_k sum_i q_ik (x_i - mu_k)(x_i - mu_k)' = X'X - sum_k N_k mu_k mu_k'
-        cov = (XtX - (mu.T * Nk) @ mu) / n + 1e-4 * np.eye(d)  # the mixtures' reg_covar
-        W = np.linalg.solve(cov, mu.T)  # d x K
-        bias = -0.5 * np.einsum("dk,kd->k", W, mu) + np.log(Nk / n)
-        new = np.empty_like(q)
-        for s, e in rows:
-            logp = block(s, e) @ W + bias + beta * q[nb[s:e]].sum(axis=1)
-            logp -= logp.max(axis=1, keepdims=True)
-            p = np.exp(logp)
-            new[s:e] = p / p.sum(axis=1, keepdims=True)
-        moved = float(np.abs(new - q).sum(axis=1).mean()) / 2
-        q = new if it == 1 else 0.5 * q + 0.5 * new
-        nxt = q.argmax(axis=1)
-        changed = float(np.mean(nxt != current))
-        current = nxt
-        if it > 1 and moved < tol:
-            break
-    return codes[current], {"smoothing": "potts", "spatial_prior": float(beta), "potts_k": int(min(k, n - 1)),
-                            "potts_iterations": it, "potts_last_change": round(changed, 5),
-                            "potts_vs_start": round(float(np.mean(current != inv)), 4)}
-
-
-def spatial_smoothing(labels: np.ndarray, coords: np.ndarray | None, emb: np.ndarray, *, smooth_k: int,
-                      spatial_prior: float = 0.0, progress: Progress | None = None) -> tuple[np.ndarray, dict]:
-    """The last step of a clustering: with ``smooth_k`` neighbours, the Potts prior of strength
-    ``spatial_prior`` on ``emb`` (:func:`potts_labels`) or, at 0, the majority vote (:func:`smooth_labels`)."""
-    if not smooth_k:
-        return labels, {}
-    progress = ensure_progress(progress)
-    if spatial_prior > 0:
-        progress.start(0, f"Potts spatial prior over {smooth_k} neighbours")
-        return potts_labels(emb, labels, coords, beta=spatial_prior, k=smooth_k, progress=progress)
-    progress.start(0, f"smoothing labels over {smooth_k} spatial neighbours")
-    return smooth_labels(labels, coords, smooth_k), {"smoothing": "majority vote", "spatial_prior": 0.0}
-
-
-def _check_smoothing(smooth_k: int, spatial_prior: float, coords) -> None:
-    if smooth_k and coords is None:
-        raise InputError("spatial smoothing needs coordinates (obsm['spatial']); set smooth_k=0 or add them")
-    if not spatial_prior >= 0:
-        raise InputError(f"spatial_prior={spatial_prior} (--spatial-prior) must be 0 (majority vote) or positive")
-
-
 def cluster_embedding(emb: np.ndarray, *, n_clusters: int | None = None, resolution: float | None = None,
                       method: str = "leiden", coords: np.ndarray | None = None, smooth_k: int = 0,
                       spatial_prior: float = 0.0, n_neighbors: int = 15, seed: int = 0,
@@ -253,7 +163,7 @@ def cluster_embedding(emb: np.ndarray, *, n_clusters: int | None = None, resolut
     ``smooth_k`` the labels are then smoothed over that many spatial neighbours (:func:`spatial_smoothing`)."""
     emb = _check_embedding(emb)
     check_request(emb.shape[0], n_clusters=n_clusters, resolution=resolution, method=method)
-    _check_smoothing(smooth_k, spatial_prior, coords)
+    check_smoothing(smooth_k, spatial_prior, coords)
     progress = ensure_progress(progress)
     info: dict = {"method": method, "seed": seed, "smooth_k": smooth_k}
     n = emb.shape[0]
@@ -354,7 +264,7 @@ def consensus_cluster(feature_sets: list[np.ndarray], *, n_clusters: int, method
     if method not in K_METHODS or n_clusters is None:
         raise InputError(f"a consensus of clusterings needs a method that gives exactly K ({', '.join(K_METHODS)}) "
                          "and --n-clusters; use --consensus 1 with Leiden / Louvain")
-    _check_smoothing(smooth_k, spatial_prior, coords)
+    check_smoothing(smooth_k, spatial_prior, coords)
     progress = ensure_progress(progress)
     progress.start(len(feature_sets) * repeats, f"consensus of {len(feature_sets) * repeats} clusterings",
                    unit="clustering")
