@@ -96,9 +96,12 @@ def register(sub) -> None:
     g.add_argument("--resolution", type=float, help="Leiden resolution")
     p.add_argument("--method", default="leiden", choices=CLUSTER_METHODS)
     p.add_argument("--smooth-k", type=int, default=0, help="smooth the labels over K spatial neighbours (0 = off)")
-    p.add_argument("--spatial-prior", type=float, default=DomainsConfig.spatial_prior, metavar="BETA",
-                   help="with --smooth-k: strength of the Potts prior on the embedding, as `spgpt domains` "
-                        "(0 = a majority vote; default: %(default)s)")
+    # the vote by default: the Potts prior was chosen for `spgpt domains`' domain features; on a raw
+    # embedding it lowered the dev slides' ARI (docs/experiments/2026-12-06-domain-potts.md)
+    p.add_argument("--spatial-prior", type=float, default=0.0, metavar="BETA",
+                   help="with --smooth-k: a Potts spatial prior of strength BETA on the embedding instead of the "
+                        f"majority vote (`spgpt domains` uses {DomainsConfig.spatial_prior} on its domain features; "
+                        "default: %(default)s, the vote)")
     p.add_argument("--key-added", default="spgpt_domain", help="obs column for the labels (default: %(default)s)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--plot", action="store_true", help="also write OUT.png with the clusters in space")
