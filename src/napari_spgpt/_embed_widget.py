@@ -93,8 +93,8 @@ class EmbedWidget(SlideWidget):
         extras.margins = (0, 0, 0, 0)
         super().__init__(viewer, [self.mode, self.epochs, self.by, self.n_domains, self.resolution, self.features,
                                   self.spatial_weight, self.method,
-                                  self.smooth_k, self.spatial_prior, self.n_top_genes, self.batch_size, self.seed, self.drop_empty,
-                                  self.umap],
+                                  self.smooth_k, self.spatial_prior, self.n_top_genes, self.batch_size, self.seed,
+                                  self.drop_empty, self.umap],
                          after=[self.keep_button, extras])
         self.keep_button.clicked.connect(self.keep_clustering)
         add_native(extras, self.legend)

@@ -4,8 +4,8 @@ plugin's Embed & domains widget and the demo.
 Domains are clustered from the slide's own expression (the default: on tissue the model was not
 pretrained on, its embedding added nothing measurable, see ``DomainsConfig``), from the model's
 embedding or from both fused, each optionally beside its spatial neighbourhood (:mod:`._features`), and
-the labels are refined over each spot's spatial neighbours (a Potts prior, or a majority vote). When the embedding is used, the slide's
-most variable matched genes are chosen once; the model is (optionally) fine-tuned on them and embeds
+the labels are refined over each spot's spatial neighbours (a Potts prior, or a majority vote:
+:mod:`._smoothing`). When the embedding is used, the slide's most variable matched genes are chosen once; the model is (optionally) fine-tuned on them and embeds
 every spot with them. Every input is checked before the model is loaded; with ``features="expression"``
 no model is loaded at all. Options: :class:`spgpt_core.params.DomainsConfig`.
 """
