@@ -319,7 +319,8 @@ def test_default_domains_need_no_model(viewer, qtbot, tmp_path):
     assert w.controls.last_error is None, w.controls.last_error
     _, slide = slide_of(viewer)
     assert "X_spgpt" not in slide.adata.obsm and slide.adata.uns["spgpt_domain"]["params"]["features"] == "expression"
-    assert w.legend.title.endswith("; expression + neighbours 0.8, gmm-tied consensus x10)"), w.legend.title
+    assert w.legend.title.endswith("; expression + neighbours 0.8, gmm-tied consensus x10, Potts 0.5 over 6)"), \
+        w.legend.title
     assert w.umap_canvas.title == "UMAP of the features (expression + neighbours 0.8)"
     assert viewer.layers["small domains"].features["spgpt_domain"].nunique() == 3
 
