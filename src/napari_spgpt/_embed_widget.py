@@ -235,9 +235,13 @@ class EmbedWidget(SlideWidget):
     def _done(self, slide, result: dict, job) -> None:
         if not self.commit(slide, result, job):
             return
+        params = (slide.adata.uns.get(DOMAIN_KEY) or {}).get("params", {})
+        warning = smoothing_warning(params)
+        if warning:
+            notifications.show_warning(warning)
         if result.get("umap") is not None and DOMAIN_KEY in slide.adata.obs:
             domains = slide.adata.obs[DOMAIN_KEY]
-            rep = found_in((slide.adata.uns.get(DOMAIN_KEY) or {}).get("params", {}))
+            rep = found_in(params)
             title = "UMAP of spgpt embedding" if rep == "embedding" else f"UMAP of the features ({rep})"
             self._show_umap(result["umap"], categorical(domains), self.legend.items, title)
         elif self.umap_canvas is not None:
@@ -317,6 +321,14 @@ def _smoothing(params: dict) -> str:
     if params.get("smoothing") == "potts":
         return f", Potts {params.get('spatial_prior')} over {smooth}"
     return f", smooth {smooth}"
+
+
+def smoothing_warning(params: dict) -> str | None:
+    """What to tell the user when the Potts prior would have merged domains and the vote was used."""
+    why = params.get("potts_fallback")
+    if not why:
+        return None
+    return f"{why[0].upper()}{why[1:]}. Set 'Spatial prior (beta)' to 0 to use the vote from the start."
 
 
 def _method(params: dict) -> str:

@@ -695,3 +695,18 @@ def test_large_slide_is_drawn_whole_as_a_raster(viewer, qtbot, tmp_path, notific
     assert layer.colorbar.visible
     layer.visible = False
     assert not layer.colorbar.visible
+
+
+def test_labels_and_warning_say_which_smoothing_was_used():
+    """The layer label names the smoothing the record says was used; a Potts fallback is also told."""
+    from napari_spgpt._embed_widget import clustering_label, smoothing_warning
+
+    potts = {"n_clusters": 5, "method": "gmm-tied", "smooth_k": 6, "smoothing": "potts", "spatial_prior": 0.5,
+             "features": "expression"}
+    assert clustering_label({"params": potts}) == "k=5, expression, gmm-tied, Potts 0.5 over 6"
+    assert smoothing_warning(potts) is None
+    fell_back = {**potts, "smoothing": "majority vote",
+                 "potts_fallback": "the Potts prior merged 5 domains into 4; the majority vote was used instead"}
+    assert clustering_label({"params": fell_back}) == "k=5, expression, gmm-tied, smooth 6"
+    assert smoothing_warning(fell_back).startswith("The Potts prior merged 5 domains into 4")
+    assert clustering_label({"params": {**potts, "smooth_k": 0}}) == "k=5, expression, gmm-tied"
