@@ -186,3 +186,20 @@ def test_domains_says_when_the_model_is_not_used(tmp_path, caplog):
         assert main(["-q", "domains", str(src), "--n-clusters", "3", "--model", str(tmp_path / "no_such_model"),
                      "--out", str(tmp_path / "d.h5ad")]) == 0
     assert "is not used" in caplog.text and "--features fused" in caplog.text
+
+
+def test_warnings_print_on_their_own_line_above_the_progress_bar(tmp_path, slide):
+    """A warning raised while a bar is drawn (here the Potts prior's fallback: Leiden communities of a random
+    embedding are not Gaussian, and the refit would merge them) is a line of its own on stderr."""
+    import subprocess
+    import sys
+
+    emb = tmp_path / "emb.h5ad"
+    assert main(["-q", "embed", str(slide), "--model", "random:tiny", "--out", str(emb)]) == 0
+    run = subprocess.run([sys.executable, "-m", "spgpt_core.cli", "cluster", str(emb), "--n-clusters", "4",
+                          "--smooth-k", "6", "--spatial-prior", "0.5", "--out", str(tmp_path / "c.h5ad")],
+                         capture_output=True, text=True, timeout=300)
+    assert run.returncode == 0, run.stderr
+    lines = [ln.strip() for ln in re.split(r"[\r\n]", run.stderr)]
+    assert any(ln.startswith("the Potts prior merged 4 domains into") for ln in lines), run.stderr
+    assert ad.read_h5ad(tmp_path / "c.h5ad").obs["spgpt_domain"].nunique() == 4

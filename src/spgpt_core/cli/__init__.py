@@ -36,10 +36,23 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+class _AboveTheBar(logging.StreamHandler):
+    """Log lines printed above a running progress bar (``tqdm.write``), not into the bar's line."""
+
+    def emit(self, record: logging.LogRecord) -> None:
+        try:
+            from tqdm import tqdm
+
+            tqdm.write(self.format(record), file=self.stream)
+        except Exception:  # logging must never raise
+            self.handleError(record)
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
-    logging.basicConfig(level=logging.WARNING if args.quiet else logging.INFO, format="%(message)s")
+    logging.basicConfig(level=logging.WARNING if args.quiet else logging.INFO, format="%(message)s",
+                        handlers=[_AboveTheBar(sys.stderr)])
     for noisy in ("anndata", "numba", "h5py", "fsspec", "matplotlib", "PIL"):
         logging.getLogger(noisy).setLevel(logging.WARNING)
     try:
