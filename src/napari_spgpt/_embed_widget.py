@@ -102,6 +102,7 @@ class EmbedWidget(SlideWidget):
         self.mode.changed.connect(self._on_mode)
         self.features.changed.connect(self._on_features)
         self.by.changed.connect(self._on_by)
+        self.smooth_k.changed.connect(self._on_smooth_k)
         self._on_features()
         self.update_command()
 
@@ -118,6 +119,9 @@ class EmbedWidget(SlideWidget):
     def run_label(self) -> str:
         """What Run does: find domains, embedding the slide first when the features use the model."""
         return "Find domains" if self.features.value == "expression" else self.run_text
+
+    def _on_smooth_k(self, *_) -> None:
+        self.spatial_prior.enabled = self.smooth_k.value > 0  # the prior acts over the smoothing's neighbours
 
     def _on_by(self, *_) -> None:
         self.n_domains.visible = self.by.value == BY_NUMBER

@@ -253,7 +253,10 @@ def test_embed_domains_layers_colours_legend_umap_screenshot(sample_viewer, qtbo
     w.features.value = "fused"  # the model's path: embed, then domains from expression and embedding
     assert w.controls.run_button.text == "Embed && find domains"
     w.n_domains.value = 5
+    w.smooth_k.value = 0
+    assert not w.spatial_prior.enabled  # without smoothing neighbours the prior has nothing to act over
     w.smooth_k.value = 6
+    assert w.spatial_prior.enabled
     w.spatial_prior.value = 1.0  # the Potts prior's strength reaches the core and the command
     w.n_top_genes.value = 200  # the sample slide has 400 genes: the model gets the 200 most variable
     w.run()
