@@ -63,27 +63,37 @@ def potts_labels(emb: np.ndarray, labels: np.ndarray, coords: np.ndarray, *, bet
     def block(s, e):
         return np.asarray(emb[s:e], dtype=np.float64)
 
-    XtX = sum((b := block(s, e)).T @ b for s, e in rows)
     q = np.zeros((n, K))
     q[np.arange(n), inv] = 1.0
+    XtX, qX = np.zeros((d, d)), np.zeros((K, d))
+    for s, e in rows:
+        X = block(s, e)
+        XtX += X.T @ X
+        qX += q[s:e].T @ X
     current = inv
     it, changed = 0, 0.0
     for it in range(1, max_iter + 1):
         progress.check()
         Nk = q.sum(axis=0) + 1e-10
-        mu = sum(q[s:e].T @ block(s, e) for s, e in rows) / Nk[:, None]
+        mu = qX / Nk[:, None]
         # tied covariance: sum_k sum_i q_ik (x_i - mu_k)(x_i - mu_k)' = X'X - sum_k N_k mu_k mu_k'
         cov = (XtX - (mu.T * Nk) @ mu) / n + 1e-4 * np.eye(d)  # the mixtures' reg_covar
         W = np.linalg.solve(cov, mu.T)  # d x K
         bias = -0.5 * np.einsum("dk,kd->k", W, mu) + np.log(Nk / n)
-        new = np.empty_like(q)
+        # one pass: E-step from the previous round's q (synchronous), the damped update, and the next
+        # M-step's sums, so each chunk of features is read once a round
+        nxt_q, qX, moved = np.empty_like(q), np.zeros((K, d)), 0.0
         for s, e in rows:
-            logp = block(s, e) @ W + bias + beta * q[nb[s:e]].sum(axis=1)
+            X = block(s, e)
+            logp = X @ W + bias + beta * q[nb[s:e]].sum(axis=1)
             logp -= logp.max(axis=1, keepdims=True)
             p = np.exp(logp)
-            new[s:e] = p / p.sum(axis=1, keepdims=True)
-        moved = float(np.abs(new - q).sum(axis=1).mean()) / 2
-        q = new if it == 1 else 0.5 * q + 0.5 * new
+            p /= p.sum(axis=1, keepdims=True)
+            moved += float(np.abs(p - q[s:e]).sum())
+            nxt_q[s:e] = p if it == 1 else 0.5 * q[s:e] + 0.5 * p
+            qX += nxt_q[s:e].T @ X
+        q = nxt_q
+        moved /= 2 * n
         nxt = q.argmax(axis=1)
         changed = float(np.mean(nxt != current))
         current = nxt
@@ -106,19 +116,18 @@ def spatial_smoothing(labels: np.ndarray, coords: np.ndarray | None, emb: np.nda
     if not smooth_k:
         return labels, {}
     progress = ensure_progress(progress)
+    info: dict = {"smoothing": "majority vote", "spatial_prior": 0.0}
     if spatial_prior > 0:
         progress.start(0, f"Potts spatial prior over {smooth_k} neighbours")
-        refined, info = potts_labels(emb, labels, coords, beta=spatial_prior, k=smooth_k, progress=progress)
+        refined, potts = potts_labels(emb, labels, coords, beta=spatial_prior, k=smooth_k, progress=progress)
         before, after = len(np.unique(labels)), len(np.unique(refined))
         if after == before:
-            return refined, info
+            return refined, potts
         why = f"the Potts prior merged {before} domains into {after}; the majority vote was used instead"
         log.warning("%s (pass --spatial-prior 0 to skip the prior)", why)
-        info.update(smoothing="majority vote", potts_fallback=why)
-        progress.start(0, f"smoothing labels over {smooth_k} spatial neighbours")
-        return smooth_labels(labels, coords, smooth_k), info
+        info = {**potts, "smoothing": "majority vote", "potts_fallback": why}
     progress.start(0, f"smoothing labels over {smooth_k} spatial neighbours")
-    return smooth_labels(labels, coords, smooth_k), {"smoothing": "majority vote", "spatial_prior": 0.0}
+    return smooth_labels(labels, coords, smooth_k), info
 
 
 def check_smoothing(smooth_k: int, spatial_prior: float, coords) -> None:
